@@ -1,0 +1,134 @@
+//! `apunet bench`: training images/s, sampled masks/s and peak memory, as JSON.
+//! Timings are measured, never asserted; compare with `bench/torch_peer.py` in the same run.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use clap::Args;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde_json::json;
+
+use crate::device::parse_device;
+use crate::model::{ModelConfig, ProbUNet, elbo_loss, to_host};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Default: 8 on CPU, 32 on a GPU.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Samples per image in the sampling benchmark.
+    #[arg(long, default_value_t = 16)]
+    pub samples: usize,
+    #[arg(long, value_delimiter = ',')]
+    pub filters: Option<Vec<usize>>,
+}
+
+fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let gpu = a.device != "cpu" && a.device != "flex";
+    let b = a.batch_size.unwrap_or(if gpu { 32 } else { 8 });
+    let mut cfg = ModelConfig::default();
+    if let Some(f) = &a.filters {
+        cfg.filters = f.clone();
+    }
+    cfg.validate()?;
+    cfg.check_size(a.size, a.size)?;
+    let (s, l) = (a.size, cfg.latent_dim);
+    let mut rng = StdRng::seed_from_u64(0);
+    let ad = device.clone().autodiff();
+    ad.seed(0);
+    let mut model = ProbUNet::new(&cfg, &ad);
+    let params = model.num_params();
+    let mut optim = AdamConfig::new().init();
+    let x: Vec<f32> = randn(&mut rng, b * s * s).into_iter().map(|v| 0.1 + 0.05 * v).collect();
+    let y: Vec<f32> = (0..b * s * s).map(|i| ((i % s) > s / 2) as u8 as f32).collect();
+    let mut step_times = Vec::new();
+    for step in 0..a.warmup + a.steps {
+        let t = Instant::now();
+        let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, 1, s, s]), &ad);
+        let yi = Tensor::<4>::from_data(TensorData::new(y.clone(), [b, 1, s, s]), &ad);
+        let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, b * l), [b, l]), &ad);
+        let out = model.forward_train(xi, yi.clone(), eps);
+        let loss = elbo_loss(&out, yi, 1.0);
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+        // Reading a value back waits for the device, so the step is fully timed.
+        let _ = to_host(loss.reconstruction)?;
+        let dt = t.elapsed().as_secs_f64();
+        eprintln!("train step {step}: {dt:.3} s{}", if step < a.warmup { " (warm-up)" } else { "" });
+        if step >= a.warmup {
+            step_times.push(dt);
+        }
+    }
+    let train_s: f64 = step_times.iter().sum();
+    let train_ips = (a.steps * b) as f64 / train_s.max(1e-9);
+
+    let valid = model.valid();
+    let n = a.samples;
+    let mut sample_times = Vec::new();
+    for step in 0..a.warmup + a.steps {
+        let t = Instant::now();
+        let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, 1, s, s]), &device);
+        let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, b * n * l), [b * n, l]), &device);
+        let (features, prior) = valid.encode(xi);
+        let masks = valid.sample_from(features, &prior, eps).greater_elem(0.0);
+        let _ = masks.into_data();
+        let dt = t.elapsed().as_secs_f64();
+        eprintln!("sample step {step}: {dt:.3} s{}", if step < a.warmup { " (warm-up)" } else { "" });
+        if step >= a.warmup {
+            sample_times.push(dt);
+        }
+    }
+    let sample_s: f64 = sample_times.iter().sum();
+    let masks_per_s = (a.steps * b * n) as f64 / sample_s.max(1e-9);
+    let report = json!({
+        "impl": "apunet (burn 0.22.1)",
+        "device": a.device,
+        "batch_size": b,
+        "size": s,
+        "filters": cfg.filters,
+        "params": params,
+        "train_images_per_s": train_ips,
+        "train_step_s_median": median(&step_times),
+        "samples_per_image": n,
+        "sampled_masks_per_s": masks_per_s,
+        "sample_batch_s_median": median(&sample_times),
+        "peak_rss_mib": peak_rss_mib(),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}

@@ -1,0 +1,254 @@
+//! The `apunet` command line.
+
+pub mod bench;
+pub mod demo;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::ProgressBar;
+use ndarray::Axis;
+
+use crate::data::npz::{self, NpzEntry};
+use crate::data::synth::{self, SynthConfig};
+use crate::data::{AnnotatorChoice, Dataset};
+use crate::device::parse_device;
+use crate::eval::figures;
+use crate::inference;
+use crate::train::{self, RunConfig, Select, TrainRequest, Which};
+
+#[derive(Parser, Debug)]
+#[command(name = "apunet", version, about = "Ambiguous medical image segmentation: Probabilistic Attention U-Net")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Make a synthetic CT-like dataset with disagreeing annotators (npz).
+    Synth(SynthArgs),
+    /// Train a Probabilistic Attention U-Net.
+    Train(TrainArgs),
+    /// Sample n masks per image from a trained run.
+    Sample(SampleArgs),
+    /// Synthetic data, brief training, sampling and figures in one go.
+    Demo(demo::DemoArgs),
+    /// Training and sampling throughput as JSON.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    pub count: usize,
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    #[arg(long, default_value_t = 4)]
+    pub annotators: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset npz (images [N,H,W], masks [N,A,H,W], optional series_uid).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run directory for config, checkpoints, metrics and figures.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// TOML with [model] and [train] sections; flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this directory where it stopped.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub beta: Option<f32>,
+    #[arg(long)]
+    pub latent_dim: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Filters per level, e.g. 32,64,128,192 (the count sets the depth).
+    #[arg(long, value_delimiter = ',')]
+    pub filters: Option<Vec<usize>>,
+    /// random | majority | annotator index.
+    #[arg(long)]
+    pub annotator: Option<AnnotatorChoice>,
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Best-checkpoint criterion.
+    #[arg(long, value_enum)]
+    pub select: Option<Select>,
+    /// Turn the attention gates off (plain U-Net backbone).
+    #[arg(long)]
+    pub no_attention: bool,
+    /// cpu | wgpu | cuda
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[arg(long)]
+    pub run: PathBuf,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub n: usize,
+    /// Output npz (samples [N,n,H,W] uint8, mean [N,H,W] float32); a PNG figure goes beside it.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    pub checkpoint: Which,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Images in the figure.
+    #[arg(long, default_value_t = 8)]
+    pub figure_images: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Synth(a) => synth_cmd(a),
+        Command::Train(a) => train_cmd(a),
+        Command::Sample(a) => sample_cmd(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+fn synth_cmd(a: SynthArgs) -> Result<()> {
+    let ds = synth::generate(&SynthConfig {
+        count: a.count,
+        size: a.size,
+        annotators: a.annotators,
+        seed: a.seed,
+        ..Default::default()
+    })?;
+    ds.save(&a.out)?;
+    println!("wrote {} ({} images {}x{}, {} annotators)", a.out.display(), ds.len(), a.size, a.size, a.annotators);
+    Ok(())
+}
+
+/// Applies command-line overrides on top of a config.
+pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
+    let t = &mut cfg.train;
+    if let Some(v) = a.epochs {
+        t.epochs = v;
+    }
+    if let Some(v) = a.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        t.lr = v;
+    }
+    if let Some(v) = a.beta {
+        t.beta = v;
+    }
+    if let Some(v) = a.seed {
+        t.seed = v;
+    }
+    if let Some(v) = a.annotator {
+        t.annotator = v;
+    }
+    if let Some(v) = a.val_fraction {
+        t.val_fraction = v;
+    }
+    if let Some(v) = a.select {
+        t.select = v;
+    }
+    if let Some(v) = a.latent_dim {
+        cfg.model.latent_dim = v;
+    }
+    if let Some(v) = &a.filters {
+        cfg.model.filters = v.clone();
+    }
+    if a.no_attention {
+        cfg.model.attention_gates = false;
+    }
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let (out, resume) = match (&a.resume, &a.out) {
+        (Some(r), _) => (r.clone(), true),
+        (None, Some(o)) => (o.clone(), false),
+        (None, None) => bail!("give --out RUN_DIR for a new run, or --resume RUN_DIR"),
+    };
+    let mut cfg = match &a.config {
+        Some(p) => RunConfig::load(p)?,
+        None => RunConfig::default(),
+    };
+    apply_overrides(&mut cfg, &a);
+    let data = match (&a.data, resume) {
+        (Some(d), _) => d.clone(),
+        (None, true) => {
+            let state = train::checkpoint::load_state(&train::RunPaths::new(&out).state())
+                .context("--resume without --data needs the run's checkpoints/state.json")?;
+            PathBuf::from(state.data)
+        }
+        (None, false) => bail!("--data FILE.npz is required"),
+    };
+    if !resume && out.join("checkpoints/state.json").exists() {
+        bail!(
+            "{} already holds a run; continue it with --resume {} or choose another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    let summary = train::train(TrainRequest { data, out: out.clone(), config: cfg, device, resume, quiet: a.quiet })?;
+    println!(
+        "trained {} epochs; best epoch {}; run in {}",
+        summary.history.len(),
+        summary.best_epoch,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Samples a dataset with a run and writes the npz + figure; used by `sample` and `demo`.
+pub fn sample_to(run: &Path, data: &Path, n: usize, out: &Path, which: Which, seed: u64, batch: usize, figure_images: usize, device_name: &str) -> Result<()> {
+    if n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let device = parse_device(device_name)?;
+    let (cfg, model) = train::load_run(run, which, &device)?;
+    let ds = Dataset::load(data)?;
+    cfg.model.check_size(ds.height(), ds.width())?;
+    let pb = ProgressBar::new(ds.len() as u64);
+    let samples = inference::sample_images(&model, &ds.images, n, cfg.model.latent_dim, seed, batch, &device, |k| pb.inc(k as u64))?;
+    pb.finish_and_clear();
+    let masks = samples.masks.clone().into_dyn();
+    let mean = samples.mean.clone().into_dyn();
+    npz::write_npz(out, &[("samples", NpzEntry::U8(&masks)), ("mean", NpzEntry::F32(&mean))])?;
+    let k = figure_images.min(ds.len());
+    let idx: Vec<usize> = (0..k).collect();
+    let sub = ds.subset(&idx);
+    let smp = samples.masks.select(Axis(0), &idx);
+    let fig = train::render_figure(&sub, &smp, n.min(6), &format!("{n} samples from the prior"));
+    let png = out.with_extension("png");
+    figures::save_png(&fig, &png)?;
+    println!("wrote {} (samples [{}, {n}, {}, {}]) and {}", out.display(), ds.len(), ds.height(), ds.width(), png.display());
+    Ok(())
+}
+
+fn sample_cmd(a: SampleArgs) -> Result<()> {
+    sample_to(&a.run, &a.data, a.n, &a.out, a.checkpoint, a.seed, a.batch_size, a.figure_images, &a.device)
+}

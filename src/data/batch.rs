@@ -1,0 +1,134 @@
+//! Turning dataset examples into tensors for one step.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::Dataset;
+use super::augment::Symmetry;
+
+/// Which annotation a training step learns from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AnnotatorChoice {
+    /// One annotator at random per image and step (the LIDC practice).
+    Random,
+    /// The pixel-wise majority of the annotators (ties count as lesion).
+    Majority,
+    /// Always annotator k.
+    Fixed(usize),
+}
+
+impl FromStr for AnnotatorChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "random" => Ok(Self::Random),
+            "majority" => Ok(Self::Majority),
+            other => match other.parse::<usize>() {
+                Ok(k) => Ok(Self::Fixed(k)),
+                Err(_) => bail!("annotator choice must be 'random', 'majority' or an index, got '{s}'"),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for AnnotatorChoice {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<AnnotatorChoice> for String {
+    fn from(c: AnnotatorChoice) -> String {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for AnnotatorChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Random => write!(f, "random"),
+            Self::Majority => write!(f, "majority"),
+            Self::Fixed(k) => write!(f, "{k}"),
+        }
+    }
+}
+
+/// Images [B,1,H,W] and the chosen masks [B,1,H,W] as 0/1 floats.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub images: Tensor<4>,
+    pub masks: Tensor<4>,
+}
+
+/// Builds a training batch; `augment` draws one symmetry per example for image and masks alike.
+pub fn training_batch<R: Rng>(
+    ds: &Dataset,
+    idx: &[usize],
+    choice: AnnotatorChoice,
+    augment: bool,
+    rng: &mut R,
+    device: &Device,
+) -> Result<Batch> {
+    let (h, w, a) = (ds.height(), ds.width(), ds.annotators());
+    if let AnnotatorChoice::Fixed(k) = choice
+        && k >= a
+    {
+        bail!("annotator {k} requested but the data has {a} annotators");
+    }
+    let hw = h * w;
+    let mut images = vec![0f32; idx.len() * hw];
+    let mut masks = vec![0f32; idx.len() * hw];
+    let mut mask_src = vec![0f32; hw];
+    for (b, &i) in idx.iter().enumerate() {
+        let img = ds.images.index_axis(ndarray::Axis(0), i);
+        let img = img.as_standard_layout();
+        let img = img.as_slice().expect("standard layout");
+        match choice {
+            AnnotatorChoice::Majority => {
+                let m = ds.masks.index_axis(ndarray::Axis(0), i);
+                for y in 0..h {
+                    for x in 0..w {
+                        let votes: u32 = (0..a).map(|k| m[[k, y, x]] as u32).sum();
+                        mask_src[y * w + x] = if 2 * votes >= a as u32 && votes > 0 { 1.0 } else { 0.0 };
+                    }
+                }
+            }
+            _ => {
+                let k = match choice {
+                    AnnotatorChoice::Fixed(k) => k,
+                    _ => rng.gen_range(0..a),
+                };
+                for y in 0..h {
+                    for x in 0..w {
+                        mask_src[y * w + x] = ds.masks[[i, k, y, x]] as f32;
+                    }
+                }
+            }
+        }
+        let sym = if augment { Symmetry::random(rng, h == w) } else { Symmetry::default() };
+        sym.apply(img, h, w, &mut images[b * hw..(b + 1) * hw]);
+        sym.apply(&mask_src, h, w, &mut masks[b * hw..(b + 1) * hw]);
+    }
+    let shape = [idx.len(), 1, h, w];
+    Ok(Batch {
+        images: Tensor::from_data(TensorData::new(images, shape), device),
+        masks: Tensor::from_data(TensorData::new(masks, shape), device),
+    })
+}
+
+/// Just the images at `idx`, [B,1,H,W].
+pub fn images_tensor(ds: &Dataset, idx: &[usize], device: &Device) -> Tensor<4> {
+    let (h, w) = (ds.height(), ds.width());
+    let data: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| ds.images.index_axis(ndarray::Axis(0), i).iter().copied().collect::<Vec<_>>())
+        .collect();
+    Tensor::from_data(TensorData::new(data, [idx.len(), 1, h, w]), device)
+}

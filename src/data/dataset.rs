@@ -1,0 +1,163 @@
+//! The dataset every command shares: CT crops with several annotators' masks, in the
+//! converted-LIDC npz layout (`images` [N,H,W] f32, `masks` [N,A,H,W] u8, `series_uid` [N]).
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use ndarray::{Array3, Array4, Axis};
+
+use super::npz::{self, NpyArray, NpzEntry};
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// [N, H, W], intensities normalised to about [0, 1].
+    pub images: Array3<f32>,
+    /// [N, A, H, W], binary {0, 1}.
+    pub masks: Array4<u8>,
+    /// One series (patient/scan) id per image; splits never put a series on both sides.
+    pub series: Vec<String>,
+    /// Marks examples made by a generator (CycleGAN), never real scans.
+    pub synthetic: Vec<bool>,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.images.shape()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn annotators(&self) -> usize {
+        self.masks.shape()[1]
+    }
+
+    pub fn height(&self) -> usize {
+        self.images.shape()[1]
+    }
+
+    pub fn width(&self) -> usize {
+        self.images.shape()[2]
+    }
+
+    /// Builds a dataset and checks everything a user file can get wrong.
+    pub fn new(
+        images: Array3<f32>,
+        masks: Array4<u8>,
+        series: Option<Vec<String>>,
+        source: &str,
+    ) -> Result<Self> {
+        let [n, h, w] = [images.shape()[0], images.shape()[1], images.shape()[2]];
+        let ms = masks.shape();
+        if n == 0 {
+            bail!("{source}: 'images' is empty (shape {:?}); expected [N, H, W] with N >= 1", images.shape());
+        }
+        if ms[1] == 0 {
+            bail!("{source}: 'masks' has annotator count 0 (shape {ms:?}); expected [N, A, H, W] with A >= 1");
+        }
+        if ms[0] != n || ms[2] != h || ms[3] != w {
+            bail!(
+                "{source}: 'masks' has shape {ms:?} but 'images' has shape {:?}; expected masks [{n}, A, {h}, {w}]",
+                images.shape()
+            );
+        }
+        if let Some(bad) = images.iter().position(|v| !v.is_finite()) {
+            let idx = bad / (h * w);
+            bail!("{source}: image {idx} contains NaN or infinite pixels; clean the data first");
+        }
+        if let Some(bad) = masks.iter().position(|&v| v > 1) {
+            let idx = bad / (ms[1] * h * w);
+            let v = masks.iter().nth(bad).copied().unwrap_or(0);
+            bail!(
+                "{source}: masks must be binary (0 or 1) but image {idx} has value {v}; \
+                 (for 0/255 masks, divide by 255 when exporting)"
+            );
+        }
+        let series = match series {
+            Some(s) if s.len() != n => {
+                bail!("{source}: 'series_uid' has {} entries but there are {n} images", s.len())
+            }
+            Some(s) => s,
+            // Without series ids each image is its own group.
+            None => (0..n).map(|i| format!("image-{i}")).collect(),
+        };
+        Ok(Self { images, masks, series, synthetic: vec![false; n] })
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let src = path.display().to_string();
+        let mut arrays = npz::read_npz(path)?;
+        let images = match arrays.remove("images") {
+            Some(NpyArray::F32(a)) => a,
+            Some(NpyArray::U8(a)) => a.mapv(|v| v as f32 / 255.0),
+            Some(other) => bail!("{src}: 'images' must be float, got {}", other.kind()),
+            None => bail!("{src}: no 'images' array (found: {:?})", arrays.keys().collect::<Vec<_>>()),
+        };
+        let images = match images.into_dimensionality::<ndarray::Ix3>() {
+            Ok(a) => a,
+            Err(_) => bail!("{src}: 'images' must have shape [N, H, W]"),
+        };
+        let masks = match arrays.remove("masks") {
+            Some(NpyArray::U8(a)) => a,
+            Some(NpyArray::I64(a)) => {
+                if let Some(v) = a.iter().find(|&&v| !(0..=1).contains(&v)) {
+                    bail!("{src}: masks must be binary (0 or 1), found value {v}");
+                }
+                a.mapv(|v| v as u8)
+            }
+            Some(NpyArray::F32(a)) => {
+                if let Some(v) = a.iter().find(|&&v| v != 0.0 && v != 1.0) {
+                    bail!("{src}: masks must be binary (0 or 1), found value {v}");
+                }
+                a.mapv(|v| v as u8)
+            }
+            Some(other) => bail!("{src}: 'masks' must be numeric, got {}", other.kind()),
+            None => bail!("{src}: no 'masks' array (found: {:?})", arrays.keys().collect::<Vec<_>>()),
+        };
+        let masks = match masks.ndim() {
+            4 => masks.into_dimensionality::<ndarray::Ix4>()?,
+            // A single annotator stored as [N, H, W].
+            3 => masks.insert_axis(Axis(1)).into_dimensionality::<ndarray::Ix4>()?,
+            _ => bail!("{src}: 'masks' has shape {:?}; expected [N, A, H, W]", masks.shape()),
+        };
+        let series = match arrays.remove("series_uid") {
+            Some(NpyArray::Str(s, _)) => Some(s),
+            Some(NpyArray::I64(a)) => Some(a.iter().map(|v| v.to_string()).collect()),
+            Some(other) => bail!("{src}: 'series_uid' must be strings, got {}", other.kind()),
+            None => None,
+        };
+        let mut ds = Self::new(images, masks, series, &src)?;
+        if let Some(NpyArray::U8(s)) = arrays.remove("synthetic")
+            && s.len() == ds.len()
+        {
+            ds.synthetic = s.iter().map(|&v| v != 0).collect();
+        }
+        Ok(ds)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let images = self.images.clone().into_dyn();
+        let masks = self.masks.clone().into_dyn();
+        let synthetic = npz::array(&[self.len()], self.synthetic.iter().map(|&b| b as u8).collect())?;
+        npz::write_npz(
+            path,
+            &[
+                ("images", NpzEntry::F32(&images)),
+                ("masks", NpzEntry::U8(&masks)),
+                ("series_uid", NpzEntry::Str(&self.series)),
+                ("synthetic", NpzEntry::U8(&synthetic)),
+            ],
+        )
+    }
+
+    /// The examples at `idx`, in that order.
+    pub fn subset(&self, idx: &[usize]) -> Self {
+        Self {
+            images: self.images.select(Axis(0), idx),
+            masks: self.masks.select(Axis(0), idx),
+            series: idx.iter().map(|&i| self.series[i].clone()).collect(),
+            synthetic: idx.iter().map(|&i| self.synthetic[i]).collect(),
+        }
+    }
+}

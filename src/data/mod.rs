@@ -1,0 +1,11 @@
+//! Data in and out: the npz format, the synthetic generator, augmentation, splits, batches.
+
+pub mod augment;
+pub mod batch;
+pub mod dataset;
+pub mod npz;
+pub mod split;
+pub mod synth;
+
+pub use batch::{AnnotatorChoice, Batch};
+pub use dataset::Dataset;

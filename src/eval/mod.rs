@@ -1,0 +1,4 @@
+//! Evaluation: metrics and figures.
+
+pub mod figures;
+pub mod metrics;

@@ -1,0 +1,76 @@
+//! Sampling masks from a trained model: the backbone and prior run once per image, fcomb once
+//! per chunk of images with all n samples batched.
+
+use anyhow::Result;
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+use ndarray::{Array3, Array4, Axis};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::model::{ProbUNet, to_host};
+
+/// n sampled masks per image and the mean probability map.
+#[derive(Debug, Clone)]
+pub struct Samples {
+    /// [N, n, H, W], 0/1.
+    pub masks: Array4<u8>,
+    /// [N, H, W], the mean over samples of the per-pixel probability.
+    pub mean: Array3<f32>,
+}
+
+/// eps ~ N(0, I) for one image, seeded by the image's index so results do not depend on batching.
+pub fn image_eps(seed: u64, image: usize, n: usize, latent: usize) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed ^ (image as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (0..n * latent).map(|_| StandardNormal.sample(&mut rng)).collect()
+}
+
+/// Samples `n` masks for every image in `images` [N,H,W].
+pub fn sample_images(
+    model: &ProbUNet,
+    images: &Array3<f32>,
+    n: usize,
+    latent: usize,
+    seed: u64,
+    batch: usize,
+    device: &Device,
+    mut progress: impl FnMut(usize),
+) -> Result<Samples> {
+    let (count, h, w) = images.dim();
+    let mut masks = Array4::<u8>::zeros((count, n, h, w));
+    let mut mean = Array3::<f32>::zeros((count, h, w));
+    // Bound the fcomb batch so memory stays flat for large n.
+    let per_chunk = (batch.max(1) * 16 / n.max(1)).clamp(1, batch.max(1));
+    let mut start = 0;
+    while start < count {
+        let end = (start + per_chunk).min(count);
+        let b = end - start;
+        let chunk = images.slice(ndarray::s![start..end, .., ..]).to_owned();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(chunk.into_raw_vec_and_offset().0, [b, 1, h, w]),
+            device,
+        );
+        let eps: Vec<f32> = (start..end).flat_map(|i| image_eps(seed, i, n, latent)).collect();
+        let eps = Tensor::<2>::from_data(TensorData::new(eps, [b * n, latent]), device);
+        let (features, prior) = model.encode(x);
+        let probs = sigmoid(model.sample_from(features, &prior, eps));
+        let probs = to_host(probs)?;
+        let hw = h * w;
+        for bi in 0..b {
+            let mut m = mean.index_axis_mut(Axis(0), start + bi);
+            let m = m.as_slice_mut().expect("standard layout");
+            for s in 0..n {
+                let p = &probs[(bi * n + s) * hw..(bi * n + s + 1) * hw];
+                let mut out = masks.slice_mut(ndarray::s![start + bi, s, .., ..]);
+                for (k, (o, &v)) in out.iter_mut().zip(p).enumerate() {
+                    *o = (v > 0.5) as u8;
+                    m[k] += v / n as f32;
+                }
+            }
+        }
+        progress(b);
+        start = end;
+    }
+    Ok(Samples { masks, mean })
+}

@@ -1,0 +1,15 @@
+use clap::Parser;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "apunet=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = apunet::cli::Cli::parse();
+    if let Err(e) = apunet::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,117 @@
+//! Convolution blocks shared by the U-Net and the Gaussian encoders.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::ops::AvgPoolOptions;
+
+use super::config::{NormKind, group_count};
+
+/// Batch norm, group norm or nothing, chosen by config.
+#[derive(Module, Debug)]
+pub struct Norm {
+    batch: Option<BatchNorm>,
+    group: Option<GroupNorm>,
+}
+
+impl Norm {
+    pub fn new(kind: NormKind, channels: usize, device: &Device) -> Self {
+        match kind {
+            NormKind::Batch => Self { batch: Some(BatchNormConfig::new(channels).init(device)), group: None },
+            NormKind::Group => Self {
+                batch: None,
+                group: Some(GroupNormConfig::new(group_count(channels), channels).init(device)),
+            },
+            NormKind::None => Self { batch: None, group: None },
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match (&self.batch, &self.group) {
+            (Some(b), _) => b.forward(x),
+            (_, Some(g)) => g.forward(x),
+            _ => x,
+        }
+    }
+}
+
+/// n x (conv3x3 + norm + ReLU).
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    convs: Vec<Conv2d>,
+    norms: Vec<Norm>,
+}
+
+impl ConvBlock {
+    pub fn new(c_in: usize, c_out: usize, n: usize, norm: NormKind, device: &Device) -> Self {
+        let convs = (0..n)
+            .map(|i| {
+                Conv2dConfig::new([if i == 0 { c_in } else { c_out }, c_out], [3, 3])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    // A following norm makes the bias redundant.
+                    .with_bias(norm == NormKind::None)
+                    .init(device)
+            })
+            .collect();
+        let norms = (0..n).map(|_| Norm::new(norm, c_out, device)).collect();
+        Self { convs, norms }
+    }
+
+    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
+        for (conv, norm) in self.convs.iter().zip(&self.norms) {
+            x = relu(norm.forward(conv.forward(x)));
+        }
+        x
+    }
+}
+
+pub fn downsample(x: Tensor<4>) -> Tensor<4> {
+    avg_pool2d(x, AvgPoolOptions::new([2, 2]))
+}
+
+/// The contracting path: level 0 at full resolution, then average-pool down before each level.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    blocks: Vec<ConvBlock>,
+}
+
+impl Encoder {
+    pub fn new(c_in: usize, filters: &[usize], convs: usize, norm: NormKind, device: &Device) -> Self {
+        let mut prev = c_in;
+        let blocks = filters
+            .iter()
+            .map(|&f| {
+                let b = ConvBlock::new(prev, f, convs, norm, device);
+                prev = f;
+                b
+            })
+            .collect();
+        Self { blocks }
+    }
+
+    /// Features at every level, finest first.
+    pub fn forward(&self, mut x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i > 0 {
+                x = downsample(x);
+            }
+            x = block.forward(x);
+            out.push(x.clone());
+        }
+        out
+    }
+
+    /// Only the coarsest features.
+    pub fn forward_last(&self, mut x: Tensor<4>) -> Tensor<4> {
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i > 0 {
+                x = downsample(x);
+            }
+            x = block.forward(x);
+        }
+        x
+    }
+}

@@ -1,0 +1,135 @@
+//! The model's configuration, saved with every run so `sample` rebuilds it from the run alone.
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Normalisation after each 3x3 convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    Batch,
+    /// Group norm with up to 8 groups: independent of batch size.
+    Group,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub in_channels: usize,
+    /// Filters per level; its length is the depth.
+    pub filters: Vec<usize>,
+    pub convs_per_block: usize,
+    pub norm: NormKind,
+    /// Additive attention gates on the skip connections (off: a plain U-Net, for ablation).
+    pub attention_gates: bool,
+    /// Decoder levels (0 = full resolution) with a self-attention block before them.
+    /// `None` means the coarsest decoder level; an empty list turns transformers off.
+    pub transformer_levels: Option<Vec<usize>>,
+    pub transformer_heads: usize,
+    pub latent_dim: usize,
+    /// 1x1 conv + ReLU layers in fcomb before the final 1x1 conv to logits.
+    pub fcomb_layers: usize,
+    /// Clamp range for the Gaussians' log sigma: keeps exp() finite (the public PyTorch port NaNs here).
+    pub log_sigma_min: f32,
+    pub log_sigma_max: f32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 1,
+            filters: vec![32, 64, 128, 192],
+            convs_per_block: 3,
+            norm: NormKind::Batch,
+            attention_gates: true,
+            transformer_levels: None,
+            transformer_heads: 4,
+            latent_dim: 6,
+            fcomb_layers: 3,
+            log_sigma_min: -8.0,
+            log_sigma_max: 4.0,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn depth(&self) -> usize {
+        self.filters.len()
+    }
+
+    /// Decoder levels that get a transformer block, resolved from the default.
+    pub fn transformer_levels(&self) -> Vec<usize> {
+        match &self.transformer_levels {
+            Some(v) => v.clone(),
+            None if self.depth() >= 2 => vec![self.depth() - 2],
+            None => vec![],
+        }
+    }
+
+    /// H and W must halve cleanly at every level.
+    pub fn size_multiple(&self) -> usize {
+        1 << self.depth().saturating_sub(1)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.filters.is_empty() {
+            bail!("model.filters must list at least one level");
+        }
+        if self.filters.contains(&0) {
+            bail!("model.filters must all be positive, got {:?}", self.filters);
+        }
+        if self.convs_per_block == 0 {
+            bail!("model.convs_per_block must be at least 1");
+        }
+        if self.latent_dim == 0 {
+            bail!("model.latent_dim must be at least 1");
+        }
+        if self.in_channels == 0 {
+            bail!("model.in_channels must be at least 1");
+        }
+        if self.log_sigma_min >= self.log_sigma_max {
+            bail!("model.log_sigma_min must be below log_sigma_max");
+        }
+        for l in self.transformer_levels() {
+            if l + 1 >= self.depth() {
+                bail!(
+                    "model.transformer_levels: decoder level {l} does not exist (decoder levels are 0..{})",
+                    self.depth().saturating_sub(1)
+                );
+            }
+            let c = self.filters[l + 1];
+            if self.transformer_heads == 0 || c % self.transformer_heads != 0 {
+                bail!(
+                    "model.transformer_heads ({}) must divide the {c} channels at decoder level {l}",
+                    self.transformer_heads
+                );
+            }
+        }
+        if self.norm == NormKind::Group {
+            for &c in &self.filters {
+                if c % group_count(c) != 0 {
+                    bail!("group norm needs filters divisible by their group count, got {c}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks an input size against the depth, with an error a user can act on.
+    pub fn check_size(&self, h: usize, w: usize) -> Result<()> {
+        let m = self.size_multiple();
+        if h % m != 0 || w % m != 0 || h == 0 || w == 0 {
+            bail!(
+                "image size {h}x{w} is not divisible by 2^(depth-1) = {m} for a model of depth {}; \
+                 crop or pad the images to a multiple of {m}",
+                self.depth()
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn group_count(channels: usize) -> usize {
+    (1..=8).rev().find(|g| channels % g == 0).unwrap_or(1)
+}

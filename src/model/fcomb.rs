@@ -1,0 +1,34 @@
+//! fcomb: combines a latent sample with the U-Net's last features into segmentation logits.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+#[derive(Module, Debug)]
+pub struct Fcomb {
+    layers: Vec<Conv2d>,
+    out: Conv2d,
+}
+
+impl Fcomb {
+    pub fn new(feature_channels: usize, latent_dim: usize, hidden_layers: usize, device: &Device) -> Self {
+        let c = feature_channels;
+        let layers = (0..hidden_layers)
+            .map(|i| Conv2dConfig::new([if i == 0 { c + latent_dim } else { c }, c], [1, 1]).init(device))
+            .collect();
+        let c_last = if hidden_layers == 0 { c + latent_dim } else { c };
+        Self { layers, out: Conv2dConfig::new([c_last, 1], [1, 1]).init(device) }
+    }
+
+    /// `features` [B,C,H,W] and `z` [B,L] to logits [B,1,H,W]; z is tiled over H x W.
+    pub fn forward(&self, features: Tensor<4>, z: Tensor<2>) -> Tensor<4> {
+        let [b, _, h, w] = features.dims();
+        let [_, l] = z.dims();
+        let tiled = z.reshape([b, l, 1, 1]).expand([b, l, h, w]);
+        let mut x = Tensor::cat(vec![features, tiled], 1);
+        for layer in &self.layers {
+            x = relu(layer.forward(x));
+        }
+        self.out.forward(x)
+    }
+}

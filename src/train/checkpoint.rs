@@ -1,0 +1,123 @@
+//! Checkpoints: model weights (burnpack), optimizer state and the run's progress, each written
+//! atomically so a killed run always leaves a loadable last checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::fsio;
+use crate::model::ProbUNet;
+
+/// Progress that `--resume` continues from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs finished (1-based count).
+    pub epoch: usize,
+    pub best_epoch: usize,
+    pub best_score: Option<f64>,
+    pub skipped_steps: usize,
+    pub data: String,
+}
+
+pub struct RunPaths {
+    pub root: PathBuf,
+}
+
+impl RunPaths {
+    pub fn new(root: &Path) -> Self {
+        Self { root: root.to_path_buf() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.csv")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root.join("checkpoints/state.json")
+    }
+    pub fn last_model(&self) -> PathBuf {
+        self.root.join("checkpoints/last.bpk")
+    }
+    pub fn best_model(&self) -> PathBuf {
+        self.root.join("checkpoints/best.bpk")
+    }
+    pub fn optimizer(&self) -> PathBuf {
+        self.root.join("checkpoints/optimizer.bpk")
+    }
+    pub fn figure(&self, epoch: usize) -> PathBuf {
+        self.root.join(format!("figures/epoch_{epoch:03}.png"))
+    }
+}
+
+pub fn save_model(model: &ProbUNet, path: &Path) -> Result<()> {
+    fsio::write_atomic_with(path, |tmp| {
+        let mut store = BurnpackStore::from_file(tmp).auto_extension(false).overwrite(true);
+        model.save_into(&mut store).map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    })
+}
+
+pub fn load_model(model: ProbUNet, path: &Path) -> Result<ProbUNet> {
+    if !path.exists() {
+        anyhow::bail!("checkpoint {} not found", path.display());
+    }
+    let mut model = model;
+    let mut store = BurnpackStore::from_file(path).auto_extension(false);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("loading checkpoint {}", path.display()))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        anyhow::bail!(
+            "checkpoint {} does not match the model in config.toml ({} errors, {} missing tensors)",
+            path.display(),
+            result.errors.len(),
+            result.missing.len()
+        );
+    }
+    Ok(model)
+}
+
+pub fn save_optimizer(optim: &ModuleOptimizer, path: &Path) -> Result<()> {
+    fsio::write_atomic_with(path, |tmp| optim.save(tmp).map_err(|e| anyhow!("{e:?}")))
+}
+
+pub fn load_optimizer(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptimizer> {
+    optim
+        .load(path)
+        .map_err(|e| anyhow!("{e:?}"))
+        .with_context(|| format!("loading optimizer state {}", path.display()))
+}
+
+pub fn save_state(state: &TrainState, path: &Path) -> Result<()> {
+    fsio::write_atomic(path, serde_json::to_string_pretty(state)?.as_bytes())
+}
+
+pub fn load_state(path: &Path) -> Result<TrainState> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Rebuilds a trained model from RUN_DIR alone (config.toml + a checkpoint), on `device`.
+pub fn load_run(run: &Path, which: Which, device: &Device) -> Result<(crate::train::RunConfig, ProbUNet)> {
+    let paths = RunPaths::new(run);
+    let cfg = crate::train::RunConfig::load(&paths.config())
+        .with_context(|| format!("{} is not an apunet run directory", run.display()))?;
+    let path = match which {
+        Which::Best if paths.best_model().exists() => paths.best_model(),
+        _ => paths.last_model(),
+    };
+    let model = load_model(ProbUNet::new(&cfg.model, device), &path)?;
+    Ok((cfg, model))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    Best,
+    Last,
+}

@@ -1,0 +1,126 @@
+//! Training configuration and the run's saved configuration (config.toml in RUN_DIR).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::data::AnnotatorChoice;
+use crate::fsio;
+use crate::model::ModelConfig;
+
+/// What "best" checkpoint selection minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Select {
+    /// Validation loss (reconstruction + beta * KL).
+    Loss,
+    /// Validation generalized energy distance with `val_samples` samples per image.
+    Ged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub beta: f32,
+    /// Epochs over which beta rises linearly from 0 (0: no warm-up).
+    pub kl_warmup_epochs: usize,
+    pub weight_decay: Option<f32>,
+    /// Gradient-norm clipping threshold.
+    pub grad_clip_norm: Option<f32>,
+    pub seed: u64,
+    pub val_fraction: f64,
+    pub annotator: AnnotatorChoice,
+    pub augment: bool,
+    /// This many non-finite losses in a row stop the run.
+    pub max_bad_steps: usize,
+    /// Samples per validation image for GED.
+    pub val_samples: usize,
+    /// Columns in the per-epoch figure.
+    pub figure_images: usize,
+    /// Sample rows in the per-epoch figure.
+    pub figure_samples: usize,
+    pub select: Select,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 20,
+            batch_size: 8,
+            lr: 1e-4,
+            beta: 1.0,
+            kl_warmup_epochs: 0,
+            weight_decay: None,
+            grad_clip_norm: None,
+            seed: 42,
+            val_fraction: 0.2,
+            annotator: AnnotatorChoice::Random,
+            augment: true,
+            max_bad_steps: 20,
+            val_samples: 16,
+            figure_images: 8,
+            figure_samples: 4,
+            select: Select::Loss,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("train.epochs must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("train.batch_size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("train.lr must be a positive number, got {}", self.lr);
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            bail!("train.beta must be >= 0, got {}", self.beta);
+        }
+        if self.val_samples == 0 {
+            bail!("train.val_samples must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// beta for an epoch (1-based), after warm-up.
+    pub fn beta_at(&self, epoch: usize) -> f32 {
+        if self.kl_warmup_epochs == 0 {
+            self.beta
+        } else {
+            self.beta * (epoch as f32 / self.kl_warmup_epochs as f32).min(1.0)
+        }
+    }
+}
+
+/// Everything needed to rebuild and continue a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg: Self = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        fsio::write_atomic(path, toml::to_string_pretty(self)?.as_bytes())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.train.validate()
+    }
+}
