@@ -16,7 +16,7 @@ use crate::train::{self, RunConfig, TrainConfig, TrainRequest, Which};
 pub struct DemoArgs {
     #[arg(long, default_value = "apunet-demo")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 10)]
     pub epochs: usize,
     #[arg(long, default_value_t = 192)]
     pub count: usize,
@@ -35,7 +35,7 @@ pub fn demo_config(epochs: usize, seed: u64) -> RunConfig {
         train: TrainConfig {
             epochs,
             batch_size: 8,
-            lr: 5e-4,
+            lr: 2e-3,
             seed,
             figure_images: 8,
             figure_samples: 4,

@@ -101,10 +101,14 @@ pub fn generate(cfg: &SynthConfig) -> Result<Dataset> {
             let width = rng.gen_range(0.6..1.8);
             let amp = rng.gen_range(0.05..0.2);
             let (dx, dy) = (ang.cos(), ang.sin());
+            let half_len = rng.gen_range(0.1..0.4) * sf;
             for y in 0..s {
                 for x in 0..s {
-                    let d = ((x as f32 - x0) * dy - (y as f32 - y0) * dx).abs();
-                    img[y * s + x] += amp * (-(d * d) / (2.0 * width * width)).exp();
+                    let (px, py) = (x as f32 - x0, y as f32 - y0);
+                    let d = (px * dy - py * dx).abs();
+                    // Vessels are segments that taper out, not lines across the crop.
+                    let along = (px * dx + py * dy) / half_len;
+                    img[y * s + x] += amp * (-(d * d) / (2.0 * width * width)).exp() * (-along.powi(4)).exp();
                 }
             }
         }

@@ -1,8 +1,12 @@
 //! fcomb: combines a latent sample with the U-Net's last features into segmentation logits.
 
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+
+/// logit(0.05).
+pub const OUTPUT_PRIOR_LOGIT: f32 = -2.944;
 
 #[derive(Module, Debug)]
 pub struct Fcomb {
@@ -17,7 +21,11 @@ impl Fcomb {
             .map(|i| Conv2dConfig::new([if i == 0 { c + latent_dim } else { c }, c], [1, 1]).init(device))
             .collect();
         let c_last = if hidden_layers == 0 { c + latent_dim } else { c };
-        Self { layers, out: Conv2dConfig::new([c_last, 1], [1, 1]).init(device) }
+        let mut out = Conv2dConfig::new([c_last, 1], [1, 1]).init(device);
+        // Lesions cover a few percent of a crop: start every pixel at p ~ 0.05 (the RetinaNet
+        // prior trick) instead of 0.5, or the first hundreds of steps only learn "background".
+        out.bias = Some(Param::from_tensor(Tensor::full([1], OUTPUT_PRIOR_LOGIT, device)));
+        Self { layers, out }
     }
 
     /// `features` [B,C,H,W] and `z` [B,L] to logits [B,1,H,W]; z is tiled over H x W.

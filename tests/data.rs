@@ -1,0 +1,184 @@
+mod common;
+
+use std::path::Path;
+
+use apunet::data::batch::training_batch;
+use apunet::data::npz::{self, NpzEntry, NpyArray};
+use apunet::data::synth::{SynthConfig, generate};
+use apunet::data::{AnnotatorChoice, Dataset};
+use apunet::model::to_host;
+use burn::prelude::*;
+use ndarray::{Array3, Array4};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+fn write(path: &Path, entries: &[(&str, NpzEntry<'_>)]) {
+    npz::write_npz(path, entries).unwrap();
+}
+
+fn err_text(path: &Path) -> String {
+    format!("{:#}", Dataset::load(path).err().expect("load must fail"))
+}
+
+#[test]
+fn reads_the_real_lidc_sample_with_unicode_series_ids() {
+    let path = common::shared_data().join("lidc/lidc-small-train.npz");
+    let ds = Dataset::load(&path).unwrap();
+    assert_eq!(ds.len(), 51);
+    assert_eq!(ds.annotators(), 4);
+    assert_eq!((ds.height(), ds.width()), (128, 128));
+    assert!(ds.images.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(ds.series.iter().all(|s| s.starts_with("1.3.6.1.4.1.")), "{:?}", &ds.series[..2]);
+    let distinct: std::collections::HashSet<_> = ds.series.iter().collect();
+    assert!(distinct.len() > 1 && distinct.len() < 51);
+    assert!(ds.masks.iter().any(|&v| v == 1));
+}
+
+#[test]
+fn npz_round_trip_keeps_arrays_and_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.npz");
+    let ds = generate(&SynthConfig { count: 6, size: 32, annotators: 3, seed: 4, ..Default::default() }).unwrap();
+    let mut ds = ds;
+    ds.series[0] = "séries-ü-1".into();
+    ds.save(&p).unwrap();
+    let back = Dataset::load(&p).unwrap();
+    assert_eq!(back.images, ds.images);
+    assert_eq!(back.masks, ds.masks);
+    assert_eq!(back.series, ds.series);
+    let raw = npz::read_npz(&p).unwrap();
+    assert!(matches!(raw.get("series_uid"), Some(NpyArray::Str(s, shape)) if s.len() == 6 && shape == &vec![6]));
+}
+
+#[test]
+fn parses_numpy_written_headers() {
+    // Header exactly as numpy 1.x writes `np.array(['ab', 'c'])`.
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let mut dict = "{'descr': '<U2', 'fortran_order': False, 'shape': (2,), }".to_string();
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(dict.as_bytes());
+    for c in ['a', 'b', 'c', '\0'] {
+        bytes.extend_from_slice(&(c as u32).to_le_bytes());
+    }
+    let h = npz::parse_header(&bytes).unwrap();
+    assert_eq!(h.descr, "<U2");
+    assert_eq!(h.shape, vec![2]);
+    assert_eq!(npz::encode_strings(&["ab".into(), "c".into()]), bytes);
+}
+
+#[test]
+fn synthetic_data_is_dark_ambiguous_and_reproducible() {
+    let cfg = SynthConfig { count: 40, size: 64, annotators: 4, seed: 1, ..Default::default() };
+    let a = generate(&cfg).unwrap();
+    let b = generate(&cfg).unwrap();
+    assert_eq!(a.images, b.images);
+    assert_eq!(a.masks, b.masks);
+    let mean = a.images.mean().unwrap();
+    assert!(mean < 0.35, "synthetic CT should be dark, mean {mean}");
+    // Annotators disagree on some images and lesions are small.
+    let (s, hw) = (64usize, 64 * 64);
+    let mut disagree = 0;
+    let mut some_empty = 0;
+    for i in 0..40 {
+        let areas: Vec<usize> = (0..4).map(|k| (0..hw).filter(|&p| a.masks[[i, k, p / s, p % s]] == 1).count()).collect();
+        if areas.iter().any(|&x| x != areas[0]) {
+            disagree += 1;
+        }
+        if areas.contains(&0) {
+            some_empty += 1;
+        }
+        assert!(areas.iter().all(|&x| x < hw / 8), "lesions should be small: {areas:?}");
+    }
+    assert!(disagree >= 20, "annotators should disagree often, got {disagree}/40");
+    assert!(some_empty >= 3, "some lesions should be missed or absent, got {some_empty}");
+    assert!(generate(&SynthConfig { annotators: 0, ..cfg.clone() }).is_err());
+    assert!(generate(&SynthConfig { count: 0, ..cfg }).is_err());
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = Array3::<f32>::zeros((2, 8, 8)).into_dyn();
+    let good_masks = Array4::<u8>::zeros((2, 2, 8, 8)).into_dyn();
+
+    let missing = d.join("nope.npz");
+    assert!(err_text(&missing).contains("cannot open"), "{}", err_text(&missing));
+
+    let notzip = d.join("text.npz");
+    std::fs::write(&notzip, b"hello").unwrap();
+    assert!(err_text(&notzip).contains("not a valid .npz"));
+
+    let wrong = d.join("wrong.npz");
+    let masks = Array4::<u8>::zeros((2, 2, 8, 7)).into_dyn();
+    write(&wrong, &[("images", NpzEntry::F32(&img)), ("masks", NpzEntry::U8(&masks))]);
+    let e = err_text(&wrong);
+    assert!(e.contains("[2, 2, 8, 7]") && e.contains("expected masks [2, A, 8, 8]"), "{e}");
+
+    let nonbin = d.join("nonbin.npz");
+    let mut m = Array4::<u8>::zeros((2, 2, 8, 8));
+    m[[1, 0, 3, 3]] = 255;
+    let m = m.into_dyn();
+    write(&nonbin, &[("images", NpzEntry::F32(&img)), ("masks", NpzEntry::U8(&m))]);
+    assert!(err_text(&nonbin).contains("binary"), "{}", err_text(&nonbin));
+
+    let nan = d.join("nan.npz");
+    let mut im = Array3::<f32>::zeros((2, 8, 8));
+    im[[1, 2, 2]] = f32::NAN;
+    let im = im.into_dyn();
+    write(&nan, &[("images", NpzEntry::F32(&im)), ("masks", NpzEntry::U8(&good_masks))]);
+    assert!(err_text(&nan).contains("image 1 contains NaN"), "{}", err_text(&nan));
+
+    let zero_ann = d.join("zero.npz");
+    let z = Array4::<u8>::zeros((2, 0, 8, 8)).into_dyn();
+    write(&zero_ann, &[("images", NpzEntry::F32(&img)), ("masks", NpzEntry::U8(&z))]);
+    assert!(err_text(&zero_ann).contains("annotator count 0"), "{}", err_text(&zero_ann));
+
+    let no_masks = d.join("nomasks.npz");
+    write(&no_masks, &[("images", NpzEntry::F32(&img))]);
+    assert!(err_text(&no_masks).contains("no 'masks'"));
+
+    let series = d.join("series.npz");
+    let s = vec!["a".to_string()];
+    write(&series, &[("images", NpzEntry::F32(&img)), ("masks", NpzEntry::U8(&good_masks)), ("series_uid", NpzEntry::Str(&s))]);
+    assert!(err_text(&series).contains("'series_uid' has 1 entries"));
+}
+
+#[test]
+fn batches_pick_annotators_and_augment_image_and_mask_alike() {
+    let ds = generate(&SynthConfig { count: 4, size: 32, annotators: 4, seed: 9, empty_fraction: 0.0, ..Default::default() }).unwrap();
+    let d = Device::flex();
+    let mut rng = StdRng::seed_from_u64(0);
+    let idx = [0, 1, 2, 3];
+    let b = training_batch(&ds, &idx, AnnotatorChoice::Fixed(2), false, &mut rng, &d).unwrap();
+    let m = to_host(b.masks).unwrap();
+    for (j, &i) in idx.iter().enumerate() {
+        for p in 0..32 * 32 {
+            assert_eq!(m[j * 1024 + p], ds.masks[[i, 2, p / 32, p % 32]] as f32);
+        }
+    }
+    // Augmented: the mask still sits where the (transformed) lesion is, so the image is brighter
+    // under the mask than around it.
+    let b = training_batch(&ds, &idx, AnnotatorChoice::Majority, true, &mut rng, &d).unwrap();
+    let (im, m) = (to_host(b.images).unwrap(), to_host(b.masks).unwrap());
+    for j in 0..4 {
+        let (mut inside, mut n_in, mut outside, mut n_out) = (0f32, 0, 0f32, 0);
+        for p in 0..1024 {
+            if m[j * 1024 + p] > 0.5 {
+                inside += im[j * 1024 + p];
+                n_in += 1;
+            } else {
+                outside += im[j * 1024 + p];
+                n_out += 1;
+            }
+        }
+        if n_in > 0 {
+            assert!(inside / n_in as f32 > outside / n_out as f32, "mask and image misaligned in item {j}");
+        }
+    }
+    assert!(training_batch(&ds, &idx, AnnotatorChoice::Fixed(7), false, &mut rng, &d).is_err());
+}

@@ -1,0 +1,131 @@
+mod common;
+
+use apunet::cli::sample_to;
+use apunet::data::npz::{self, NpyArray};
+use apunet::data::synth::{SynthConfig, generate};
+use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, Which, read_metrics};
+use burn::prelude::*;
+
+fn tiny_run(epochs: usize) -> RunConfig {
+    RunConfig {
+        model: common::tiny_config(),
+        train: TrainConfig {
+            epochs,
+            batch_size: 4,
+            lr: 2e-3,
+            val_fraction: 0.25,
+            val_samples: 4,
+            figure_images: 3,
+            figure_samples: 2,
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn train_resume_and_sample_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.npz");
+    generate(&SynthConfig { count: 16, size: 16, annotators: 4, seed: 3, per_series: 2, ..Default::default() })
+        .unwrap()
+        .save(&data)
+        .unwrap();
+    let run = dir.path().join("run");
+    let req = |epochs: usize, resume: bool| TrainRequest {
+        data: data.clone(),
+        out: run.clone(),
+        config: tiny_run(epochs),
+        device: Device::flex(),
+        resume,
+        quiet: true,
+    };
+    let first = train::train(req(1, false)).unwrap();
+    assert_eq!(first.history.len(), 1);
+    assert!(run.join("config.toml").exists());
+    assert!(run.join("checkpoints/last.bpk").exists());
+    assert!(run.join("checkpoints/best.bpk").exists());
+    assert!(run.join("checkpoints/optimizer.bpk").exists());
+    assert!(run.join("figures/epoch_001.png").exists());
+    let fig = image::open(run.join("figures/epoch_001.png")).unwrap();
+    assert!(fig.width() > 3 * 16 && fig.height() > 7 * 16, "figure has 3 columns and 1+4+2 rows");
+
+    // "Interrupted" after epoch 1: resume continues at epoch 2 and keeps epoch 1's line.
+    let second = train::train(req(3, true)).unwrap();
+    let epochs: Vec<usize> = second.history.iter().map(|m| m.epoch).collect();
+    assert_eq!(epochs, vec![1, 2, 3]);
+    assert!((second.history[0].loss - first.history[0].loss).abs() < 1e-4);
+    assert!((second.history[0].val_ged - first.history[0].val_ged).abs() < 1e-4);
+    let csv = read_metrics(&run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.len(), 3);
+    assert!(csv.iter().all(|m| m.loss.is_finite() && m.val_ged.is_finite() && m.val_ged >= 0.0));
+
+    let out = dir.path().join("samples.npz");
+    sample_to(&run, &data, 5, &out, Which::Best, 0, 4, 4, "cpu").unwrap();
+    let arrays = npz::read_npz(&out).unwrap();
+    match &arrays["samples"] {
+        NpyArray::U8(a) => {
+            assert_eq!(a.shape(), &[16, 5, 16, 16]);
+            assert!(a.iter().all(|&v| v <= 1));
+        }
+        other => panic!("samples has kind {}", other.kind()),
+    }
+    match &arrays["mean"] {
+        NpyArray::F32(a) => {
+            assert_eq!(a.shape(), &[16, 16, 16]);
+            assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+        other => panic!("mean has kind {}", other.kind()),
+    }
+    assert!(out.with_extension("png").exists());
+    // Sampling is reproducible.
+    let out2 = dir.path().join("again.npz");
+    sample_to(&run, &data, 5, &out2, Which::Best, 0, 2, 4, "cpu").unwrap();
+    match (&arrays["samples"], &npz::read_npz(&out2).unwrap()["samples"]) {
+        (NpyArray::U8(a), NpyArray::U8(b)) => assert_eq!(a, b, "batch size must not change samples"),
+        _ => unreachable!(),
+    }
+    // A size the model cannot take, and a missing run, are errors with a message.
+    let odd = dir.path().join("odd.npz");
+    generate(&SynthConfig { count: 2, size: 17, ..Default::default() }).unwrap().save(&odd).unwrap();
+    let e = sample_to(&run, &odd, 2, &dir.path().join("x.npz"), Which::Best, 0, 2, 2, "cpu").unwrap_err();
+    assert!(format!("{e:#}").contains("not divisible"), "{e:#}");
+    let e = sample_to(&dir.path().join("nope"), &data, 2, &dir.path().join("x.npz"), Which::Best, 0, 2, 2, "cpu").unwrap_err();
+    assert!(format!("{e:#}").contains("not an apunet run directory"), "{e:#}");
+}
+
+#[test]
+fn diverging_run_stops_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.npz");
+    generate(&SynthConfig { count: 12, size: 16, seed: 1, ..Default::default() }).unwrap().save(&data).unwrap();
+    let mut cfg = tiny_run(50);
+    cfg.train.lr = 1e37;
+    cfg.train.max_bad_steps = 2;
+    cfg.train.val_fraction = 0.0;
+    let err = train::train(TrainRequest {
+        data,
+        out: dir.path().join("run"),
+        config: cfg,
+        device: Device::flex(),
+        resume: false,
+        quiet: true,
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("non-finite losses in a row"), "{err:#}");
+}
+
+#[test]
+fn unknown_device_and_missing_data_are_errors() {
+    assert!(apunet::device::parse_device("tpu").is_err());
+    let dir = tempfile::tempdir().unwrap();
+    let err = train::train(TrainRequest {
+        data: dir.path().join("missing.npz"),
+        out: dir.path().join("run"),
+        config: tiny_run(1),
+        device: Device::flex(),
+        resume: false,
+        quiet: true,
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("missing.npz"), "{err:#}");
+}
