@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch peer for `apunet bench`: the same Probabilistic Attention U-Net (3 convs per block,
-filters 32-64-128-192, BatchNorm, attention gates, one transformer block at the coarsest decoder
+filters 32-64-128-192, GroupNorm(8), attention gates, one transformer block at the coarsest decoder
 level, latent 6, fcomb 4 convs), timed the same way. Prints JSON like `apunet bench`.
 
     python3 bench/torch_peer.py --device cpu --batch-size 8 --steps 5 --warmup 2
@@ -16,7 +16,7 @@ def conv_block(cin, cout, n=3):
     layers = []
     for i in range(n):
         layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                   nn.GroupNorm(8, cout), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NormKind {
+    /// Batch norm: running statistics at inference lag behind fast training (small batches).
     Batch,
-    /// Group norm with up to 8 groups: independent of batch size.
+    /// Group norm with up to 8 groups: the same computation in training and inference and
+    /// independent of batch size (nnU-Net uses instance norm for the same reason). Default.
     Group,
     None,
 }
@@ -41,7 +43,7 @@ impl Default for ModelConfig {
             in_channels: 1,
             filters: vec![32, 64, 128, 192],
             convs_per_block: 3,
-            norm: NormKind::Batch,
+            norm: NormKind::Group,
             attention_gates: true,
             transformer_levels: None,
             transformer_heads: 4,
