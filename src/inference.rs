@@ -18,6 +18,8 @@ pub struct Samples {
     pub masks: Array4<u8>,
     /// [N, H, W], the mean over samples of the per-pixel probability.
     pub mean: Array3<f32>,
+    /// [N, H, W], 0/1: the mask at the prior's mean latent (the model's single "best guess").
+    pub prior_mean: Array3<u8>,
 }
 
 /// eps ~ N(0, I) for one image, seeded by the image's index so results do not depend on batching.
@@ -40,6 +42,7 @@ pub fn sample_images(
     let (count, h, w) = images.dim();
     let mut masks = Array4::<u8>::zeros((count, n, h, w));
     let mut mean = Array3::<f32>::zeros((count, h, w));
+    let mut prior_mean = Array3::<u8>::zeros((count, h, w));
     // Bound the fcomb batch so memory stays flat for large n.
     let per_chunk = (batch.max(1) * 16 / n.max(1)).clamp(1, batch.max(1));
     let mut start = 0;
@@ -54,8 +57,11 @@ pub fn sample_images(
         let eps: Vec<f32> = (start..end).flat_map(|i| image_eps(seed, i, n, latent)).collect();
         let eps = Tensor::<2>::from_data(TensorData::new(eps, [b * n, latent]), device);
         let (features, prior) = model.encode(x);
-        let probs = sigmoid(model.sample_from(features, &prior, eps));
-        let probs = to_host(probs)?;
+        let best = to_host(model.fcomb.forward(features.clone(), prior.mu.clone()))?;
+        let probs = to_host(sigmoid(model.sample_from(features, &prior, eps)))?;
+        for (o, &v) in prior_mean.slice_mut(ndarray::s![start..end, .., ..]).iter_mut().zip(&best) {
+            *o = (v > 0.0) as u8;
+        }
         let hw = h * w;
         for bi in 0..b {
             let mut m = mean.index_axis_mut(Axis(0), start + bi);
@@ -72,5 +78,5 @@ pub fn sample_images(
         progress(b);
         start = end;
     }
-    Ok(Samples { masks, mean })
+    Ok(Samples { masks, mean, prior_mean })
 }

@@ -76,6 +76,10 @@ fn train_resume_and_sample_end_to_end() {
         }
         other => panic!("mean has kind {}", other.kind()),
     }
+    match &arrays["prior_mean"] {
+        NpyArray::U8(a) => assert_eq!(a.shape(), &[16, 16, 16]),
+        other => panic!("prior_mean has kind {}", other.kind()),
+    }
     assert!(out.with_extension("png").exists());
     // Sampling is reproducible.
     let out2 = dir.path().join("again.npz");

@@ -108,7 +108,8 @@ pub struct SampleArgs {
     pub data: PathBuf,
     #[arg(long, default_value_t = 16)]
     pub n: usize,
-    /// Output npz (samples [N,n,H,W] uint8, mean [N,H,W] float32); a PNG figure goes beside it.
+    /// Output npz (samples [N,n,H,W] uint8, mean [N,H,W] float32, prior_mean [N,H,W] uint8);
+    /// a PNG figure goes beside it.
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, value_enum, default_value_t = Which::Best)]
@@ -237,7 +238,11 @@ pub fn sample_to(run: &Path, data: &Path, n: usize, out: &Path, which: Which, se
     pb.finish_and_clear();
     let masks = samples.masks.clone().into_dyn();
     let mean = samples.mean.clone().into_dyn();
-    npz::write_npz(out, &[("samples", NpzEntry::U8(&masks)), ("mean", NpzEntry::F32(&mean))])?;
+    let prior_mean = samples.prior_mean.clone().into_dyn();
+    npz::write_npz(
+        out,
+        &[("samples", NpzEntry::U8(&masks)), ("mean", NpzEntry::F32(&mean)), ("prior_mean", NpzEntry::U8(&prior_mean))],
+    )?;
     let k = figure_images.min(ds.len());
     let idx: Vec<usize> = (0..k).collect();
     let sub = ds.subset(&idx);
