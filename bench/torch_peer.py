@@ -169,31 +169,30 @@ def main():
     x = (0.1 + 0.05 * torch.randn(b, 1, a.size, a.size)).to(dev)
     y = (torch.arange(a.size) > a.size // 2).float().expand(b, 1, a.size, a.size).contiguous().to(dev)
     sync = torch.cuda.synchronize if gpu else (lambda: None)
-    times = []
-    m.train()
-    for step in range(a.warmup + a.steps):
-        t = time.perf_counter()
+
+    def timed(label, step_fn):
+        times = []
+        for step in range(a.warmup + a.steps):
+            t = time.perf_counter()
+            step_fn()
+            sync()
+            dt = time.perf_counter() - t
+            print(f"{label} step {step}: {dt:.3f} s{' (warm-up)' if step < a.warmup else ''}", flush=True)
+            if step >= a.warmup:
+                times.append(dt)
+        return times
+
+    def train_step():
         opt.zero_grad(set_to_none=True)
         loss = m.loss(x, y)
         loss.backward()
         opt.step()
         loss.item()
-        sync()
-        dt = time.perf_counter() - t
-        print(f"train step {step}: {dt:.3f} s{' (warm-up)' if step < a.warmup else ''}", flush=True)
-        if step >= a.warmup:
-            times.append(dt)
+
+    m.train()
+    times = timed("train", train_step)
     m.eval()
-    stimes = []
-    for step in range(a.warmup + a.steps):
-        t = time.perf_counter()
-        masks = m.sample(x, a.samples)
-        masks.cpu()
-        sync()
-        dt = time.perf_counter() - t
-        print(f"sample step {step}: {dt:.3f} s{' (warm-up)' if step < a.warmup else ''}", flush=True)
-        if step >= a.warmup:
-            stimes.append(dt)
+    stimes = timed("sample", lambda: m.sample(x, a.samples).cpu())
     rep = {
         "impl": f"pytorch {torch.__version__} eager fp32",
         "device": a.device,

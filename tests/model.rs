@@ -43,6 +43,12 @@ fn shapes_through_every_module() {
         let x = Tensor::<4>::zeros([b, 1, h, w], &d);
         let y = Tensor::<4>::ones([b, 1, h, w], &d);
         assert_eq!(model.unet.forward(x.clone()).dims(), [b, cfg.filters[0], h, w]);
+        let maps = model.unet.attention_maps(x.clone());
+        assert_eq!(maps.len(), if cfg.attention_gates { cfg.depth() - 1 } else { 0 });
+        for (k, m) in maps.into_iter().enumerate() {
+            let level = cfg.depth() - 2 - k;
+            assert_eq!(m.dims(), [b, 1, h >> level, w >> level]);
+        }
         let prior = model.prior.forward(x.clone());
         assert_eq!(prior.mu.dims(), [b, l]);
         assert_eq!(prior.log_sigma.dims(), [b, l]);

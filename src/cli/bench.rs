@@ -61,48 +61,37 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(0);
     let ad = device.clone().autodiff();
     ad.seed(0);
-    let mut model = ProbUNet::new(&cfg, &ad);
+    let model = ProbUNet::new(&cfg, &ad);
     let params = model.num_params();
+    // An Option lets the step closure move the model through the optimizer without a clone.
+    let mut slot = Some(model);
     let mut optim = AdamConfig::new().init();
     let x: Vec<f32> = randn(&mut rng, b * s * s).into_iter().map(|v| 0.1 + 0.05 * v).collect();
     let y: Vec<f32> = (0..b * s * s).map(|i| ((i % s) > s / 2) as u8 as f32).collect();
-    let mut step_times = Vec::new();
-    for step in 0..a.warmup + a.steps {
-        let t = Instant::now();
+    let step_times = timed("train", a.warmup, a.steps, || {
         let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, 1, s, s]), &ad);
         let yi = Tensor::<4>::from_data(TensorData::new(y.clone(), [b, 1, s, s]), &ad);
         let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, b * l), [b, l]), &ad);
+        let model = slot.take().expect("model is put back after every step");
         let out = model.forward_train(xi, yi.clone(), eps);
         let loss = elbo_loss(&out, yi, 1.0);
         let grads = GradientsParams::from_grads(loss.total.backward(), &model);
-        model = optim.step(1e-4, model, grads);
+        slot = Some(optim.step(1e-4, model, grads));
         // Reading a value back waits for the device, so the step is fully timed.
-        let _ = to_host(loss.reconstruction)?;
-        let dt = t.elapsed().as_secs_f64();
-        eprintln!("train step {step}: {dt:.3} s{}", if step < a.warmup { " (warm-up)" } else { "" });
-        if step >= a.warmup {
-            step_times.push(dt);
-        }
-    }
+        to_host(loss.reconstruction).map(|_| ())
+    })?;
     let train_s: f64 = step_times.iter().sum();
     let train_ips = (a.steps * b) as f64 / train_s.max(1e-9);
 
-    let valid = model.valid();
+    let valid = slot.take().expect("model after training").valid();
     let n = a.samples;
-    let mut sample_times = Vec::new();
-    for step in 0..a.warmup + a.steps {
-        let t = Instant::now();
+    let sample_times = timed("sample", a.warmup, a.steps, || {
         let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, 1, s, s]), &device);
         let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, b * n * l), [b * n, l]), &device);
         let (features, prior) = valid.encode(xi);
-        let masks = valid.sample_from(features, &prior, eps).greater_elem(0.0);
-        let _ = masks.into_data();
-        let dt = t.elapsed().as_secs_f64();
-        eprintln!("sample step {step}: {dt:.3} s{}", if step < a.warmup { " (warm-up)" } else { "" });
-        if step >= a.warmup {
-            sample_times.push(dt);
-        }
-    }
+        let _ = valid.sample_from(features, &prior, eps).greater_elem(0.0).into_data();
+        Ok(())
+    })?;
     let sample_s: f64 = sample_times.iter().sum();
     let masks_per_s = (a.steps * b * n) as f64 / sample_s.max(1e-9);
     let report = json!({
@@ -122,6 +111,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Runs `warmup + steps` steps, printing each time; returns the timed (post-warm-up) ones.
+fn timed(label: &str, warmup: usize, steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        step()?;
+        let dt = t.elapsed().as_secs_f64();
+        eprintln!("{label} step {i}: {dt:.3} s{}", if i < warmup { " (warm-up)" } else { "" });
+        if i >= warmup {
+            times.push(dt);
+        }
+    }
+    Ok(times)
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -43,29 +43,19 @@ impl AttentionUNet {
 
     /// The last decoder features, [B, filters[0], H, W].
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut skips = self.encoder.forward(x);
-        let mut g = skips.pop().expect("at least one level");
-        for level in &self.decoder {
-            let skip = skips.pop().expect("one skip per decoder level");
-            if let Some(t) = &level.transformer {
-                g = t.forward(g);
-            }
-            let [_, _, h, w] = skip.dims();
-            let skip = match &level.gate {
-                Some(gate) => gate.forward(skip, g.clone()),
-                None => skip,
-            };
-            let up = resample(g, h, w);
-            g = level.block.forward(Tensor::cat(vec![up, skip], 1));
-        }
-        g
+        self.decode(x, None)
     }
 
     /// Attention coefficients of every gate, coarsest first (for figures and tests).
     pub fn attention_maps(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut maps = Vec::new();
+        self.decode(x, Some(&mut maps));
+        maps
+    }
+
+    fn decode(&self, x: Tensor<4>, mut maps: Option<&mut Vec<Tensor<4>>>) -> Tensor<4> {
         let mut skips = self.encoder.forward(x);
         let mut g = skips.pop().expect("at least one level");
-        let mut maps = Vec::new();
         for level in &self.decoder {
             let skip = skips.pop().expect("one skip per decoder level");
             if let Some(t) = &level.transformer {
@@ -74,15 +64,17 @@ impl AttentionUNet {
             let [_, _, h, w] = skip.dims();
             let skip = match &level.gate {
                 Some(gate) => {
-                    let a = gate.coefficients(skip.clone(), g.clone());
-                    maps.push(a.clone());
-                    skip * a
+                    let alpha = gate.coefficients(skip.clone(), g.clone());
+                    if let Some(maps) = maps.as_deref_mut() {
+                        maps.push(alpha.clone());
+                    }
+                    skip * alpha
                 }
                 None => skip,
             };
             let up = resample(g, h, w);
             g = level.block.forward(Tensor::cat(vec![up, skip], 1));
         }
-        maps
+        g
     }
 }
