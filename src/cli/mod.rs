@@ -193,9 +193,12 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         (None, Some(o)) => (o.clone(), false),
         (None, None) => bail!("give --out RUN_DIR for a new run, or --resume RUN_DIR"),
     };
-    let mut cfg = match &a.config {
-        Some(p) => RunConfig::load(p)?,
-        None => RunConfig::default(),
+    let mut cfg = match (&a.config, resume) {
+        (Some(p), _) => RunConfig::load(p)?,
+        // Resuming keeps the run's own settings unless a flag overrides them.
+        (None, true) => RunConfig::load(&train::RunPaths::new(&out).config())
+            .with_context(|| format!("--resume: {} holds no run to resume", out.display()))?,
+        (None, false) => RunConfig::default(),
     };
     apply_overrides(&mut cfg, &a);
     let data = match (&a.data, resume) {

@@ -100,8 +100,8 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     if req.resume {
         let saved = RunConfig::load(&paths.config())
             .with_context(|| format!("--resume: {} holds no run to resume", req.out.display()))?;
-        // The architecture comes from the run; only the epoch budget may grow.
-        let epochs = cfg.train.epochs.max(saved.train.epochs);
+        // Everything comes from the run except the total epoch count to reach.
+        let epochs = cfg.train.epochs;
         cfg = saved;
         cfg.train.epochs = epochs;
         if paths.state().exists() {
