@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 /// A temporary sibling path in the same directory, so the final rename stays on one filesystem.
+/// It keeps the extension: writers that pick a format from it (image, plotters) still work.
 pub fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
+    let stem = path
+        .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!(".{stem}.tmp{}{ext}", std::process::id()))
 }
 
 /// Writes `bytes` to `path` through a temp file and a rename.

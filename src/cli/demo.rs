@@ -51,7 +51,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let data = a.out.join("synthetic.npz");
     let ds = synth::generate(&SynthConfig { count: a.count, size: a.size, seed: a.seed, ..Default::default() })?;
     ds.save(&data)?;
-    println!("1/3 synthetic dataset: {} ({} crops {}x{}, {} annotators)", data.display(), ds.len(), a.size, a.size, ds.annotators());
+    println!("1/4 synthetic dataset: {} ({} crops {}x{}, {} annotators)", data.display(), ds.len(), a.size, a.size, ds.annotators());
 
     let run_dir = a.out.join("run");
     let resume = run_dir.join("checkpoints/state.json").exists();
@@ -63,12 +63,27 @@ pub fn run(a: DemoArgs) -> Result<()> {
         resume,
         quiet: false,
     })?;
-    println!("2/3 trained: {} (best epoch {})", run_dir.display(), summary.best_epoch);
+    println!("2/4 trained: {} (best epoch {})", run_dir.display(), summary.best_epoch);
 
     let samples = a.out.join("samples.npz");
     super::sample_to(&run_dir, &data, 16, &samples, Which::Best, a.seed, 8, 8, &a.device)?;
+    println!("3/4 sampled 16 masks per image: {}", samples.display());
+    let eval_dir = a.out.join("eval");
+    super::evaluate::eval_cmd(super::evaluate::EvalArgs {
+        run: run_dir.clone(),
+        data: data.clone(),
+        n: 16,
+        out: eval_dir.clone(),
+        checkpoint: Which::Best,
+        seed: a.seed,
+        batch_size: 8,
+        images: None,
+        overlay: false,
+        device: a.device.clone(),
+    })?;
+    super::evaluate::plot_cmd(super::evaluate::PlotArgs { run: run_dir.clone(), out: None })?;
+    println!("4/4 evaluated: {}/report.md", eval_dir.display());
     let last = summary.history.last();
-    println!("3/3 sampled 16 masks per image: {}", samples.display());
     if let Some(m) = last {
         println!(
             "final epoch {}: train loss {:.3}, val loss {:.3}, val GED {:.4}",
@@ -76,10 +91,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
         );
     }
     println!(
-        "figures: {}/figures/ and {}; metrics: {}/metrics.csv; {:.0} s in all",
+        "figures: {}/figures/, {}/curves.png, {} and {}/samples.png; {:.0} s in all",
+        run_dir.display(),
         run_dir.display(),
         samples.with_extension("png").display(),
-        run_dir.display(),
+        eval_dir.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

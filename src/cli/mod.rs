@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod evaluate;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,12 @@ pub enum Command {
     Train(TrainArgs),
     /// Sample n masks per image from a trained run.
     Sample(SampleArgs),
+    /// Sample with a run and score it: GED, Hungarian-matched IoU, Dice, calibration, figures.
+    Eval(evaluate::EvalArgs),
+    /// Score any model's sampled masks against annotators' masks.
+    Metrics(evaluate::MetricsArgs),
+    /// Training curves from a run's metrics.csv.
+    Plot(evaluate::PlotArgs),
     /// Synthetic data, brief training, sampling and figures in one go.
     Demo(demo::DemoArgs),
     /// Training and sampling throughput as JSON.
@@ -130,6 +137,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Synth(a) => synth_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Sample(a) => sample_cmd(a),
+        Command::Eval(a) => evaluate::eval_cmd(a),
+        Command::Metrics(a) => evaluate::metrics_cmd(a),
+        Command::Plot(a) => evaluate::plot_cmd(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
     }

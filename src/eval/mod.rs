@@ -2,3 +2,5 @@
 
 pub mod figures;
 pub mod metrics;
+pub mod plots;
+pub mod report;

@@ -352,9 +352,10 @@ pub fn render_figure(sub: &Dataset, samples: &ndarray::Array4<u8>, n: usize, tit
             image: &img[i * hw..(i + 1) * hw],
             labels: (0..a).map(|k| &msk[(i * a + k) * hw..(i * a + k + 1) * hw]).collect(),
             samples: (0..ns.min(n)).map(|s| &smp[(i * ns + s) * hw..(i * ns + s + 1) * hw]).collect(),
+            heat: Vec::new(),
         })
         .collect();
-    figures::sample_grid(&columns, h, w, title)
+    figures::sample_grid(&columns, h, w, title, &figures::GridOptions::default())
 }
 
 fn progress_bar(len: u64, quiet: bool, prefix: &str) -> ProgressBar {
