@@ -3,6 +3,8 @@
 pub mod augment;
 pub mod batch;
 pub mod dataset;
+pub mod dicom;
+pub mod intensity;
 pub mod npz;
 pub mod split;
 pub mod synth;

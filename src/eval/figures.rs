@@ -100,7 +100,7 @@ pub fn sample_grid(columns: &[Column<'_>], h: usize, w: usize, title: &str, opts
     let header = 24u32;
     let bar = if rows_heat > 0 { 56u32 } else { 0 };
     let rows = 1 + rows_labels + rows_samples + rows_heat;
-    let width = margin + columns.len() as u32 * (cw + gap) + gap + bar;
+    let width = (margin + columns.len() as u32 * (cw + gap) + gap + bar).max(8 * title.chars().count() as u32 + 2 * gap);
     let height = header + rows as u32 * (ch + gap) + gap;
     let mut canvas = RgbImage::from_pixel(width, height, BG);
     draw_text(&mut canvas, gap, 6, title, 1, LABEL);

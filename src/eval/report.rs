@@ -227,13 +227,13 @@ impl Report {
         }
         csv.push_str(",dice_majority,iou_majority,sample_diversity,annotator_diversity,annotators_all_empty,prediction_empty\n");
         for p in &self.per_image {
-            write!(csv, "{},{:.6},{:.6}", p.index, p.ged, p.hm_iou)?;
+            write!(csv, "{},{:.9},{:.9}", p.index, p.ged, p.hm_iou)?;
             for v in p.dice.iter().chain(&p.iou) {
-                write!(csv, ",{v:.6}")?;
+                write!(csv, ",{v:.9}")?;
             }
             writeln!(
                 csv,
-                ",{:.6},{:.6},{:.6},{:.6},{},{}",
+                ",{:.9},{:.9},{:.9},{:.9},{},{}",
                 p.dice_majority, p.iou_majority, p.sample_diversity, p.annotator_diversity, p.annotators_all_empty, p.prediction_empty
             )?;
         }

@@ -1,0 +1,123 @@
+//! DICOM CT slices in Hounsfield units: pixel data decoded (native, JPEG, JPEG 2000 through the
+//! pure-Rust openjp2) and passed through the modality LUT (rescale slope and intercept).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use dicom_dictionary_std::tags;
+use dicom_object::open_file;
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
+
+/// HU outside this range means a broken rescale, not anatomy.
+pub const HU_RANGE: (f32, f32) = (-4000.0, 40000.0);
+
+/// One decoded slice (or the first frame of a multi-frame object).
+#[derive(Debug, Clone)]
+pub struct CtSlice {
+    pub rows: usize,
+    pub columns: usize,
+    /// Row-major Hounsfield units, [rows * columns].
+    pub hu: Vec<f32>,
+    pub modality: Option<String>,
+    /// The file's own WindowCenter / WindowWidth, when it has them.
+    pub window: Option<(f64, f64)>,
+    pub slope: f64,
+    pub intercept: f64,
+    pub position: Option<[f64; 3]>,
+    pub orientation: Option<[f64; 6]>,
+    pub pixel_spacing: Option<[f64; 2]>,
+    pub transfer_syntax: String,
+}
+
+impl CtSlice {
+    pub fn hu_range(&self) -> (f32, f32) {
+        self.hu.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    }
+
+    /// Position along the slice normal, for ordering a series.
+    pub fn normal_position(&self) -> Option<f64> {
+        let (p, o) = (self.position?, self.orientation?);
+        let n = [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]];
+        Some(p[0] * n[0] + p[1] * n[1] + p[2] * n[2])
+    }
+}
+
+fn floats(obj: &dicom_object::DefaultDicomObject, tag: dicom_object::Tag) -> Option<Vec<f64>> {
+    obj.element_opt(tag).ok().flatten().and_then(|e| e.to_multi_float64().ok())
+}
+
+/// Reads a DICOM file and converts its first frame to HU.
+pub fn read_dicom(path: &Path) -> Result<CtSlice> {
+    let name = path.display();
+    let obj = open_file(path).map_err(|e| anyhow!("{name}: not a readable DICOM file: {e}"))?;
+    let transfer_syntax = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let modality = obj
+        .element_opt(tags::MODALITY)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim().to_string());
+    if let Some(m) = modality.as_deref().filter(|m| *m != "CT") {
+        tracing::warn!("{name}: modality is {m}, not CT; Hounsfield windowing may not apply");
+    }
+    let pixels = obj.decode_pixel_data().map_err(|e| {
+        anyhow!("{name}: cannot decode the pixel data (transfer syntax {transfer_syntax}): {e}")
+    })?;
+    let rescale = pixels.rescale().map_err(|e| anyhow!("{name}: bad rescale attributes: {e}"))?;
+    let (slope, intercept) = rescale.first().map_or((1.0, 0.0), |r| (r.slope, r.intercept));
+    let (rows, columns) = (pixels.rows() as usize, pixels.columns() as usize);
+    let hu: Vec<f32> = pixels
+        .to_vec_frame_with_options(0, &ConvertOptions::new().with_modality_lut(ModalityLutOption::Default))
+        .map_err(|e| anyhow!("{name}: cannot convert the pixel data to Hounsfield units: {e}"))?;
+    if hu.len() != rows * columns {
+        bail!("{name}: decoded {} values for a {rows}x{columns} image (multi-sample images are not CT)", hu.len());
+    }
+    let slice = CtSlice {
+        rows,
+        columns,
+        hu,
+        modality,
+        window: pixels.window().ok().flatten().and_then(|w| w.first().map(|w| (w.center, w.width))),
+        slope,
+        intercept,
+        position: floats(&obj, tags::IMAGE_POSITION_PATIENT).and_then(|v| v.try_into().ok()),
+        orientation: floats(&obj, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| v.try_into().ok()),
+        pixel_spacing: floats(&obj, tags::PIXEL_SPACING).and_then(|v| v.try_into().ok()),
+        transfer_syntax,
+    };
+    let (lo, hi) = slice.hu_range();
+    if !lo.is_finite() || lo < HU_RANGE.0 || hi > HU_RANGE.1 {
+        bail!(
+            "{name}: RescaleSlope (0028,1053) = {slope} and RescaleIntercept (0028,1052) = {intercept} give HU in \
+             [{lo}, {hi}], outside the plausible [{}, {}]; the rescale tags are wrong",
+            HU_RANGE.0,
+            HU_RANGE.1
+        );
+    }
+    Ok(slice)
+}
+
+/// Reads every DICOM file in a folder and orders the slices along the slice normal
+/// (file names say nothing about anatomy). Slices without geometry keep file-name order.
+pub fn read_series(dir: &Path) -> Result<Vec<CtSlice>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut slices = Vec::new();
+    for f in &files {
+        match read_dicom(f) {
+            Ok(s) => slices.push(s),
+            Err(e) => tracing::warn!("skipping {}: {e:#}", f.display()),
+        }
+    }
+    if slices.is_empty() {
+        bail!("{} holds no readable DICOM slices", dir.display());
+    }
+    if slices.iter().all(|s| s.normal_position().is_some()) {
+        slices.sort_by(|a, b| a.normal_position().partial_cmp(&b.normal_position()).unwrap_or(std::cmp::Ordering::Equal));
+    }
+    Ok(slices)
+}

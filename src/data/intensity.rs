@@ -1,0 +1,132 @@
+//! From Hounsfield units to network input in [0, 1]: window presets, the file's own window,
+//! explicit windows and percentile clipping. Dark, low-contrast scans become readable here.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// How HU map to [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Window {
+    /// Width 1500, level -600.
+    Lung,
+    /// Width 350, level 50.
+    Mediastinum,
+    /// The file's WindowCenter / WindowWidth (lung when the file has none).
+    File,
+    /// Explicit width and level.
+    Explicit { width: f64, level: f64 },
+    /// Clip to the 0.5th..99.5th percentile of the image itself.
+    Percentile,
+}
+
+impl Window {
+    /// (width, level) for a slice whose own window is `file`.
+    pub fn resolve(&self, file: Option<(f64, f64)>) -> Option<(f64, f64)> {
+        match *self {
+            Window::Lung => Some((1500.0, -600.0)),
+            Window::Mediastinum => Some((350.0, 50.0)),
+            Window::File => Some(file.map(|(c, w)| (w, c)).unwrap_or((1500.0, -600.0))),
+            Window::Explicit { width, level } => Some((width, level)),
+            Window::Percentile => None,
+        }
+    }
+
+    /// Maps HU to [0, 1].
+    pub fn apply(&self, hu: &[f32], file: Option<(f64, f64)>) -> Vec<f32> {
+        match self.resolve(file) {
+            Some((width, level)) => apply_window(hu, width, level),
+            None => percentile_normalize(hu, 0.5, 99.5),
+        }
+    }
+}
+
+impl FromStr for Window {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lung" => Ok(Self::Lung),
+            "mediastinum" => Ok(Self::Mediastinum),
+            "file" => Ok(Self::File),
+            "percentile" => Ok(Self::Percentile),
+            other => {
+                let parts: Vec<&str> = other.split(',').collect();
+                let parsed = match parts.as_slice() {
+                    [w, l] => w.trim().parse::<f64>().ok().zip(l.trim().parse::<f64>().ok()),
+                    _ => None,
+                };
+                match parsed {
+                    Some((width, level)) if width > 0.0 => Ok(Self::Explicit { width, level }),
+                    _ => bail!("window must be lung, mediastinum, file, percentile or WIDTH,LEVEL (width > 0), got '{s}'"),
+                }
+            }
+        }
+    }
+}
+
+impl TryFrom<String> for Window {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Window> for String {
+    fn from(w: Window) -> String {
+        w.to_string()
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lung => write!(f, "lung"),
+            Self::Mediastinum => write!(f, "mediastinum"),
+            Self::File => write!(f, "file"),
+            Self::Percentile => write!(f, "percentile"),
+            Self::Explicit { width, level } => write!(f, "{width},{level}"),
+        }
+    }
+}
+
+/// Linear window: level - width/2 maps to 0, level + width/2 to 1, clipped.
+pub fn apply_window(hu: &[f32], width: f64, level: f64) -> Vec<f32> {
+    let lo = level - width / 2.0;
+    hu.iter().map(|&v| (((v as f64 - lo) / width).clamp(0.0, 1.0)) as f32).collect()
+}
+
+/// Clips to the [lo, hi] percentiles and rescales to [0, 1].
+pub fn percentile_normalize(values: &[f32], lo_pct: f64, hi_pct: f64) -> Vec<f32> {
+    let mut sorted: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return vec![0.0; values.len()];
+    }
+    sorted.sort_by(f32::total_cmp);
+    let at = |p: f64| sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize];
+    let (lo, hi) = (at(lo_pct), at(hi_pct));
+    let span = (hi - lo).max(f32::EPSILON);
+    values.iter().map(|&v| ((v - lo) / span).clamp(0.0, 1.0)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_map_hu_to_unit_interval() {
+        let hu = [-1350.0, -600.0, 150.0, 3000.0];
+        assert_eq!(Window::Lung.apply(&hu, None), vec![0.0, 0.5, 1.0, 1.0]);
+        let m = Window::Mediastinum.apply(&[50.0, -125.0, 225.0], None);
+        assert_eq!(m, vec![0.5, 0.0, 1.0]);
+        assert_eq!(Window::File.resolve(Some((40.0, 100.0))), Some((100.0, 40.0)));
+        assert_eq!("400,40".parse::<Window>().unwrap(), Window::Explicit { width: 400.0, level: 40.0 });
+        assert!("0,40".parse::<Window>().is_err());
+        assert!("bone".parse::<Window>().is_err());
+        let p = percentile_normalize(&(0..1000).map(|v| v as f32).collect::<Vec<_>>(), 0.5, 99.5);
+        assert_eq!(p[0], 0.0);
+        assert_eq!(p[999], 1.0);
+    }
+}
