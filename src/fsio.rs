@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 /// A temporary sibling path in the same directory, so the final rename stays on one filesystem.
-/// It keeps the extension: writers that pick a format from it (image, plotters) still work.
+/// It keeps the whole extension (`.nii.gz` too): writers that pick a format from it still work.
 pub fn temp_sibling(path: &Path) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-    path.with_file_name(format!(".{stem}.tmp{}{ext}", std::process::id()))
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let (base, ext) = match name.find('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name.as_str(), ""),
+    };
+    path.with_file_name(format!(".{base}.tmp{}{ext}", std::process::id()))
 }
 
 /// Writes `bytes` to `path` through a temp file and a rename.
@@ -40,4 +40,18 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
     }
     fs::rename(&tmp, path)
         .with_context(|| format!("moving {} into place at {}", tmp.display(), path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_paths_keep_compound_extensions() {
+        let t = temp_sibling(Path::new("/a/b/mean.nii.gz"));
+        assert_eq!(t.parent(), Some(Path::new("/a/b")));
+        let name = t.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".mean.tmp") && name.ends_with(".nii.gz"), "{name}");
+        assert!(temp_sibling(Path::new("x")).to_string_lossy().contains(".x.tmp"));
+    }
 }

@@ -8,3 +8,4 @@ pub mod inference;
 pub mod train;
 pub mod fsio;
 pub mod model;
+pub mod predict;

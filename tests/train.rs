@@ -19,6 +19,7 @@ fn tiny_run(epochs: usize) -> RunConfig {
             figure_samples: 2,
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 

@@ -41,6 +41,7 @@ pub fn demo_config(epochs: usize, seed: u64) -> RunConfig {
             figure_samples: 4,
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 

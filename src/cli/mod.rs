@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod evaluate;
+pub mod predict;
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,8 @@ pub enum Command {
     Metrics(evaluate::MetricsArgs),
     /// Training curves from a run's metrics.csv.
     Plot(evaluate::PlotArgs),
+    /// Samples and uncertainty for whole scans of any size (DICOM, NIfTI, PNG), patch-wise.
+    Predict(predict::PredictArgs),
     /// Synthetic data, brief training, sampling and figures in one go.
     Demo(demo::DemoArgs),
     /// Training and sampling throughput as JSON.
@@ -140,6 +143,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => evaluate::eval_cmd(a),
         Command::Metrics(a) => evaluate::metrics_cmd(a),
         Command::Plot(a) => evaluate::plot_cmd(a),
+        Command::Predict(a) => predict::predict_cmd(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
     }

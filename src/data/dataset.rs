@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use ndarray::{Array3, Array4, Axis};
 
 use super::npz::{self, NpyArray, NpzEntry};
+use super::scan::Preprocess;
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -18,6 +19,8 @@ pub struct Dataset {
     pub series: Vec<String>,
     /// Marks examples made by a generator (CycleGAN), never real scans.
     pub synthetic: Vec<bool>,
+    /// How `apunet import` made the crops from scans (stored as JSON in the npz).
+    pub preprocess: Option<Preprocess>,
 }
 
 impl Dataset {
@@ -82,7 +85,7 @@ impl Dataset {
             // Without series ids each image is its own group.
             None => (0..n).map(|i| format!("image-{i}")).collect(),
         };
-        Ok(Self { images, masks, series, synthetic: vec![false; n] })
+        Ok(Self { images, masks, series, synthetic: vec![false; n], preprocess: None })
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -128,6 +131,13 @@ impl Dataset {
             None => None,
         };
         let mut ds = Self::new(images, masks, series, &src)?;
+        if let Some(NpyArray::Str(s, _)) = arrays.remove("preprocess")
+            && let Some(json) = s.first()
+        {
+            ds.preprocess = Some(
+                serde_json::from_str(json).map_err(|e| anyhow::anyhow!("{src}: bad 'preprocess' record: {e}"))?,
+            );
+        }
         if let Some(NpyArray::U8(s)) = arrays.remove("synthetic")
             && s.len() == ds.len()
         {
@@ -140,15 +150,17 @@ impl Dataset {
         let images = self.images.clone().into_dyn();
         let masks = self.masks.clone().into_dyn();
         let synthetic = npz::array(&[self.len()], self.synthetic.iter().map(|&b| b as u8).collect())?;
-        npz::write_npz(
-            path,
-            &[
-                ("images", NpzEntry::F32(&images)),
-                ("masks", NpzEntry::U8(&masks)),
-                ("series_uid", NpzEntry::Str(&self.series)),
-                ("synthetic", NpzEntry::U8(&synthetic)),
-            ],
-        )
+        let preprocess: Vec<String> = self.preprocess.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+        let mut entries = vec![
+            ("images", NpzEntry::F32(&images)),
+            ("masks", NpzEntry::U8(&masks)),
+            ("series_uid", NpzEntry::Str(&self.series)),
+            ("synthetic", NpzEntry::U8(&synthetic)),
+        ];
+        if !preprocess.is_empty() {
+            entries.push(("preprocess", NpzEntry::Str(&preprocess)));
+        }
+        npz::write_npz(path, &entries)
     }
 
     /// The examples at `idx`, in that order.
@@ -158,6 +170,7 @@ impl Dataset {
             masks: self.masks.select(Axis(0), idx),
             series: idx.iter().map(|&i| self.series[i].clone()).collect(),
             synthetic: idx.iter().map(|&i| self.synthetic[i]).collect(),
+            preprocess: self.preprocess.clone(),
         }
     }
 }

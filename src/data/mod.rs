@@ -1,11 +1,13 @@
 //! Data in and out: the npz format, the synthetic generator, augmentation, splits, batches.
 
 pub mod augment;
+pub mod clahe;
 pub mod batch;
 pub mod dataset;
 pub mod dicom;
 pub mod intensity;
 pub mod npz;
+pub mod scan;
 pub mod split;
 pub mod synth;
 

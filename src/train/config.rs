@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::data::AnnotatorChoice;
+use crate::data::scan::Preprocess;
 use crate::fsio;
 use crate::model::ModelConfig;
 
@@ -99,12 +100,23 @@ impl TrainConfig {
     }
 }
 
+/// What the model was trained on: the crop size (the patch size for large-image inference)
+/// and the preprocessing that turned scans into inputs, repeated at inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    pub height: usize,
+    pub width: usize,
+    pub preprocess: Preprocess,
+}
+
 /// Everything needed to rebuild and continue a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     pub model: ModelConfig,
     pub train: TrainConfig,
+    pub data: DataConfig,
 }
 
 impl RunConfig {

@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand_distr::{Distribution, StandardNormal};
 
 pub use checkpoint::{RunPaths, TrainState, Which, load_run};
-pub use config::{RunConfig, Select, TrainConfig};
+pub use config::{DataConfig, RunConfig, Select, TrainConfig};
 
 use crate::data::{AnnotatorChoice, Dataset, batch, split};
 use crate::eval::{figures, metrics};
@@ -111,6 +111,11 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     cfg.validate()?;
     let data = Dataset::load(&req.data)?;
     cfg.model.check_size(data.height(), data.width())?;
+    cfg.data.height = data.height();
+    cfg.data.width = data.width();
+    if let Some(p) = &data.preprocess {
+        cfg.data.preprocess = p.clone();
+    }
     if let AnnotatorChoice::Fixed(k) = cfg.train.annotator
         && k >= data.annotators()
     {

@@ -1,0 +1,221 @@
+//! Whole scans for inference and import: DICOM (one file or a series folder), NIfTI
+//! (.nii, .nii.gz) and 8/16-bit grayscale PNG/TIFF, as 2D slices with the geometry needed to
+//! write masks back in the input's space.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
+use serde::{Deserialize, Serialize};
+
+use super::dicom::{self, CtSlice};
+use super::intensity::Window;
+
+/// How a scan becomes network input; recorded in the run so inference repeats it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Preprocess {
+    /// For CT in HU (DICOM, NIfTI): lung, mediastinum, file, percentile or "WIDTH,LEVEL".
+    pub window: Window,
+    /// Contrast-limited adaptive histogram equalisation after windowing (for dark scans).
+    pub clahe: bool,
+    pub clahe_clip: f32,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Self { window: Window::Lung, clahe: false, clahe_clip: 2.0 }
+    }
+}
+
+/// Where the pixels came from, for writing results back.
+#[derive(Debug, Clone)]
+pub enum Geometry {
+    Dicom(Box<CtSlice>),
+    Nifti(Box<NiftiHeader>),
+    Plain,
+}
+
+/// One 2D slice: raw values (HU for CT) row-major.
+#[derive(Debug, Clone)]
+pub struct Slice {
+    pub height: usize,
+    pub width: usize,
+    pub values: Vec<f32>,
+    /// True when `values` are Hounsfield units (windowing applies).
+    pub hounsfield: bool,
+    pub file_window: Option<(f64, f64)>,
+}
+
+impl Slice {
+    /// Network input in [0, 1].
+    pub fn normalized(&self, p: &Preprocess) -> Vec<f32> {
+        let x = if self.hounsfield { p.window.apply(&self.values, self.file_window) } else { self.values.clone() };
+        if p.clahe { super::clahe::clahe(&x, self.height, self.width, p.clahe_clip) } else { x }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub source: PathBuf,
+    pub slices: Vec<Slice>,
+    pub geometry: Geometry,
+}
+
+fn is_nifti(p: &Path) -> bool {
+    let s = p.to_string_lossy().to_lowercase();
+    s.ends_with(".nii") || s.ends_with(".nii.gz")
+}
+
+fn ext(p: &Path) -> String {
+    p.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default()
+}
+
+/// Whether `read_scan` knows the file type.
+pub fn is_supported(p: &Path) -> bool {
+    is_nifti(p) || matches!(ext(p).as_str(), "dcm" | "dicom" | "png" | "tif" | "tiff")
+}
+
+/// The file name without .nii.gz / .dcm / .png.
+pub fn stem(p: &Path) -> String {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "scan".into());
+    for suffix in [".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".tiff", ".tif"] {
+        if name.to_lowercase().ends_with(suffix) {
+            return name[..name.len() - suffix.len()].to_string();
+        }
+    }
+    name
+}
+
+pub fn read_scan(path: &Path) -> Result<Scan> {
+    if path.is_dir() {
+        let slices = dicom::read_series(path)?;
+        let geometry = Geometry::Dicom(Box::new(CtSlice { hu: Vec::new(), ..slices[0].clone() }));
+        return Ok(Scan { source: path.to_path_buf(), slices: slices.into_iter().map(dicom_slice).collect(), geometry });
+    }
+    if !path.exists() {
+        bail!("{} does not exist", path.display());
+    }
+    if is_nifti(path) {
+        return read_nifti(path);
+    }
+    match ext(path).as_str() {
+        "dcm" | "dicom" => {
+            let s = dicom::read_dicom(path)?;
+            let geometry = Geometry::Dicom(Box::new(CtSlice { hu: Vec::new(), ..s.clone() }));
+            Ok(Scan { source: path.to_path_buf(), slices: vec![dicom_slice(s)], geometry })
+        }
+        "png" | "tif" | "tiff" => Ok(Scan { source: path.to_path_buf(), slices: vec![read_gray(path)?], geometry: Geometry::Plain }),
+        other => bail!("{}: unsupported file type '.{other}' (use .dcm, .nii, .nii.gz, .png, .tif)", path.display()),
+    }
+}
+
+fn dicom_slice(s: CtSlice) -> Slice {
+    Slice { height: s.rows, width: s.columns, values: s.hu, hounsfield: true, file_window: s.window }
+}
+
+/// 8- or 16-bit grayscale, scaled to [0, 1] by the type's range.
+pub fn read_gray(path: &Path) -> Result<Slice> {
+    let img = image::open(path).map_err(|e| anyhow!("{}: cannot read image: {e}", path.display()))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let values: Vec<f32> = match img {
+        image::DynamicImage::ImageLuma8(b) => b.into_raw().into_iter().map(|v| v as f32 / 255.0).collect(),
+        image::DynamicImage::ImageLuma16(b) => b.into_raw().into_iter().map(|v| v as f32 / 65535.0).collect(),
+        other => {
+            tracing::warn!("{}: colour image, using its luminance", path.display());
+            other.to_luma16().into_raw().into_iter().map(|v| v as f32 / 65535.0).collect()
+        }
+    };
+    Ok(Slice { height: h, width: w, values, hounsfield: false, file_window: None })
+}
+
+/// A NIfTI volume as axial slices (index z), values scaled by scl_slope/scl_inter (HU for CT).
+pub fn read_nifti(path: &Path) -> Result<Scan> {
+    let obj = ReaderOptions::new()
+        .read_file(path)
+        .map_err(|e| anyhow!("{}: not a readable NIfTI file: {e}", path.display()))?;
+    let header = obj.header().clone();
+    let vol = obj
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|e| anyhow!("{}: cannot read the NIfTI volume: {e}", path.display()))?;
+    let shape = vol.shape().to_vec();
+    let (nx, ny) = match shape.as_slice() {
+        [x, y] | [x, y, _] | [x, y, _, 1] => (*x, *y),
+        _ => bail!("{}: NIfTI volume of shape {shape:?}; expected 2D or 3D", path.display()),
+    };
+    let nz = if shape.len() >= 3 { shape[2] } else { 1 };
+    // Index in place: the volume is in NIfTI's column-major layout.
+    let at = |x: usize, y: usize, z: usize| match shape.len() {
+        2 => vol[[x, y]],
+        3 => vol[[x, y, z]],
+        _ => vol[[x, y, z, 0]],
+    };
+    // Values look like CT when they go well below zero.
+    let min = vol.iter().copied().fold(f32::INFINITY, f32::min);
+    let hounsfield = min < -200.0;
+    let slices = (0..nz)
+        .map(|z| {
+            // Row y, column x: the image as radiology viewers show the array.
+            let values = (0..ny).flat_map(|y| (0..nx).map(move |x| (x, y))).map(|(x, y)| at(x, y, z)).collect();
+            Slice { height: ny, width: nx, values, hounsfield, file_window: None }
+        })
+        .collect();
+    Ok(Scan { source: path.to_path_buf(), slices, geometry: Geometry::Nifti(Box::new(header)) })
+}
+
+/// A NIfTI header for `frames` volumes of `width` x `height` x `depth` in the scan's space: the
+/// input's own header for NIfTI, an affine from the DICOM geometry (LPS to RAS), else identity.
+pub fn output_header(geometry: &Geometry, width: usize, height: usize, depth: usize, frames: usize) -> NiftiHeader {
+    let mut h = match geometry {
+        Geometry::Nifti(h) => (**h).clone(),
+        _ => NiftiHeader::default(),
+    };
+    if let Geometry::Dicom(s) = geometry {
+        let (dy, dx) = s.pixel_spacing.map_or((1.0, 1.0), |p| (p[0], p[1]));
+        let o = s.orientation.unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        let p = s.position.unwrap_or([0.0; 3]);
+        let n = [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]];
+        let row = |k: usize, sign: f64| -> [f32; 4] {
+            [(sign * o[k] * dx) as f32, (sign * o[3 + k] * dy) as f32, (sign * n[k]) as f32, (sign * p[k]) as f32]
+        };
+        h.srow_x = row(0, -1.0);
+        h.srow_y = row(1, -1.0);
+        h.srow_z = row(2, 1.0);
+        h.sform_code = 1;
+        h.qform_code = 0;
+        h.pixdim = [1.0, dx as f32, dy as f32, 1.0, 1.0, 1.0, 1.0, 1.0];
+    }
+    let rank = if frames > 1 { 4 } else { 3 };
+    h.dim = [rank, width as u16, height as u16, depth as u16, frames.max(1) as u16, 1, 1, 1];
+    h.scl_slope = 1.0;
+    h.scl_inter = 0.0;
+    h
+}
+
+/// Writes `frames[t][z]` row-major slices as NIfTI (x = column, y = row, z = slice, t = frame).
+pub fn write_nifti<T>(path: &Path, header: &NiftiHeader, frames: &[Vec<Vec<T>>], height: usize, width: usize) -> Result<()>
+where
+    T: Copy + Default + nifti::DataElement + bytemuck::Pod,
+{
+    let depth = frames.first().map_or(0, Vec::len);
+    let mut arr = ndarray::Array4::<T>::from_elem((width, height, depth, frames.len()), T::default());
+    for (t, frame) in frames.iter().enumerate() {
+        for (z, s) in frame.iter().enumerate() {
+            for y in 0..height {
+                for x in 0..width {
+                    arr[[x, y, z, t]] = s[y * width + x];
+                }
+            }
+        }
+    }
+    crate::fsio::write_atomic_with(path, |tmp| {
+        let opts = nifti::writer::WriterOptions::new(tmp).reference_header(header);
+        let result = if frames.len() == 1 {
+            opts.write_nifti(&arr.index_axis(ndarray::Axis(3), 0))
+        } else {
+            opts.write_nifti(&arr)
+        };
+        result.map_err(|e| anyhow!("{e}"))
+    })
+}

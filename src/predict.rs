@@ -1,0 +1,160 @@
+//! Inference on images of any size: overlapping patches at the training crop size, Gaussian
+//! weighting of the overlaps (as nnU-Net), and one latent draw per whole-image sample shared by
+//! every patch, so a sample stays one coherent reading across the image.
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+
+use crate::inference::image_eps;
+use crate::model::{ProbUNet, to_host};
+
+/// Start offsets of windows of `patch` along an axis of `len` (len >= patch), stepping by
+/// patch * (1 - overlap) and always ending flush with the last pixel.
+pub fn window_starts(len: usize, patch: usize, overlap: f64) -> Vec<usize> {
+    if len <= patch {
+        return vec![0];
+    }
+    let step = ((patch as f64 * (1.0 - overlap)).round() as usize).clamp(1, patch);
+    let last = len - patch;
+    let mut starts: Vec<usize> = (0..).map(|k| k * step).take_while(|&s| s < last).collect();
+    starts.push(last);
+    starts
+}
+
+/// A Gaussian importance map (sigma = size / 8), peak 1, floored so borders still count.
+pub fn gaussian_weights(ph: usize, pw: usize) -> Vec<f32> {
+    let g = |i: usize, n: usize| {
+        let c = (n as f32 - 1.0) / 2.0;
+        let s = n as f32 / 8.0;
+        (-((i as f32 - c).powi(2)) / (2.0 * s * s)).exp()
+    };
+    let mut w: Vec<f32> = (0..ph * pw).map(|p| g(p / pw, ph) * g(p % pw, pw)).collect();
+    let max = w.iter().cloned().fold(0.0, f32::max);
+    w.iter_mut().for_each(|v| *v = (*v / max).max(1e-3));
+    w
+}
+
+/// n probability maps for one image plus their mean.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    pub height: usize,
+    pub width: usize,
+    /// n maps of height * width probabilities.
+    pub probs: Vec<Vec<f32>>,
+    pub mean: Vec<f32>,
+    pub patches: usize,
+}
+
+/// Slides a `ph` x `pw` window over `img` (h x w in [0,1]); `run` maps a batch of patches
+/// [B*ph*pw] to probabilities [B][n][ph*pw]. Images smaller than a patch are zero-padded.
+#[allow(clippy::too_many_arguments)]
+pub fn sliding_window(
+    img: &[f32],
+    h: usize,
+    w: usize,
+    ph: usize,
+    pw: usize,
+    n: usize,
+    overlap: f64,
+    batch: usize,
+    mut run: impl FnMut(&[f32], usize) -> Result<Vec<f32>>,
+    mut progress: impl FnMut(usize),
+) -> Result<Prediction> {
+    if !(0.0..1.0).contains(&overlap) {
+        bail!("overlap must be in [0, 1), got {overlap}");
+    }
+    if img.len() != h * w || h == 0 || w == 0 {
+        bail!("image of {} values is not {h}x{w}", img.len());
+    }
+    // Pad up to at least one patch.
+    let (hh, ww) = (h.max(ph), w.max(pw));
+    let padded: Vec<f32> = (0..hh * ww).map(|p| if p / ww < h && p % ww < w { img[(p / ww) * w + p % ww] } else { 0.0 }).collect();
+    let ys = window_starts(hh, ph, overlap);
+    let xs = window_starts(ww, pw, overlap);
+    let positions: Vec<(usize, usize)> = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
+    let weights = gaussian_weights(ph, pw);
+    let mut acc = vec![vec![0f32; hh * ww]; n];
+    let mut wsum = vec![0f32; hh * ww];
+    let pp = ph * pw;
+    for chunk in positions.chunks(batch.max(1)) {
+        let mut patches = Vec::with_capacity(chunk.len() * pp);
+        for &(y0, x0) in chunk {
+            for y in 0..ph {
+                patches.extend_from_slice(&padded[(y0 + y) * ww + x0..(y0 + y) * ww + x0 + pw]);
+            }
+        }
+        let probs = run(&patches, chunk.len())?;
+        if probs.len() != chunk.len() * n * pp {
+            bail!("patch model returned {} values, expected {}", probs.len(), chunk.len() * n * pp);
+        }
+        for (b, &(y0, x0)) in chunk.iter().enumerate() {
+            for y in 0..ph {
+                for x in 0..pw {
+                    let (q, g) = ((y0 + y) * ww + x0 + x, weights[y * pw + x]);
+                    wsum[q] += g;
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        a[q] += g * probs[(b * n + k) * pp + y * pw + x];
+                    }
+                }
+            }
+        }
+        progress(chunk.len());
+    }
+    let crop = |a: &[f32]| -> Vec<f32> { (0..h * w).map(|p| a[(p / w) * ww + p % w] / wsum[(p / w) * ww + p % w]).collect() };
+    let probs: Vec<Vec<f32>> = acc.iter().map(|a| crop(a)).collect();
+    let mean = (0..h * w).map(|p| probs.iter().map(|m| m[p]).sum::<f32>() / n.max(1) as f32).collect();
+    Ok(Prediction { height: h, width: w, probs, mean, patches: positions.len() })
+}
+
+/// The model as a patch function: backbone and prior once per patch, the same n latent draws
+/// (eps seeded by `seed`) for every patch.
+pub fn predict_image(
+    model: &ProbUNet,
+    img: &[f32],
+    h: usize,
+    w: usize,
+    patch: (usize, usize),
+    n: usize,
+    latent: usize,
+    overlap: f64,
+    seed: u64,
+    batch: usize,
+    device: &Device,
+    progress: impl FnMut(usize),
+) -> Result<Prediction> {
+    let (ph, pw) = patch;
+    let eps = image_eps(seed, 0, n, latent);
+    sliding_window(
+        img,
+        h,
+        w,
+        ph,
+        pw,
+        n,
+        overlap,
+        batch,
+        |patches, b| {
+            let x = Tensor::<4>::from_data(TensorData::new(patches.to_vec(), [b, 1, ph, pw]), device);
+            let e: Vec<f32> = (0..b).flat_map(|_| eps.iter().copied()).collect();
+            let e = Tensor::<2>::from_data(TensorData::new(e, [b * n, latent]), device);
+            let (features, prior) = model.encode(x);
+            to_host(sigmoid(model.sample_from(features, &prior, e)))
+        },
+        progress,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_tile_exactly() {
+        assert_eq!(window_starts(128, 128, 0.5), vec![0]);
+        assert_eq!(window_starts(256, 128, 0.5), vec![0, 64, 128]);
+        let s = window_starts(1000, 128, 0.5);
+        assert_eq!(*s.last().unwrap(), 1000 - 128);
+        assert!(s.windows(2).all(|p| p[1] > p[0] && p[1] - p[0] <= 64));
+    }
+}

@@ -1,0 +1,165 @@
+mod common;
+
+use apunet::cli::predict::{PredictArgs, predict_cmd};
+use apunet::data::scan::{self, Geometry, Preprocess, read_scan};
+use apunet::data::synth::{SynthConfig, generate};
+use apunet::predict::{sliding_window, window_starts};
+use apunet::train::{self, RunConfig, TrainConfig, TrainRequest};
+use burn::prelude::*;
+use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
+
+#[test]
+fn sliding_windows_cover_a_1000_pixel_image_without_seams() {
+    let (h, w, p, n) = (1000, 1000, 128, 2);
+    let img: Vec<f32> = (0..h * w).map(|q| ((q % w) as f32 * 0.001 + (q / w) as f32 * 0.0003) % 1.0).collect();
+    // A constant model gives a constant map: no seams where patches meet.
+    let c = sliding_window(&img, h, w, p, p, n, 0.5, 8, |_, b| Ok(vec![0.3; b * n * p * p]), |_| {}).unwrap();
+    assert_eq!(c.patches, window_starts(h, p, 0.5).len() * window_starts(w, p, 0.5).len());
+    assert!(c.probs.iter().flatten().all(|&v| (v - 0.3).abs() < 1e-5));
+    // An identity model returns the image itself: every pixel covered, weights normalised.
+    let identity = |patches: &[f32], _b: usize| {
+        let mut out = Vec::with_capacity(patches.len() * n);
+        for chunk in patches.chunks(p * p) {
+            for _ in 0..n {
+                out.extend_from_slice(chunk);
+            }
+        }
+        Ok(out)
+    };
+    let id = sliding_window(&img, h, w, p, p, n, 0.5, 8, identity, |_| {}).unwrap();
+    let err = id.probs[1].iter().zip(&img).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-4, "max error {err}");
+    // Smaller than a patch: zero-padded, cropped back.
+    let small = sliding_window(&img[..50 * 30], 50, 30, 64, 64, 1, 0.5, 2, |_, b| Ok(vec![1.0; b * 64 * 64]), |_| {}).unwrap();
+    assert_eq!((small.height, small.width, small.mean.len()), (50, 30, 1500));
+    assert!(sliding_window(&img, h, w, p, p, n, 1.0, 8, |_, b| Ok(vec![0.0; b]), |_| {}).is_err());
+}
+
+#[test]
+fn nifti_round_trip_keeps_values_and_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vol.nii.gz");
+    let (w, h, d) = (6, 4, 3);
+    let mut header = nifti::NiftiHeader::default();
+    header.pixdim = [1.0, 0.7, 0.8, 2.5, 1.0, 1.0, 1.0, 1.0];
+    header.srow_x = [-0.7, 0.0, 0.0, 10.0];
+    header.srow_y = [0.0, -0.8, 0.0, 20.0];
+    header.srow_z = [0.0, 0.0, 2.5, -30.0];
+    header.sform_code = 1;
+    let hu: Vec<Vec<f32>> = (0..d).map(|z| (0..h * w).map(|q| -1000.0 + (z * 100 + q) as f32).collect()).collect();
+    let out_header = scan::output_header(&Geometry::Nifti(Box::new(header.clone())), w, h, d, 1);
+    scan::write_nifti(&path, &out_header, &[hu.clone()], h, w).unwrap();
+    let s = read_scan(&path).unwrap();
+    assert_eq!(s.slices.len(), d);
+    assert!(s.slices[0].hounsfield);
+    for z in 0..d {
+        assert_eq!((s.slices[z].height, s.slices[z].width), (h, w));
+        assert_eq!(s.slices[z].values, hu[z]);
+    }
+    match &s.geometry {
+        Geometry::Nifti(g) => {
+            assert_eq!(g.srow_x, header.srow_x);
+            assert_eq!(g.srow_z, header.srow_z);
+            assert_eq!(g.pixdim[1..4], header.pixdim[1..4]);
+        }
+        other => panic!("geometry {other:?}"),
+    }
+}
+
+#[test]
+fn dicom_geometry_becomes_a_nifti_affine() {
+    let s = read_scan(&common::shared_data().join("ct/CT_small.dcm")).unwrap();
+    let Geometry::Dicom(d) = &s.geometry else { panic!("expected DICOM geometry") };
+    let h = scan::output_header(&s.geometry, 128, 128, 1, 1);
+    let spacing = d.pixel_spacing.expect("CT_small has PixelSpacing");
+    assert_eq!(h.sform_code, 1);
+    assert!((h.pixdim[1] as f64 - spacing[1]).abs() < 1e-6);
+    if let Some(p) = d.position {
+        // LPS to RAS: x and y flip sign.
+        assert!((h.srow_x[3] as f64 + p[0]).abs() < 1e-3 && (h.srow_z[3] as f64 - p[2]).abs() < 1e-3);
+    }
+}
+
+#[test]
+fn sixteen_bit_png_reads_to_unit_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.png");
+    let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(5, 3, |x, y| image::Luma([(x * 10000 + y) as u16]));
+    img.save(&p).unwrap();
+    let s = read_scan(&p).unwrap();
+    assert_eq!((s.slices[0].height, s.slices[0].width), (3, 5));
+    assert!((s.slices[0].values[4] - 40000.0 / 65535.0).abs() < 1e-6);
+    assert!(!s.slices[0].hounsfield);
+    let bad = dir.path().join("x.jpg2");
+    std::fs::write(&bad, b"x").unwrap();
+    assert!(format!("{:#}", read_scan(&bad).unwrap_err()).contains("unsupported file type"));
+    let broken = dir.path().join("broken.nii.gz");
+    std::fs::write(&broken, b"not nifti").unwrap();
+    assert!(format!("{:#}", read_scan(&broken).unwrap_err()).contains("broken.nii.gz"));
+}
+
+#[test]
+fn predict_writes_png_and_nifti_for_any_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.npz");
+    generate(&SynthConfig { count: 8, size: 16, seed: 2, ..Default::default() }).unwrap().save(&data).unwrap();
+    let run = dir.path().join("run");
+    train::train(TrainRequest {
+        data,
+        out: run.clone(),
+        config: RunConfig {
+            model: common::tiny_config(),
+            train: TrainConfig { epochs: 1, batch_size: 4, val_fraction: 0.0, figure_images: 2, figure_samples: 1, ..Default::default() },
+            ..Default::default()
+        },
+        device: Device::flex(),
+        resume: false,
+        quiet: true,
+    })
+    .unwrap();
+    let cfg = RunConfig::load(&run.join("config.toml")).unwrap();
+    assert_eq!((cfg.data.height, cfg.data.width), (16, 16));
+    assert_eq!(cfg.data.preprocess, Preprocess::default());
+
+    let png = dir.path().join("scan.png");
+    image::GrayImage::from_fn(52, 40, |x, y| image::Luma([((x * 3 + y) % 256) as u8])).save(&png).unwrap();
+    let out = dir.path().join("pred");
+    predict_cmd(PredictArgs {
+        run: run.clone(),
+        input: png,
+        n: 3,
+        out: out.clone(),
+        overlap: 0.5,
+        window: None,
+        checkpoint: train::Which::Last,
+        seed: 0,
+        batch_size: 4,
+        device: "cpu".into(),
+    })
+    .unwrap();
+    let d = out.join("scan");
+    for f in ["sample_00.png", "sample_02.png", "mean.png", "entropy.png", "overlay.png", "samples.nii.gz", "mean.nii.gz", "entropy.nii.gz"] {
+        assert!(d.join(f).exists(), "missing {f}");
+    }
+    let mean = image::open(d.join("mean.png")).unwrap();
+    assert_eq!((mean.width(), mean.height()), (52, 40));
+    let nii = ReaderOptions::new().read_file(d.join("samples.nii.gz")).unwrap();
+    assert_eq!(&nii.header().dim[..5], &[4, 52, 40, 1, 3]);
+    let v = nii.into_volume().into_ndarray::<f32>().unwrap();
+    assert!(v.iter().all(|&x| x == 0.0 || x == 1.0));
+
+    let missing = predict_cmd(PredictArgs {
+        run,
+        input: dir.path().join("nope.dcm"),
+        n: 2,
+        out,
+        overlap: 0.5,
+        window: None,
+        checkpoint: train::Which::Last,
+        seed: 0,
+        batch_size: 4,
+        device: "cpu".into(),
+    })
+    .unwrap_err();
+    assert!(format!("{missing:#}").contains("does not exist"));
+}
