@@ -22,3 +22,10 @@ pub fn tiny_config() -> ModelConfig {
         ..Default::default()
     }
 }
+
+/// burn's RNG is per device and process-wide: tests that seed it or build models hold this
+/// lock so parallel tests cannot interleave their draws.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

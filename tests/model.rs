@@ -31,6 +31,7 @@ fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
 
 #[test]
 fn shapes_through_every_module() {
+    let _guard = common::rng_lock();
     let d = dev();
     for cfg in [
         tiny_config(),
@@ -104,6 +105,7 @@ fn bce_matches_definition_and_is_stable() {
 
 #[test]
 fn attention_coefficients_in_unit_interval_and_gate_can_close() {
+    let _guard = common::rng_lock();
     let d = dev();
     let mut rng = StdRng::seed_from_u64(3);
     let gate = AttentionGate::new(6, 10, &d);
@@ -141,6 +143,7 @@ fn toy_batch(d: &Device, n: usize, s: usize) -> (Tensor<4>, Tensor<4>) {
 
 #[test]
 fn tiny_model_overfits_four_images() {
+    let _guard = common::rng_lock();
     let d = dev().autodiff();
     d.seed(1);
     let cfg = tiny_config();
@@ -164,6 +167,7 @@ fn tiny_model_overfits_four_images() {
 
 #[test]
 fn checkpoint_round_trip_gives_identical_outputs() {
+    let _guard = common::rng_lock();
     let d = dev();
     d.seed(5);
     let cfg = ModelConfig { norm: NormKind::Batch, ..tiny_config() };
@@ -188,6 +192,7 @@ fn checkpoint_round_trip_gives_identical_outputs() {
 
 #[test]
 fn different_z_give_different_masks_and_same_seed_same_result() {
+    let _guard = common::rng_lock();
     let d = dev();
     let l = tiny_config().latent_dim;
     let (x, _) = toy_batch(&d, 1, 16);
