@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod evaluate;
+pub mod import;
 pub mod predict;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ pub enum Command {
     Metrics(evaluate::MetricsArgs),
     /// Training curves from a run's metrics.csv.
     Plot(evaluate::PlotArgs),
+    /// Build a dataset npz from a folder of scans and annotators' labels (nnU-Net layout).
+    Import(import::ImportArgs),
     /// Samples and uncertainty for whole scans of any size (DICOM, NIfTI, PNG), patch-wise.
     Predict(predict::PredictArgs),
     /// Synthetic data, brief training, sampling and figures in one go.
@@ -143,6 +146,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => evaluate::eval_cmd(a),
         Command::Metrics(a) => evaluate::metrics_cmd(a),
         Command::Plot(a) => evaluate::plot_cmd(a),
+        Command::Import(a) => import::import_cmd(a),
         Command::Predict(a) => predict::predict_cmd(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),

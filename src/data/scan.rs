@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
 use serde::{Deserialize, Serialize};
 
