@@ -2,6 +2,91 @@ mod common;
 
 use apunet::data::dicom::{read_dicom, read_series};
 use apunet::data::intensity::Window;
+use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+/// Writes a 16-bit signed CT slice with the given rescale, modality and geometry.
+#[allow(clippy::too_many_arguments)]
+fn write_ct(path: &std::path::Path, rows: u16, cols: u16, raw: &[i16], slope: &str, intercept: &str, modality: &str, z: f64) {
+    let mut obj = InMemDicomObject::new_empty();
+    let mut put = |tag, vr, v: PrimitiveValue| {
+        obj.put(DataElement::new(tag, vr, v));
+    };
+    put(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from(uids::CT_IMAGE_STORAGE));
+    put(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(format!("2.25.{}", (z.abs() * 1000.0) as u64 + 7)));
+    put(tags::MODALITY, VR::CS, PrimitiveValue::from(modality));
+    put(tags::ROWS, VR::US, PrimitiveValue::from(rows));
+    put(tags::COLUMNS, VR::US, PrimitiveValue::from(cols));
+    put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
+    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2"));
+    put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+    put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
+    put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
+    put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
+    put(tags::RESCALE_SLOPE, VR::DS, PrimitiveValue::from(slope));
+    put(tags::RESCALE_INTERCEPT, VR::DS, PrimitiveValue::from(intercept));
+    put(tags::PIXEL_SPACING, VR::DS, dicom_value!(Strs, ["0.7", "0.6"]));
+    put(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, dicom_value!(Strs, ["1", "0", "0", "0", "1", "0"]));
+    put(tags::IMAGE_POSITION_PATIENT, VR::DS, PrimitiveValue::Strs(["-100".to_string(), "-90".to_string(), format!("{z}")].into_iter().collect()));
+    put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(raw.iter().map(|&v| v as u16).collect()));
+    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .unwrap()
+        .write_to_file(path)
+        .unwrap();
+}
+
+#[test]
+fn written_dicom_round_trips_hu_and_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.dcm");
+    let raw: Vec<i16> = (0..6 * 4).map(|i| (i * 50) as i16).collect();
+    write_ct(&p, 4, 6, &raw, "1", "-1024", "CT", 12.5);
+    let s = read_dicom(&p).unwrap();
+    assert_eq!((s.rows, s.columns), (4, 6));
+    let want: Vec<f32> = raw.iter().map(|&v| v as f32 - 1024.0).collect();
+    assert_eq!(s.hu, want);
+    assert_eq!(s.pixel_spacing, Some([0.7, 0.6]));
+    assert_eq!(s.position, Some([-100.0, -90.0, 12.5]));
+    assert_eq!(s.normal_position(), Some(12.5));
+}
+
+#[test]
+fn series_are_ordered_along_the_normal_not_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, z, v) in [("a.dcm", 30.0, 3i16), ("b.dcm", 10.0, 1), ("c.dcm", 20.0, 2)] {
+        write_ct(&dir.path().join(name), 2, 2, &[v; 4], "1", "0", "CT", z);
+    }
+    let s = read_series(dir.path()).unwrap();
+    let first: Vec<f32> = s.iter().map(|x| x.hu[0]).collect();
+    assert_eq!(first, vec![1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn absurd_rescale_non_ct_and_unknown_transfer_syntax() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("absurd.dcm");
+    write_ct(&p, 2, 2, &[100, 200, 300, 400], "1000", "0", "CT", 0.0);
+    let e = format!("{:#}", read_dicom(&p).unwrap_err());
+    assert!(e.contains("absurd.dcm") && e.contains("RescaleSlope (0028,1053) = 1000"), "{e}");
+
+    // Another modality still reads (with a warning in the log).
+    let mr = dir.path().join("mr.dcm");
+    write_ct(&mr, 2, 2, &[1, 2, 3, 4], "1", "0", "MR", 0.0);
+    assert_eq!(read_dicom(&mr).unwrap().modality.as_deref(), Some("MR"));
+
+    // Same file with its transfer syntax UID rewritten to one no decoder knows.
+    let ok = dir.path().join("ok.dcm");
+    write_ct(&ok, 2, 2, &[1, 2, 3, 4], "1", "0", "CT", 0.0);
+    let mut bytes = std::fs::read(&ok).unwrap();
+    let from = uids::EXPLICIT_VR_LITTLE_ENDIAN.as_bytes();
+    let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+    bytes[at + from.len() - 1] = b'9';
+    let weird = dir.path().join("weird.dcm");
+    std::fs::write(&weird, &bytes).unwrap();
+    let e = format!("{:#}", read_dicom(&weird).unwrap_err());
+    assert!(e.contains("weird.dcm"), "{e}");
+}
 
 fn ct(name: &str) -> std::path::PathBuf {
     common::shared_data().join("ct").join(name)
