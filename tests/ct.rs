@@ -43,7 +43,7 @@ fn written_dicom_round_trips_hu_and_geometry() {
     let raw: Vec<i16> = (0..6 * 4).map(|i| (i * 50) as i16).collect();
     write_ct(&p, 4, 6, &raw, "1", "-1024", "CT", 12.5);
     let s = read_dicom(&p).unwrap();
-    assert_eq!((s.rows, s.columns), (4, 6));
+    assert_eq!((s.rows, s.columns, s.frames), (4, 6, 1));
     let want: Vec<f32> = raw.iter().map(|&v| v as f32 - 1024.0).collect();
     assert_eq!(s.hu, want);
     assert_eq!(s.pixel_spacing, Some([0.7, 0.6]));

@@ -11,12 +11,13 @@ use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 /// HU outside this range means a broken rescale, not anatomy.
 pub const HU_RANGE: (f32, f32) = (-4000.0, 40000.0);
 
-/// One decoded slice (or the first frame of a multi-frame object).
+/// One decoded DICOM object: a slice, or all frames of a multi-frame (enhanced) CT.
 #[derive(Debug, Clone)]
 pub struct CtSlice {
     pub rows: usize,
     pub columns: usize,
-    /// Row-major Hounsfield units, [rows * columns].
+    pub frames: usize,
+    /// Row-major Hounsfield units, frame after frame: [frames * rows * columns].
     pub hu: Vec<f32>,
     pub modality: Option<String>,
     /// The file's own WindowCenter / WindowWidth, when it has them.
@@ -46,7 +47,8 @@ fn floats(obj: &dicom_object::DefaultDicomObject, tag: dicom_object::Tag) -> Opt
     obj.element_opt(tag).ok().flatten().and_then(|e| e.to_multi_float64().ok())
 }
 
-/// Reads a DICOM file and converts its first frame to HU.
+/// Reads a DICOM file and converts every frame to HU; each frame gets its own rescale where
+/// the per-frame functional groups give one (dicom-pixeldata resolves them per frame).
 pub fn read_dicom(path: &Path) -> Result<CtSlice> {
     let name = path.display();
     let obj = open_file(path).map_err(|e| anyhow!("{name}: not a readable DICOM file: {e}"))?;
@@ -66,15 +68,21 @@ pub fn read_dicom(path: &Path) -> Result<CtSlice> {
     let rescale = pixels.rescale().map_err(|e| anyhow!("{name}: bad rescale attributes: {e}"))?;
     let (slope, intercept) = rescale.first().map_or((1.0, 0.0), |r| (r.slope, r.intercept));
     let (rows, columns) = (pixels.rows() as usize, pixels.columns() as usize);
-    let hu: Vec<f32> = pixels
-        .to_vec_frame_with_options(0, &ConvertOptions::new().with_modality_lut(ModalityLutOption::Default))
-        .map_err(|e| anyhow!("{name}: cannot convert the pixel data to Hounsfield units: {e}"))?;
-    if hu.len() != rows * columns {
-        bail!("{name}: decoded {} values for a {rows}x{columns} image (multi-sample images are not CT)", hu.len());
+    let frames = pixels.number_of_frames().max(1) as usize;
+    let mut hu: Vec<f32> = Vec::with_capacity(frames * rows * columns);
+    for f in 0..frames {
+        let frame: Vec<f32> = pixels
+            .to_vec_frame_with_options(f as u32, &ConvertOptions::new().with_modality_lut(ModalityLutOption::Default))
+            .map_err(|e| anyhow!("{name}: cannot convert frame {f} to Hounsfield units: {e}"))?;
+        if frame.len() != rows * columns {
+            bail!("{name}: decoded {} values for a {rows}x{columns} frame (multi-sample images are not CT)", frame.len());
+        }
+        hu.extend(frame);
     }
     let slice = CtSlice {
         rows,
         columns,
+        frames,
         hu,
         modality,
         window: pixels.window().ok().flatten().and_then(|w| w.first().map(|w| (w.center, w.width))),

@@ -91,7 +91,7 @@ pub fn read_scan(path: &Path) -> Result<Scan> {
     if path.is_dir() {
         let slices = dicom::read_series(path)?;
         let geometry = Geometry::Dicom(Box::new(CtSlice { hu: Vec::new(), ..slices[0].clone() }));
-        return Ok(Scan { source: path.to_path_buf(), slices: slices.into_iter().map(dicom_slice).collect(), geometry });
+        return Ok(Scan { source: path.to_path_buf(), slices: slices.into_iter().flat_map(dicom_slices).collect(), geometry });
     }
     if !path.exists() {
         bail!("{} does not exist", path.display());
@@ -103,15 +103,18 @@ pub fn read_scan(path: &Path) -> Result<Scan> {
         "dcm" | "dicom" => {
             let s = dicom::read_dicom(path)?;
             let geometry = Geometry::Dicom(Box::new(CtSlice { hu: Vec::new(), ..s.clone() }));
-            Ok(Scan { source: path.to_path_buf(), slices: vec![dicom_slice(s)], geometry })
+            Ok(Scan { source: path.to_path_buf(), slices: dicom_slices(s), geometry })
         }
         "png" | "tif" | "tiff" => Ok(Scan { source: path.to_path_buf(), slices: vec![read_gray(path)?], geometry: Geometry::Plain }),
         other => bail!("{}: unsupported file type '.{other}' (use .dcm, .nii, .nii.gz, .png, .tif)", path.display()),
     }
 }
 
-fn dicom_slice(s: CtSlice) -> Slice {
-    Slice { height: s.rows, width: s.columns, values: s.hu, hounsfield: true, file_window: s.window }
+/// One slice per frame.
+fn dicom_slices(s: CtSlice) -> Vec<Slice> {
+    s.hu.chunks(s.rows * s.columns)
+        .map(|f| Slice { height: s.rows, width: s.columns, values: f.to_vec(), hounsfield: true, file_window: s.window })
+        .collect()
 }
 
 /// 8- or 16-bit grayscale, scaled to [0, 1] by the type's range.
