@@ -1,5 +1,6 @@
 mod common;
 
+use apunet::cli::SamplingArgs;
 use apunet::cli::predict::{PredictArgs, predict_cmd};
 use apunet::data::scan::{self, Geometry, Preprocess, read_scan};
 use apunet::data::synth::{SynthConfig, generate};
@@ -124,18 +125,8 @@ fn predict_writes_png_and_nifti_for_any_size() {
     let png = dir.path().join("scan.png");
     image::GrayImage::from_fn(52, 40, |x, y| image::Luma([((x * 3 + y) % 256) as u8])).save(&png).unwrap();
     let out = dir.path().join("pred");
-    predict_cmd(PredictArgs {
-        run: run.clone(),
-        input: png,
-        n: 3,
-        out: out.clone(),
-        overlap: 0.5,
-        window: None,
-        checkpoint: train::Which::Last,
-        seed: 0,
-        batch_size: 4,
-        device: "cpu".into(),
-    })
+    let sampling = SamplingArgs { n: 3, checkpoint: train::Which::Last, batch_size: 4, ..SamplingArgs::for_run(&run) };
+    predict_cmd(PredictArgs { sampling: sampling.clone(), input: png, out: out.clone(), overlap: 0.5, window: None })
     .unwrap();
     let d = out.join("scan");
     for f in ["sample_00.png", "sample_02.png", "mean.png", "entropy.png", "overlay.png", "samples.nii.gz", "mean.nii.gz", "entropy.nii.gz"] {
@@ -148,18 +139,7 @@ fn predict_writes_png_and_nifti_for_any_size() {
     let v = nii.into_volume().into_ndarray::<f32>().unwrap();
     assert!(v.iter().all(|&x| x == 0.0 || x == 1.0));
 
-    let missing = predict_cmd(PredictArgs {
-        run,
-        input: dir.path().join("nope.dcm"),
-        n: 2,
-        out,
-        overlap: 0.5,
-        window: None,
-        checkpoint: train::Which::Last,
-        seed: 0,
-        batch_size: 4,
-        device: "cpu".into(),
-    })
+    let missing = predict_cmd(PredictArgs { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None })
     .unwrap_err();
     assert!(format!("{missing:#}").contains("does not exist"));
 }

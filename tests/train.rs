@@ -1,9 +1,9 @@
 mod common;
 
-use apunet::cli::sample_to;
+use apunet::cli::{SamplingArgs, sample_to};
 use apunet::data::npz::{self, NpyArray};
 use apunet::data::synth::{SynthConfig, generate};
-use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, Which, read_metrics};
+use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};
 use burn::prelude::*;
 
 fn tiny_run(epochs: usize) -> RunConfig {
@@ -61,7 +61,8 @@ fn train_resume_and_sample_end_to_end() {
     assert!(csv.iter().all(|m| m.loss.is_finite() && m.val_ged.is_finite() && m.val_ged >= 0.0));
 
     let out = dir.path().join("samples.npz");
-    sample_to(&run, &data, 5, &out, Which::Best, 0, 4, 4, "cpu").unwrap();
+    let sampling = |run: &std::path::Path, n: usize, batch: usize| SamplingArgs { n, batch_size: batch, ..SamplingArgs::for_run(run) };
+    sample_to(&sampling(&run, 5, 4), &data, &out, 4).unwrap();
     let arrays = npz::read_npz(&out).unwrap();
     match &arrays["samples"] {
         NpyArray::U8(a) => {
@@ -84,7 +85,7 @@ fn train_resume_and_sample_end_to_end() {
     assert!(out.with_extension("png").exists());
     // Sampling is reproducible.
     let out2 = dir.path().join("again.npz");
-    sample_to(&run, &data, 5, &out2, Which::Best, 0, 2, 4, "cpu").unwrap();
+    sample_to(&sampling(&run, 5, 2), &data, &out2, 4).unwrap();
     match (&arrays["samples"], &npz::read_npz(&out2).unwrap()["samples"]) {
         (NpyArray::U8(a), NpyArray::U8(b)) => assert_eq!(a, b, "batch size must not change samples"),
         _ => unreachable!(),
@@ -92,9 +93,9 @@ fn train_resume_and_sample_end_to_end() {
     // A size the model cannot take, and a missing run, are errors with a message.
     let odd = dir.path().join("odd.npz");
     generate(&SynthConfig { count: 2, size: 17, ..Default::default() }).unwrap().save(&odd).unwrap();
-    let e = sample_to(&run, &odd, 2, &dir.path().join("x.npz"), Which::Best, 0, 2, 2, "cpu").unwrap_err();
+    let e = sample_to(&sampling(&run, 2, 2), &odd, &dir.path().join("x.npz"), 2).unwrap_err();
     assert!(format!("{e:#}").contains("not divisible"), "{e:#}");
-    let e = sample_to(&dir.path().join("nope"), &data, 2, &dir.path().join("x.npz"), Which::Best, 0, 2, 2, "cpu").unwrap_err();
+    let e = sample_to(&sampling(&dir.path().join("nope"), 2, 2), &data, &dir.path().join("x.npz"), 2).unwrap_err();
     assert!(format!("{e:#}").contains("not an apunet run directory"), "{e:#}");
 }
 

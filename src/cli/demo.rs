@@ -10,7 +10,7 @@ use clap::Args;
 use crate::data::synth::{self, SynthConfig};
 use crate::device::parse_device;
 use crate::model::ModelConfig;
-use crate::train::{self, RunConfig, TrainConfig, TrainRequest, Which};
+use crate::train::{self, RunConfig, TrainConfig, TrainRequest};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -67,20 +67,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
     println!("2/4 trained: {} (best epoch {})", run_dir.display(), summary.best_epoch);
 
     let samples = a.out.join("samples.npz");
-    super::sample_to(&run_dir, &data, 16, &samples, Which::Best, a.seed, 8, 8, &a.device)?;
+    let sampling = super::SamplingArgs { seed: a.seed, device: a.device.clone(), ..super::SamplingArgs::for_run(&run_dir) };
+    super::sample_to(&sampling, &data, &samples, 8)?;
     println!("3/4 sampled 16 masks per image: {}", samples.display());
     let eval_dir = a.out.join("eval");
     super::evaluate::eval_cmd(super::evaluate::EvalArgs {
-        run: run_dir.clone(),
+        sampling,
         data: data.clone(),
-        n: 16,
         out: eval_dir.clone(),
-        checkpoint: Which::Best,
-        seed: a.seed,
-        batch_size: 8,
         images: None,
         overlay: false,
-        device: a.device.clone(),
     })?;
     super::evaluate::plot_cmd(super::evaluate::PlotArgs { run: run_dir.clone(), out: None })?;
     println!("4/4 evaluated: {}/report.md", eval_dir.display());

@@ -13,33 +13,25 @@ use crate::device::parse_device;
 use crate::eval::report::{self, Report};
 use crate::eval::{figures, metrics, plots};
 use crate::inference;
-use crate::train::{self, Which};
+use crate::train;
+
+use super::SamplingArgs;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 16)]
-    pub n: usize,
     /// Directory for metrics.json, per_image.csv, report.md, samples.npz and figures.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, value_enum, default_value_t = Which::Best)]
-    pub checkpoint: Which,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
     /// Images shown in the figure (indices); default: the first 8.
     #[arg(long, value_delimiter = ',')]
     pub images: Option<Vec<usize>>,
     /// Draw masks as contours over the CT.
     #[arg(long)]
     pub overlay: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 #[derive(Args, Debug)]
@@ -135,26 +127,27 @@ pub fn metrics_cmd(a: MetricsArgs) -> Result<()> {
 }
 
 pub fn eval_cmd(a: EvalArgs) -> Result<()> {
-    if a.n == 0 {
+    let s = &a.sampling;
+    if s.n == 0 {
         bail!("--n must be at least 1");
     }
-    let device = parse_device(&a.device)?;
-    let (cfg, model) = train::load_run(&a.run, a.checkpoint, &device)?;
+    let device = parse_device(&s.device)?;
+    let (cfg, model) = train::load_run(&s.run, s.checkpoint, &device)?;
     let ds = Dataset::load(&a.data)?;
     cfg.model.check_size(ds.height(), ds.width())?;
     let m = ds.annotators();
-    if a.n % m != 0 {
-        bail!("--n {} must be a multiple of the {m} annotators in {} for Hungarian-matched IoU", a.n, a.data.display());
+    if s.n % m != 0 {
+        bail!("--n {} must be a multiple of the {m} annotators in {} for Hungarian-matched IoU", s.n, a.data.display());
     }
     let pb = ProgressBar::new(ds.len() as u64);
     let samples =
-        inference::sample_images(&model, &ds.images, a.n, cfg.model.latent_dim, a.seed, a.batch_size, &device, |k| pb.inc(k as u64))?;
+        inference::sample_images(&model, &ds.images, s.n, cfg.model.latent_dim, s.seed, s.batch_size, &device, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let (masks, mean) = (samples.masks.clone().into_dyn(), samples.mean.clone().into_dyn());
     npz::write_npz(&a.out.join("samples.npz"), &[("samples", NpzEntry::U8(&masks)), ("mean", NpzEntry::F32(&mean))])?;
-    let report = report::evaluate(samples.masks.view(), ds.masks.view(), a.seed)?;
-    write_outputs(&report, &a.out, &format!("apunet eval: {} on {}", a.run.display(), a.data.display()))?;
+    let report = report::evaluate(samples.masks.view(), ds.masks.view(), s.seed)?;
+    write_outputs(&report, &a.out, &format!("apunet eval: {} on {}", s.run.display(), a.data.display()))?;
 
     let idx: Vec<usize> = match &a.images {
         Some(v) => {
@@ -174,7 +167,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     let imgs = sub.images.as_standard_layout();
     let msks = sub.masks.as_standard_layout();
     let (img, msk) = (imgs.as_slice().expect("standard layout"), msks.as_slice().expect("standard layout"));
-    let shown = a.n.min(6);
+    let shown = s.n.min(6);
     let columns: Vec<figures::Column<'_>> = idx
         .iter()
         .enumerate()
@@ -183,13 +176,13 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
             figures::Column {
                 image: &img[c * hw..(c + 1) * hw],
                 labels: (0..m).map(|k| &msk[(c * m + k) * hw..(c * m + k + 1) * hw]).collect(),
-                samples: (0..shown).map(|s| &smp[(c * a.n + s) * hw..(c * a.n + s + 1) * hw]).collect(),
+                samples: (0..shown).map(|k| &smp[(c * s.n + k) * hw..(c * s.n + k + 1) * hw]).collect(),
                 heat: vec![p.clone(), metrics::entropy(&p)],
             }
         })
         .collect();
     let opts = figures::GridOptions { overlay: a.overlay, heat_labels: vec!["mean prob".into(), "entropy".into()] };
-    let fig = figures::sample_grid(&columns, h, w, &format!("{} samples per image; mean probability and entropy (bits)", a.n), &opts);
+    let fig = figures::sample_grid(&columns, h, w, &format!("{} samples per image; mean probability and entropy (bits)", s.n), &opts);
     figures::save_png(&fig, &a.out.join("samples.png"))?;
     print_summary(&report);
     println!(

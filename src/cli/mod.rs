@@ -113,29 +113,47 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct SampleArgs {
+/// What every command that samples from a trained run takes.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// The run directory (config.toml + checkpoints).
     #[arg(long)]
     pub run: PathBuf,
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Samples per image.
     #[arg(long, default_value_t = 16)]
     pub n: usize,
-    /// Output npz (samples [N,n,H,W] uint8, mean [N,H,W] float32, prior_mean [N,H,W] uint8);
-    /// a PNG figure goes beside it.
-    #[arg(long)]
-    pub out: PathBuf,
     #[arg(long, value_enum, default_value_t = Which::Best)]
     pub checkpoint: Which,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Images (or patches) per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// cpu | wgpu | cuda
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl SamplingArgs {
+    /// Defaults for `run`, as the command line gives them.
+    pub fn for_run(run: &Path) -> Self {
+        Self { run: run.to_path_buf(), n: 16, checkpoint: Which::Best, seed: 0, batch_size: 8, device: "cpu".into() }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output npz (samples [N,n,H,W] uint8, mean [N,H,W] float32, prior_mean [N,H,W] uint8);
+    /// a PNG figure goes beside it.
+    #[arg(long)]
+    pub out: PathBuf,
     /// Images in the figure.
     #[arg(long, default_value_t = 8)]
     pub figure_images: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -246,16 +264,18 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 }
 
 /// Samples a dataset with a run and writes the npz + figure; used by `sample` and `demo`.
-pub fn sample_to(run: &Path, data: &Path, n: usize, out: &Path, which: Which, seed: u64, batch: usize, figure_images: usize, device_name: &str) -> Result<()> {
+pub fn sample_to(s: &SamplingArgs, data: &Path, out: &Path, figure_images: usize) -> Result<()> {
+    let n = s.n;
     if n == 0 {
         bail!("--n must be at least 1");
     }
-    let device = parse_device(device_name)?;
-    let (cfg, model) = train::load_run(run, which, &device)?;
+    let device = parse_device(&s.device)?;
+    let (cfg, model) = train::load_run(&s.run, s.checkpoint, &device)?;
     let ds = Dataset::load(data)?;
     cfg.model.check_size(ds.height(), ds.width())?;
     let pb = ProgressBar::new(ds.len() as u64);
-    let samples = inference::sample_images(&model, &ds.images, n, cfg.model.latent_dim, seed, batch, &device, |k| pb.inc(k as u64))?;
+    let samples =
+        inference::sample_images(&model, &ds.images, n, cfg.model.latent_dim, s.seed, s.batch_size, &device, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     let masks = samples.masks.clone().into_dyn();
     let mean = samples.mean.clone().into_dyn();
@@ -276,5 +296,5 @@ pub fn sample_to(run: &Path, data: &Path, n: usize, out: &Path, which: Which, se
 }
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
-    sample_to(&a.run, &a.data, a.n, &a.out, a.checkpoint, a.seed, a.batch_size, a.figure_images, &a.device)
+    sample_to(&a.sampling, &a.data, &a.out, a.figure_images)
 }

@@ -14,17 +14,18 @@ use crate::data::scan::{self, Scan};
 use crate::device::parse_device;
 use crate::eval::{figures, metrics};
 use crate::predict::{Prediction, predict_image, window_starts};
-use crate::train::{self, Which};
+use crate::train;
+
+use super::SamplingArgs;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// A scan (.dcm, .nii, .nii.gz, .png, .tif), a DICOM series folder, or a folder of scans.
     #[arg(long)]
     pub input: PathBuf,
-    #[arg(long, default_value_t = 16)]
-    pub n: usize,
+    /// Output folder: one subfolder of PNG and NIfTI files per input scan.
     #[arg(long)]
     pub out: PathBuf,
     /// Patch overlap in [0, 1).
@@ -33,15 +34,6 @@ pub struct PredictArgs {
     /// Override the run's window: lung, mediastinum, file, percentile or WIDTH,LEVEL.
     #[arg(long)]
     pub window: Option<Window>,
-    #[arg(long, value_enum, default_value_t = Which::Best)]
-    pub checkpoint: Which,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Patches per forward pass.
-    #[arg(long, default_value_t = 4)]
-    pub batch_size: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 /// A folder of DICOM files is one series; any other folder is a set of scans.
@@ -68,14 +60,15 @@ fn inputs(path: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn predict_cmd(a: PredictArgs) -> Result<()> {
-    if a.n == 0 {
+    let s = &a.sampling;
+    if s.n == 0 {
         bail!("--n must be at least 1");
     }
-    let device = parse_device(&a.device)?;
-    let (cfg, model) = train::load_run(&a.run, a.checkpoint, &device)?;
+    let device = parse_device(&s.device)?;
+    let (cfg, model) = train::load_run(&s.run, s.checkpoint, &device)?;
     let (ph, pw) = (cfg.data.height, cfg.data.width);
     if ph == 0 || pw == 0 {
-        bail!("{}: config.toml has no [data] crop size; retrain with this version of apunet", a.run.display());
+        bail!("{}: config.toml has no [data] crop size; retrain with this version of apunet", s.run.display());
     }
     let mut pre = cfg.data.preprocess.clone();
     if let Some(w) = a.window {
@@ -89,7 +82,7 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
         let total: usize = scan
             .slices
             .iter()
-            .map(|s| window_starts(s.height.max(ph), ph, a.overlap).len() * window_starts(s.width.max(pw), pw, a.overlap).len())
+            .map(|sl| window_starts(sl.height.max(ph), ph, a.overlap).len() * window_starts(sl.width.max(pw), pw, a.overlap).len())
             .sum();
         let pb = ProgressBar::new(total as u64);
         pb.set_style(
@@ -100,19 +93,19 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
         let started = Instant::now();
         let mut preds = Vec::with_capacity(scan.slices.len());
         let mut inputs01 = Vec::with_capacity(scan.slices.len());
-        for s in &scan.slices {
-            let x = s.normalized(&pre);
+        for slice in &scan.slices {
+            let x = slice.normalized(&pre);
             preds.push(predict_image(
                 &model,
                 &x,
-                s.height,
-                s.width,
+                slice.height,
+                slice.width,
                 (ph, pw),
-                a.n,
+                s.n,
                 cfg.model.latent_dim,
                 a.overlap,
-                a.seed,
-                a.batch_size,
+                s.seed,
+                s.batch_size,
                 &device,
                 |k| pb.inc(k as u64),
             )?);
@@ -125,7 +118,7 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
         println!(
             "{name}: {} slice(s) {h}x{w}, {total} patches of {ph}x{pw}, {} samples in {secs:.1} s ({:.2} slices/s) -> {}",
             scan.slices.len(),
-            a.n,
+            s.n,
             scan.slices.len() as f64 / secs.max(1e-9),
             dir.display()
         );
