@@ -7,5 +7,6 @@ pub mod eval;
 pub mod inference;
 pub mod train;
 pub mod fsio;
+pub mod gan;
 pub mod model;
 pub mod predict;

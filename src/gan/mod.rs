@@ -1,0 +1,5 @@
+//! CycleGAN (ResNet generator, PatchGAN discriminator, image pool) for growing small datasets.
+//! The networks and their building blocks; training and generation commands build on these.
+
+pub mod networks;
+pub mod pool;
