@@ -31,15 +31,7 @@ pub struct GridOptions {
 
 /// Stretches a dark scan for display: the 1st..99th percentile maps to black..white.
 pub fn display_stretch(img: &[f32]) -> Vec<u8> {
-    let mut sorted: Vec<f32> = img.iter().copied().filter(|v| v.is_finite()).collect();
-    if sorted.is_empty() {
-        return vec![0; img.len()];
-    }
-    sorted.sort_by(f32::total_cmp);
-    let lo = sorted[sorted.len() / 100];
-    let hi = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
-    let span = (hi - lo).max(1e-6);
-    img.iter().map(|&v| (((v - lo) / span).clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+    crate::data::intensity::percentile_normalize(img, 1.0, 99.0).iter().map(|&v| (v * 255.0).round() as u8).collect()
 }
 
 pub fn draw_text(canvas: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, color: Rgb<u8>) {

@@ -43,11 +43,6 @@ pub fn distance(a: &BitMask, b: &BitMask) -> f64 {
     if union == 0 { 0.0 } else { 1.0 - inter as f64 / union as f64 }
 }
 
-/// `distance` on unpacked masks.
-pub fn iou_distance(a: &[u8], b: &[u8]) -> f64 {
-    distance(&BitMask::new(a), &BitMask::new(b))
-}
-
 /// IoU with the same conventions (1 when both are empty).
 pub fn iou(a: &BitMask, b: &BitMask) -> f64 {
     1.0 - distance(a, b)
