@@ -82,7 +82,7 @@ fn dicom_geometry_becomes_a_nifti_affine() {
 }
 
 #[test]
-fn sixteen_bit_png_reads_to_unit_range() {
+fn eight_and_sixteen_bit_png_and_tiff_read_to_unit_range() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.png");
     let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(5, 3, |x, y| image::Luma([(x * 10000 + y) as u16]));
@@ -91,6 +91,12 @@ fn sixteen_bit_png_reads_to_unit_range() {
     assert_eq!((s.slices[0].height, s.slices[0].width), (3, 5));
     assert!((s.slices[0].values[4] - 40000.0 / 65535.0).abs() < 1e-6);
     assert!(!s.slices[0].hounsfield);
+    let tif = dir.path().join("x.tif");
+    img.save(&tif).unwrap();
+    assert_eq!(read_scan(&tif).unwrap().slices[0].values, s.slices[0].values);
+    let p8 = dir.path().join("x8.png");
+    image::GrayImage::from_fn(2, 1, |x, _| image::Luma([(x * 255) as u8])).save(&p8).unwrap();
+    assert_eq!(read_scan(&p8).unwrap().slices[0].values, vec![0.0, 1.0]);
     let bad = dir.path().join("x.jpg2");
     std::fs::write(&bad, b"x").unwrap();
     assert!(format!("{:#}", read_scan(&bad).unwrap_err()).contains("unsupported file type"));
