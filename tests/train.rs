@@ -135,3 +135,36 @@ fn unknown_device_and_missing_data_are_errors() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("missing.npz"), "{err:#}");
 }
+
+#[test]
+fn extra_synthetic_examples_fill_batches_and_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("real.npz");
+    generate(&SynthConfig { count: 12, size: 16, seed: 5, per_series: 2, ..Default::default() }).unwrap().save(&data).unwrap();
+    let extra = dir.path().join("extra.npz");
+    generate(&SynthConfig { count: 6, size: 16, seed: 6, ..Default::default() }).unwrap().save(&extra).unwrap();
+    let run = |extra: &std::path::Path, ratio: f64, out: &str| {
+        let mut cfg = tiny_run(1);
+        cfg.train.extra = Some(extra.display().to_string());
+        cfg.train.extra_ratio = ratio;
+        train::train(TrainRequest {
+            data: data.clone(),
+            out: dir.path().join(out),
+            config: cfg,
+            device: Device::flex(),
+            resume: false,
+            quiet: true,
+        })
+    };
+    let s = run(&extra, 0.5, "mixed").unwrap();
+    assert!(s.history[0].loss.is_finite() && s.history[0].val_ged.is_finite());
+    let saved = RunConfig::load(&dir.path().join("mixed/config.toml")).unwrap();
+    assert_eq!(saved.train.extra.as_deref(), Some(extra.display().to_string().as_str()));
+
+    let wrong = dir.path().join("wrong.npz");
+    generate(&SynthConfig { count: 4, size: 32, ..Default::default() }).unwrap().save(&wrong).unwrap();
+    let e = run(&wrong, 0.5, "wrong").unwrap_err();
+    assert!(format!("{e:#}").contains("wrong.npz") && format!("{e:#}").contains("32x32"), "{e:#}");
+    let e = run(&extra, 1.0, "all").unwrap_err();
+    assert!(format!("{e:#}").contains("extra_ratio"), "{e:#}");
+}

@@ -103,6 +103,12 @@ pub struct TrainArgs {
     /// Best-checkpoint criterion.
     #[arg(long, value_enum)]
     pub select: Option<Select>,
+    /// Synthetic examples (same npz format) mixed into training batches; validation stays real.
+    #[arg(long)]
+    pub extra: Option<PathBuf>,
+    /// Share of each batch taken from --extra, in [0, 1).
+    #[arg(long)]
+    pub extra_ratio: Option<f64>,
     /// Turn the attention gates off (plain U-Net backbone).
     #[arg(long)]
     pub no_attention: bool,
@@ -210,6 +216,12 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.select {
         t.select = v;
+    }
+    if let Some(v) = &a.extra {
+        t.extra = Some(v.display().to_string());
+    }
+    if let Some(v) = a.extra_ratio {
+        t.extra_ratio = v;
     }
     if let Some(v) = a.latent_dim {
         cfg.model.latent_dim = v;

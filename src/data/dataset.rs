@@ -163,6 +163,28 @@ impl Dataset {
         npz::write_npz(path, &entries)
     }
 
+    /// This dataset followed by `other`'s examples, marked synthetic; sizes must match.
+    pub fn append_synthetic(&self, other: &Dataset, other_name: &str) -> Result<Self> {
+        if other.height() != self.height() || other.width() != self.width() || other.annotators() != self.annotators() {
+            bail!(
+                "{other_name}: examples are {}x{} with {} annotators but the training data are {}x{} with {}",
+                other.height(),
+                other.width(),
+                other.annotators(),
+                self.height(),
+                self.width(),
+                self.annotators()
+            );
+        }
+        let cat3 = ndarray::concatenate(Axis(0), &[self.images.view(), other.images.view()])?;
+        let cat4 = ndarray::concatenate(Axis(0), &[self.masks.view(), other.masks.view()])?;
+        let mut series = self.series.clone();
+        series.extend(other.series.iter().map(|s| format!("synthetic:{s}")));
+        let mut synthetic = self.synthetic.clone();
+        synthetic.extend(std::iter::repeat_n(true, other.len()));
+        Ok(Self { images: cat3, masks: cat4, series, synthetic, preprocess: self.preprocess.clone() })
+    }
+
     /// The examples at `idx`, in that order.
     pub fn subset(&self, idx: &[usize]) -> Self {
         Self {

@@ -45,6 +45,10 @@ pub struct TrainConfig {
     /// Sample rows in the per-epoch figure.
     pub figure_samples: usize,
     pub select: Select,
+    /// A dataset of synthetic examples (e.g. from a CycleGAN) mixed into training batches.
+    pub extra: Option<String>,
+    /// Share of each training batch drawn from `extra`, in [0, 1).
+    pub extra_ratio: f64,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +70,8 @@ impl Default for TrainConfig {
             figure_images: 8,
             figure_samples: 4,
             select: Select::Loss,
+            extra: None,
+            extra_ratio: 0.5,
         }
     }
 }
@@ -86,6 +92,9 @@ impl TrainConfig {
         }
         if self.val_samples == 0 {
             bail!("train.val_samples must be at least 1");
+        }
+        if self.extra.is_some() && !(0.0..1.0).contains(&self.extra_ratio) {
+            bail!("train.extra_ratio must be in [0, 1), got {}", self.extra_ratio);
         }
         Ok(())
     }

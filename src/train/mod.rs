@@ -13,7 +13,7 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand_distr::{Distribution, StandardNormal};
@@ -126,6 +126,16 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     // Synthetic examples never validate.
     let val_idx: Vec<usize> = sp.val.iter().copied().filter(|&i| !data.synthetic[i]).collect();
     let train_idx = sp.train.clone();
+    // Extra (synthetic) examples sit after the real ones and only ever fill training batches.
+    let (data, extra_idx) = match &tc.extra {
+        Some(path) => {
+            let extra = Dataset::load(Path::new(path))?;
+            let first = data.len();
+            let all = data.append_synthetic(&extra, path)?;
+            (all, (first..first + extra.len()).collect::<Vec<_>>())
+        }
+        None => (data, Vec::new()),
+    };
     if train_idx.is_empty() {
         bail!("no training examples left after the split");
     }
@@ -166,15 +176,25 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         let mut rng = epoch_rng(tc.seed, epoch, 1);
         let mut order = train_idx.clone();
         order.shuffle(&mut rng);
+        let n_extra = if extra_idx.is_empty() {
+            0
+        } else {
+            ((tc.batch_size as f64 * tc.extra_ratio).round() as usize).min(tc.batch_size - 1)
+        };
+        let real_per_batch = tc.batch_size - n_extra;
         // Batch norm cannot train on a batch of one: fold a lone last example into the previous batch.
-        let mut batches: Vec<Vec<usize>> = order.chunks(tc.batch_size).map(<[usize]>::to_vec).collect();
+        let mut batches: Vec<Vec<usize>> = order.chunks(real_per_batch).map(<[usize]>::to_vec).collect();
         if batches.len() > 1 && batches.last().is_some_and(|b| b.len() == 1) {
             let last = batches.pop().unwrap_or_default();
             if let Some(prev) = batches.last_mut() {
                 prev.extend(last);
             }
         }
-        let pb = progress_bar(order.len() as u64, req.quiet, &format!("epoch {epoch}/{}", tc.epochs));
+        for b in batches.iter_mut() {
+            b.extend((0..n_extra).map(|_| extra_idx[rng.gen_range(0..extra_idx.len())]));
+        }
+        let total: usize = batches.iter().map(Vec::len).sum();
+        let pb = progress_bar(total as u64, req.quiet, &format!("epoch {epoch}/{}", tc.epochs));
         let (mut sum, mut rec, mut kl, mut seen, mut skipped) = (0f64, 0f64, 0f64, 0usize, 0usize);
         let step_start = Instant::now();
         for idx in &batches {
