@@ -58,3 +58,66 @@ fn tiny_cyclegan_lowers_its_cycle_loss() {
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(last < 0.7 * first, "cycle loss {first} -> {last}");
 }
+
+#[test]
+fn gan_train_resume_and_generate() {
+    use apunet::data::synth::{SynthConfig, generate as synth};
+    use apunet::gan::networks::GanConfig;
+    use apunet::gan::train::{Domain, GanMode, GanRequest, GanTrainConfig, deform_masks, generate, train_gan};
+    let _guard = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(&SynthConfig { count: 3, size: 32, empty_fraction: 0.0, seed: 4, ..Default::default() }).unwrap();
+    let cfg = |epochs| GanTrainConfig {
+        mode: GanMode::Mask2ct,
+        epochs,
+        decay_epochs: 1,
+        net: GanConfig { base: 4, residual_blocks: 1, ..Default::default() },
+        ..Default::default()
+    };
+    let out = dir.path().join("gan");
+    let req = |epochs, resume| GanRequest {
+        a: Domain::from_mean_masks(&ds),
+        b: Domain::from_images(&ds),
+        out: out.clone(),
+        config: cfg(epochs),
+        device: Device::flex(),
+        resume,
+        quiet: true,
+    };
+    let s1 = train_gan(req(1, false)).unwrap();
+    assert_eq!(s1.epoch, 1);
+    assert!(out.join("checkpoints/g_ab.bpk").exists() && out.join("figures/epoch_001.png").exists());
+    let s2 = train_gan(req(2, true)).unwrap();
+    assert_eq!((s2.epoch, s2.cycle.len()), (2, 2));
+    assert_eq!(s2.cycle[0], s1.cycle[0]);
+    // The schedule: constant, then linear decay.
+    let c = GanTrainConfig { epochs: 10, decay_epochs: 4, ..Default::default() };
+    assert_eq!(c.lr_at(6), 2e-4);
+    assert!(c.lr_at(7) < 2e-4 && c.lr_at(10) > 0.0 && c.lr_at(10) < c.lr_at(9));
+
+    let g = generate(&out, &ds, 5, 1, &Device::flex()).unwrap();
+    assert_eq!((g.len(), g.annotators(), g.height()), (5, 4, 32));
+    assert!(g.synthetic.iter().all(|&s| s));
+    assert!(g.images.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(generate(&out, &ds, 0, 1, &Device::flex()).is_err());
+
+    // Deformation moves masks but keeps them binary and applies one transform to all annotators.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let a: Vec<u8> = (0..256).map(|p| ((p / 16) > 4 && (p / 16) < 10 && (p % 16) > 5 && (p % 16) < 11) as u8).collect();
+    let d = deform_masks(&[a.clone(), a.clone()], 16, 16, &mut rng);
+    assert_eq!(d[0], d[1]);
+    assert!(d[0].iter().all(|&v| v <= 1));
+
+    // Domains that cannot train are refused with a message.
+    let mut bad = req(1, false);
+    bad.b.images.clear();
+    assert!(format!("{:#}", train_gan(bad).unwrap_err()).contains("both domains need images"));
+    for (size, text) in [(18, "18x18"), (16, "at least 24x24")] {
+        let small = synth(&SynthConfig { count: 2, size, ..Default::default() }).unwrap();
+        let (mut r, d) = (req(1, false), Domain::from_images(&small));
+        r.a = d.clone();
+        r.b = d;
+        let e = format!("{:#}", train_gan(r).unwrap_err());
+        assert!(e.contains(text), "{e}");
+    }
+}

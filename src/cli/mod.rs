@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod evaluate;
+pub mod gan;
 pub mod import;
 pub mod predict;
 
@@ -46,6 +47,9 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Samples and uncertainty for whole scans of any size (DICOM, NIfTI, PNG), patch-wise.
     Predict(predict::PredictArgs),
+    /// ResNet CycleGAN: train it, or generate new examples with it.
+    #[command(subcommand)]
+    Gan(gan::GanCommand),
     /// Synthetic data, brief training, sampling and figures in one go.
     Demo(demo::DemoArgs),
     /// Training and sampling throughput as JSON.
@@ -172,6 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plot(a) => evaluate::plot_cmd(a),
         Command::Import(a) => import::import_cmd(a),
         Command::Predict(a) => predict::predict_cmd(a),
+        Command::Gan(c) => gan::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
     }

@@ -168,3 +168,29 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
         Ok(())
     })
 }
+
+/// Rows of grayscale images in [0,1], each row labelled; for GAN progress figures.
+pub fn image_rows(rows: &[(String, Vec<Vec<f32>>)], h: usize, w: usize, title: &str) -> RgbImage {
+    let zoom = (96 / h.max(w)).max(1) as u32;
+    let (cw, ch) = (w as u32 * zoom, h as u32 * zoom);
+    let (gap, margin, header) = (4u32, 96u32, 24u32);
+    let cols = rows.iter().map(|r| r.1.len()).max().unwrap_or(0) as u32;
+    let width = (margin + cols * (cw + gap) + gap).max(8 * title.chars().count() as u32 + 2 * gap);
+    let height = header + rows.len() as u32 * (ch + gap) + gap;
+    let mut canvas = RgbImage::from_pixel(width, height, BG);
+    draw_text(&mut canvas, gap, 6, title, 1, LABEL);
+    for (r, (label, images)) in rows.iter().enumerate() {
+        let y0 = header + r as u32 * (ch + gap);
+        draw_text(&mut canvas, gap, y0 + ch / 2 - 4, label, 1, LABEL);
+        for (c, img) in images.iter().enumerate() {
+            let x0 = margin + c as u32 * (cw + gap);
+            for y in 0..ch {
+                for x in 0..cw {
+                    let v = img[(y / zoom) as usize * w + (x / zoom) as usize];
+                    canvas.put_pixel(x0 + x, y0 + y, Rgb([(v.clamp(0.0, 1.0) * 255.0).round() as u8; 3]));
+                }
+            }
+        }
+    }
+    canvas
+}

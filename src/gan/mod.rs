@@ -3,3 +3,4 @@
 
 pub mod networks;
 pub mod pool;
+pub mod train;

@@ -148,6 +148,14 @@ impl Discriminator {
         Self { convs, norms, head: conv(prev, 1, 4, 1, 1, device) }
     }
 
+    /// Three stride-2 steps and two 4x4 valid-ish convs need at least 24 pixels a side.
+    pub fn check_size(h: usize, w: usize) -> Result<()> {
+        if h < 24 || w < 24 {
+            bail!("the PatchGAN discriminator needs images of at least 24x24; got {h}x{w}");
+        }
+        Ok(())
+    }
+
     /// Real/fake scores per patch, [B, 1, h', w'].
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
         for (c, n) in self.convs.iter().zip(&self.norms) {

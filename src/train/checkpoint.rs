@@ -54,7 +54,8 @@ impl RunPaths {
     }
 }
 
-pub fn save_model(model: &ProbUNet, path: &Path) -> Result<()> {
+/// Saves any module's weights (burnpack) atomically.
+pub fn save_model<M: Module>(model: &M, path: &Path) -> Result<()> {
     fsio::write_atomic_with(path, |tmp| {
         let mut store = BurnpackStore::from_file(tmp).auto_extension(false).overwrite(true);
         model.save_into(&mut store).map_err(|e| anyhow!("{e}"))?;
@@ -62,7 +63,8 @@ pub fn save_model(model: &ProbUNet, path: &Path) -> Result<()> {
     })
 }
 
-pub fn load_model(model: ProbUNet, path: &Path) -> Result<ProbUNet> {
+/// Loads weights saved by `save_model` into `model`, refusing a checkpoint that does not fit.
+pub fn load_model<M: Module>(model: M, path: &Path) -> Result<M> {
     if !path.exists() {
         anyhow::bail!("checkpoint {} not found", path.display());
     }

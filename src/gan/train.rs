@@ -1,0 +1,380 @@
+//! CycleGAN training (Zhu et al. 2017): LSGAN losses, cycle L1 (lambda 10), identity
+//! (0.5 lambda), image pools of 50, Adam 2e-4 with betas (0.5, 0.999), constant then linear
+//! decay to zero. Checkpoints every epoch, atomically; `--resume` continues.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::networks::{Discriminator, GanConfig, Generator, l1, lsgan};
+use super::pool::ImagePool;
+use crate::data::Dataset;
+use crate::eval::figures;
+use crate::fsio;
+use crate::model::to_host;
+use crate::train::checkpoint::{load_model, load_optimizer, save_model, save_optimizer};
+
+/// What the two domains are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GanMode {
+    /// A = the annotators' mean mask (a soft map), B = the CT crop, from one dataset.
+    Mask2ct,
+    /// A and B = the images of two datasets (e.g. two scanners).
+    Unpaired,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GanTrainConfig {
+    pub mode: GanMode,
+    pub epochs: usize,
+    /// The last this-many epochs decay the learning rate linearly to zero.
+    pub decay_epochs: usize,
+    pub lr: f64,
+    pub lambda_cycle: f32,
+    pub lambda_identity: f32,
+    pub pool_size: usize,
+    pub seed: u64,
+    pub net: GanConfig,
+}
+
+impl Default for GanTrainConfig {
+    fn default() -> Self {
+        Self {
+            mode: GanMode::Mask2ct,
+            epochs: 20,
+            decay_epochs: 10,
+            lr: 2e-4,
+            lambda_cycle: 10.0,
+            lambda_identity: 0.5,
+            pool_size: 50,
+            seed: 0,
+            net: GanConfig::default(),
+        }
+    }
+}
+
+impl GanTrainConfig {
+    /// The paper's schedule: constant, then linear decay over `decay_epochs` (1-based epoch).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        let start = self.epochs.saturating_sub(self.decay_epochs);
+        if epoch <= start {
+            self.lr
+        } else {
+            self.lr * (1.0 - (epoch - start) as f64 / (self.decay_epochs + 1) as f64)
+        }
+    }
+}
+
+/// Images in [-1, 1], one channel, all H x W.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub images: Vec<Vec<f32>>,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Domain {
+    pub fn from_images(ds: &Dataset) -> Self {
+        let hw = ds.height() * ds.width();
+        let flat = ds.images.as_standard_layout();
+        let flat = flat.as_slice().expect("standard layout");
+        Self { images: flat.chunks(hw).map(|c| c.iter().map(|v| v * 2.0 - 1.0).collect()).collect(), height: ds.height(), width: ds.width() }
+    }
+
+    /// The annotators' mean mask per example, as a soft map in [-1, 1].
+    pub fn from_mean_masks(ds: &Dataset) -> Self {
+        let (a, hw) = (ds.annotators(), ds.height() * ds.width());
+        let masks = ds.masks.as_standard_layout();
+        let m = masks.as_slice().expect("standard layout");
+        let images = (0..ds.len())
+            .map(|i| (0..hw).map(|p| (0..a).map(|k| m[(i * a + k) * hw + p] as f32).sum::<f32>() / a as f32 * 2.0 - 1.0).collect())
+            .collect();
+        Self { images, height: ds.height(), width: ds.width() }
+    }
+}
+
+pub struct GanRequest {
+    pub a: Domain,
+    pub b: Domain,
+    pub out: PathBuf,
+    pub config: GanTrainConfig,
+    pub device: Device,
+    pub resume: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GanState {
+    pub epoch: usize,
+    /// Mean cycle loss per finished epoch.
+    pub cycle: Vec<f64>,
+    pub generator: Vec<f64>,
+    pub discriminator: Vec<f64>,
+}
+
+/// The four networks.
+pub struct CycleGan {
+    pub g_ab: Generator,
+    pub g_ba: Generator,
+    pub d_a: Discriminator,
+    pub d_b: Discriminator,
+}
+
+impl CycleGan {
+    pub fn new(c: &GanConfig, device: &Device) -> Self {
+        Self {
+            g_ab: Generator::new(c.channels_a, c.channels_b, c.base, c.residual_blocks, device),
+            g_ba: Generator::new(c.channels_b, c.channels_a, c.base, c.residual_blocks, device),
+            d_a: Discriminator::new(c.channels_a, c.base, device),
+            d_b: Discriminator::new(c.channels_b, c.base, device),
+        }
+    }
+}
+
+fn file(dir: &Path, name: &str) -> PathBuf {
+    dir.join("checkpoints").join(name)
+}
+
+/// Loads a trained A->B generator (and its config) from GAN_DIR.
+pub fn load_generator(dir: &Path, device: &Device) -> Result<(GanTrainConfig, Generator)> {
+    let text = std::fs::read_to_string(dir.join("gan.toml")).with_context(|| format!("{} is not a GAN run directory", dir.display()))?;
+    let cfg: GanTrainConfig = toml::from_str(&text).with_context(|| format!("invalid {}/gan.toml", dir.display()))?;
+    let c = &cfg.net;
+    let g = load_model(Generator::new(c.channels_a, c.channels_b, c.base, c.residual_blocks, device), &file(dir, "g_ab.bpk"))?;
+    Ok((cfg, g))
+}
+
+fn tensor(img: &[f32], h: usize, w: usize, device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(img.to_vec(), [1, 1, h, w]), device)
+}
+
+pub fn train_gan(req: GanRequest) -> Result<GanState> {
+    let (a, b) = (&req.a, &req.b);
+    if a.images.is_empty() || b.images.is_empty() {
+        bail!("both domains need images (A has {}, B has {})", a.images.len(), b.images.len());
+    }
+    if (a.height, a.width) != (b.height, b.width) {
+        bail!("domain A is {}x{} but domain B is {}x{}; crop them to one size", a.height, a.width, b.height, b.width);
+    }
+    let (h, w) = (a.height, a.width);
+    Generator::check_size(h, w)?;
+    Discriminator::check_size(h, w)?;
+    let mut cfg = req.config;
+    let mut state = GanState::default();
+    if req.resume {
+        let text = std::fs::read_to_string(req.out.join("gan.toml")).with_context(|| format!("--resume: {} holds no GAN run", req.out.display()))?;
+        let saved: GanTrainConfig = toml::from_str(&text)?;
+        let epochs = cfg.epochs;
+        cfg = saved;
+        cfg.epochs = epochs;
+        let st = std::fs::read_to_string(file(&req.out, "state.json"))?;
+        state = serde_json::from_str(&st)?;
+    }
+    if cfg.net.channels_a != 1 || cfg.net.channels_b != 1 {
+        bail!("apunet's domains are single-channel CT and masks; got channels {} and {}", cfg.net.channels_a, cfg.net.channels_b);
+    }
+    std::fs::create_dir_all(req.out.join("checkpoints"))?;
+    fsio::write_atomic(&req.out.join("gan.toml"), toml::to_string_pretty(&cfg)?.as_bytes())?;
+    let device = req.device.clone().autodiff();
+    device.seed(cfg.seed);
+    let mut net = CycleGan::new(&cfg.net, &device);
+    let adam = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999);
+    let (mut o_gab, mut o_gba, mut o_da, mut o_db) = (adam.init(), adam.init(), adam.init(), adam.init());
+    if state.epoch > 0 {
+        net.g_ab = load_model(net.g_ab, &file(&req.out, "g_ab.bpk"))?;
+        net.g_ba = load_model(net.g_ba, &file(&req.out, "g_ba.bpk"))?;
+        net.d_a = load_model(net.d_a, &file(&req.out, "d_a.bpk"))?;
+        net.d_b = load_model(net.d_b, &file(&req.out, "d_b.bpk"))?;
+        o_gab = load_optimizer(o_gab, &file(&req.out, "opt_g_ab.bpk"))?;
+        o_gba = load_optimizer(o_gba, &file(&req.out, "opt_g_ba.bpk"))?;
+        o_da = load_optimizer(o_da, &file(&req.out, "opt_d_a.bpk"))?;
+        o_db = load_optimizer(o_db, &file(&req.out, "opt_d_b.bpk"))?;
+    }
+    let (lc, li) = (cfg.lambda_cycle, cfg.lambda_identity * cfg.lambda_cycle);
+    for epoch in state.epoch + 1..=cfg.epochs {
+        let lr = cfg.lr_at(epoch);
+        let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(epoch as u64));
+        let (mut pool_a, mut pool_b) = (ImagePool::new(cfg.pool_size), ImagePool::new(cfg.pool_size));
+        let steps = a.images.len().max(b.images.len());
+        let mut ia: Vec<usize> = (0..a.images.len()).collect();
+        let mut ib: Vec<usize> = (0..b.images.len()).collect();
+        ia.shuffle(&mut rng);
+        ib.shuffle(&mut rng);
+        let pb = if req.quiet { ProgressBar::hidden() } else { ProgressBar::new(steps as u64) };
+        pb.set_style(ProgressStyle::with_template("gan epoch {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        pb.set_prefix(format!("{epoch}/{}", cfg.epochs));
+        let (mut sum_cyc, mut sum_g, mut sum_d) = (0f64, 0f64, 0f64);
+        for s in 0..steps {
+            let ra = tensor(&a.images[ia[s % ia.len()]], h, w, &device);
+            let rb = tensor(&b.images[ib[s % ib.len()]], h, w, &device);
+            // Generators: fool both discriminators, close both cycles, keep identities.
+            let fake_b = net.g_ab.forward(ra.clone());
+            let fake_a = net.g_ba.forward(rb.clone());
+            let cyc = l1(net.g_ba.forward(fake_b.clone()), ra.clone()) + l1(net.g_ab.forward(fake_a.clone()), rb.clone());
+            let idt = l1(net.g_ab.forward(rb.clone()), rb.clone()) + l1(net.g_ba.forward(ra.clone()), ra.clone());
+            let adv = lsgan(net.d_b.forward(fake_b.clone()), 1.0) + lsgan(net.d_a.forward(fake_a.clone()), 1.0);
+            let loss_g = adv + cyc.clone() * lc + idt * li;
+            let vals = to_host(Tensor::cat(vec![loss_g.clone(), cyc], 0))?;
+            let mut grads = loss_g.backward();
+            let (gab, gba) = (GradientsParams::from_module(&mut grads, &net.g_ab), GradientsParams::from_module(&mut grads, &net.g_ba));
+            net.g_ab = o_gab.step(lr, net.g_ab, gab);
+            net.g_ba = o_gba.step(lr, net.g_ba, gba);
+            // Discriminators: real vs a fake from the pool.
+            let fb = pool_b.query(to_host(fake_b)?, &mut rng);
+            let fa = pool_a.query(to_host(fake_a)?, &mut rng);
+            let loss_d = (lsgan(net.d_b.forward(rb), 1.0) + lsgan(net.d_b.forward(tensor(&fb, h, w, &device)), 0.0)) * 0.5
+                + (lsgan(net.d_a.forward(ra), 1.0) + lsgan(net.d_a.forward(tensor(&fa, h, w, &device)), 0.0)) * 0.5;
+            let vd = to_host(loss_d.clone())?[0];
+            let mut grads = loss_d.backward();
+            let (da, db) = (GradientsParams::from_module(&mut grads, &net.d_a), GradientsParams::from_module(&mut grads, &net.d_b));
+            net.d_a = o_da.step(lr, net.d_a, da);
+            net.d_b = o_db.step(lr, net.d_b, db);
+            if vals.iter().chain([vd].iter()).any(|v| !v.is_finite()) {
+                bail!("CycleGAN loss became non-finite at epoch {epoch}; lower --lr");
+            }
+            sum_g += vals[0] as f64;
+            sum_cyc += vals[1] as f64;
+            sum_d += vd as f64;
+            pb.inc(1);
+            pb.set_message(format!("G {:.3} cycle {:.3} D {:.3}", sum_g / (s + 1) as f64, sum_cyc / (s + 1) as f64, sum_d / (s + 1) as f64));
+        }
+        pb.finish_and_clear();
+        state.cycle.push(sum_cyc / steps as f64);
+        state.generator.push(sum_g / steps as f64);
+        state.discriminator.push(sum_d / steps as f64);
+        state.epoch = epoch;
+        save_model(&net.g_ab, &file(&req.out, "g_ab.bpk"))?;
+        save_model(&net.g_ba, &file(&req.out, "g_ba.bpk"))?;
+        save_model(&net.d_a, &file(&req.out, "d_a.bpk"))?;
+        save_model(&net.d_b, &file(&req.out, "d_b.bpk"))?;
+        save_optimizer(&o_gab, &file(&req.out, "opt_g_ab.bpk"))?;
+        save_optimizer(&o_gba, &file(&req.out, "opt_g_ba.bpk"))?;
+        save_optimizer(&o_da, &file(&req.out, "opt_d_a.bpk"))?;
+        save_optimizer(&o_db, &file(&req.out, "opt_d_b.bpk"))?;
+        fsio::write_atomic(&file(&req.out, "state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
+        figure(&net, a, b, &req.out.join(format!("figures/epoch_{epoch:03}.png")), epoch)?;
+        if !req.quiet {
+            let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
+            eprintln!(
+                "gan epoch {epoch:>3}: G {:.3} cycle {:.4} D {:.3} lr {lr:.2e}",
+                last(&state.generator),
+                last(&state.cycle),
+                last(&state.discriminator)
+            );
+        }
+    }
+    Ok(state)
+}
+
+/// Real A, fake B, reconstructed A, and the other way, for four examples.
+fn figure(net: &CycleGan, a: &Domain, b: &Domain, path: &Path, epoch: usize) -> Result<()> {
+    let (h, w) = (a.height, a.width);
+    let g_ab = net.g_ab.valid();
+    let g_ba = net.g_ba.valid();
+    let inner = net_device(&g_ab);
+    let k = 4.min(a.images.len()).min(b.images.len());
+    let to01 = |v: Vec<f32>| v.into_iter().map(|x| (x + 1.0) / 2.0).collect::<Vec<f32>>();
+    let run = |g: &Generator, img: &[f32]| -> Result<Vec<f32>> { to_host(g.forward(tensor(img, h, w, &inner))) };
+    let mut rows: Vec<(String, Vec<Vec<f32>>)> = ["real A", "fake B", "rec A", "real B", "fake A", "rec B"].iter().map(|s| (s.to_string(), Vec::new())).collect();
+    for i in 0..k {
+        let fb = run(&g_ab, &a.images[i])?;
+        let ra = run(&g_ba, &fb)?;
+        let fa = run(&g_ba, &b.images[i])?;
+        let rb = run(&g_ab, &fa)?;
+        for (r, img) in [a.images[i].clone(), fb, ra, b.images[i].clone(), fa, rb].into_iter().enumerate() {
+            rows[r].1.push(to01(img));
+        }
+    }
+    figures::save_png(&figures::image_rows(&rows, h, w, &format!("CycleGAN epoch {epoch}")), path)
+}
+
+fn net_device(g: &Generator) -> Device {
+    g.devices().into_iter().next().unwrap_or_else(Device::flex)
+}
+
+/// The training masks' random deformation for new examples: elastic displacement, rotation,
+/// scaling and placement, applied identically to every annotator's mask (nearest neighbour).
+pub fn deform_masks<R: Rng>(masks: &[Vec<u8>], h: usize, w: usize, rng: &mut R) -> Vec<Vec<u8>> {
+    let angle = rng.gen_range(0.0..std::f32::consts::TAU);
+    let scale = rng.gen_range(0.8..1.25);
+    let (ty, tx) = (rng.gen_range(-(h as f32) / 8.0..h as f32 / 8.0), rng.gen_range(-(w as f32) / 8.0..w as f32 / 8.0));
+    // Elastic field: random offsets on a 4x4 grid, bilinearly interpolated.
+    let g = 4usize;
+    let amp = (h.min(w) as f32) / 24.0;
+    let grid: Vec<(f32, f32)> = (0..g * g).map(|_| (rng.gen_range(-amp..amp), rng.gen_range(-amp..amp))).collect();
+    let field = |y: f32, x: f32| {
+        let fy = (y / (h - 1).max(1) as f32 * (g - 1) as f32).clamp(0.0, (g - 1) as f32);
+        let fx = (x / (w - 1).max(1) as f32 * (g - 1) as f32).clamp(0.0, (g - 1) as f32);
+        let (y0, x0) = (fy.floor() as usize, fx.floor() as usize);
+        let (y1, x1) = ((y0 + 1).min(g - 1), (x0 + 1).min(g - 1));
+        let (wy, wx) = (fy - y0 as f32, fx - x0 as f32);
+        let at = |j: usize, i: usize| grid[j * g + i];
+        let lerp = |p: (f32, f32), q: (f32, f32), t: f32| (p.0 + (q.0 - p.0) * t, p.1 + (q.1 - p.1) * t);
+        lerp(lerp(at(y0, x0), at(y0, x1), wx), lerp(at(y1, x0), at(y1, x1), wx), wy)
+    };
+    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+    let (cs, sn) = (angle.cos(), angle.sin());
+    masks
+        .iter()
+        .map(|m| {
+            (0..h * w)
+                .map(|p| {
+                    let (y, x) = ((p / w) as f32, (p % w) as f32);
+                    let (dy, dx) = field(y, x);
+                    // Inverse map: output pixel -> source pixel.
+                    let (yy, xx) = ((y + dy - cy - ty) / scale, (x + dx - cx - tx) / scale);
+                    let (sy, sx) = (cs * yy + sn * xx + cy, -sn * yy + cs * xx + cx);
+                    let (iy, ix) = (sy.round(), sx.round());
+                    if iy < 0.0 || ix < 0.0 || iy >= h as f32 || ix >= w as f32 { 0 } else { m[iy as usize * w + ix as usize] }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// K new examples: deformed training mask sets translated to CT by the A->B generator.
+pub fn generate(gan_dir: &Path, data: &Dataset, count: usize, seed: u64, device: &Device) -> Result<Dataset> {
+    let (cfg, g) = load_generator(gan_dir, device)?;
+    if cfg.mode != GanMode::Mask2ct {
+        bail!("{} was trained in {:?} mode; generating examples needs a mask2ct GAN", gan_dir.display(), cfg.mode);
+    }
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let (h, w, a) = (data.height(), data.width(), data.annotators());
+    Generator::check_size(h, w)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let masks = data.masks.as_standard_layout();
+    let m = masks.as_slice().expect("standard layout");
+    let hw = h * w;
+    let mut images = Vec::with_capacity(count * hw);
+    let mut out_masks = Vec::with_capacity(count * a * hw);
+    let mut series = Vec::with_capacity(count);
+    for k in 0..count {
+        let i = rng.gen_range(0..data.len());
+        let set: Vec<Vec<u8>> = (0..a).map(|j| m[(i * a + j) * hw..(i * a + j + 1) * hw].to_vec()).collect();
+        let new = deform_masks(&set, h, w, &mut rng);
+        let soft: Vec<f32> = (0..hw).map(|p| new.iter().map(|n| n[p] as f32).sum::<f32>() / a as f32 * 2.0 - 1.0).collect();
+        let ct = to_host(g.forward(tensor(&soft, h, w, device)))?;
+        images.extend(ct.into_iter().map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)));
+        for n in new {
+            out_masks.extend(n);
+        }
+        series.push(format!("gan.{seed}.{k}.from.{}", data.series[i]));
+    }
+    let images = ndarray::Array3::from_shape_vec((count, h, w), images)?;
+    let out_masks = ndarray::Array4::from_shape_vec((count, a, h, w), out_masks)?;
+    let mut ds = Dataset::new(images, out_masks, Some(series), "generated")?;
+    ds.synthetic = vec![true; count];
+    ds.preprocess = data.preprocess.clone();
+    Ok(ds)
+}
