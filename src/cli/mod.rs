@@ -33,6 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Make a synthetic CT-like dataset with disagreeing annotators (npz).
     Synth(SynthArgs),
+    /// Split a dataset into train and validation npz files, grouped by series.
+    Split(SplitArgs),
     /// Train a Probabilistic Attention U-Net.
     Train(TrainArgs),
     /// Sample n masks per image from a trained run.
@@ -68,6 +70,20 @@ pub struct SynthArgs {
     pub annotators: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct SplitArgs {
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub train_out: PathBuf,
+    #[arg(long)]
+    pub val_out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +185,7 @@ pub struct SampleArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth(a) => synth_cmd(a),
+        Command::Split(a) => split_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Sample(a) => sample_cmd(a),
         Command::Eval(a) => evaluate::eval_cmd(a),
@@ -192,6 +209,21 @@ fn synth_cmd(a: SynthArgs) -> Result<()> {
     })?;
     ds.save(&a.out)?;
     println!("wrote {} ({} images {}x{}, {} annotators)", a.out.display(), ds.len(), a.size, a.size, a.annotators);
+    Ok(())
+}
+
+fn split_cmd(a: SplitArgs) -> Result<()> {
+    let ds = Dataset::load(&a.data)?;
+    let sp = crate::data::split::split_by_series(&ds.series, a.val_fraction, a.seed)?;
+    ds.subset(&sp.train).save(&a.train_out)?;
+    ds.subset(&sp.val).save(&a.val_out)?;
+    println!(
+        "wrote {} ({} images) and {} ({} images); no series on both sides",
+        a.train_out.display(),
+        sp.train.len(),
+        a.val_out.display(),
+        sp.val.len()
+    );
     Ok(())
 }
 
