@@ -9,7 +9,6 @@ use ndarray::{Array4, Axis, Ix4};
 
 use crate::data::Dataset;
 use crate::data::npz::{self, NpyArray, NpzEntry};
-use crate::device::parse_device;
 use crate::eval::report::{self, Report};
 use crate::eval::{figures, metrics, plots};
 use crate::inference;
@@ -128,11 +127,7 @@ pub fn metrics_cmd(a: MetricsArgs) -> Result<()> {
 
 pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     let s = &a.sampling;
-    if s.n == 0 {
-        bail!("--n must be at least 1");
-    }
-    let device = parse_device(&s.device)?;
-    let (cfg, model) = train::load_run(&s.run, s.checkpoint, &device)?;
+    let (device, cfg, model) = s.load()?;
     let ds = Dataset::load(&a.data)?;
     cfg.model.check_size(ds.height(), ds.width())?;
     let m = ds.annotators();

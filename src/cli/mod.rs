@@ -161,6 +161,16 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// Checks `--n`, opens the device and rebuilds the trained model from the run.
+    pub fn load(&self) -> Result<(burn::prelude::Device, RunConfig, crate::model::ProbUNet)> {
+        if self.n == 0 {
+            bail!("--n must be at least 1");
+        }
+        let device = parse_device(&self.device)?;
+        let (cfg, model) = train::load_run(&self.run, self.checkpoint, &device)?;
+        Ok((device, cfg, model))
+    }
+
     /// Defaults for `run`, as the command line gives them.
     pub fn for_run(run: &Path) -> Self {
         Self { run: run.to_path_buf(), n: 16, checkpoint: Which::Best, seed: 0, batch_size: 8, device: "cpu".into() }
@@ -315,11 +325,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 /// Samples a dataset with a run and writes the npz + figure; used by `sample` and `demo`.
 pub fn sample_to(s: &SamplingArgs, data: &Path, out: &Path, figure_images: usize) -> Result<()> {
     let n = s.n;
-    if n == 0 {
-        bail!("--n must be at least 1");
-    }
-    let device = parse_device(&s.device)?;
-    let (cfg, model) = train::load_run(&s.run, s.checkpoint, &device)?;
+    let (device, cfg, model) = s.load()?;
     let ds = Dataset::load(data)?;
     cfg.model.check_size(ds.height(), ds.width())?;
     let pb = ProgressBar::new(ds.len() as u64);

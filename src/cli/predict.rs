@@ -11,10 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::intensity::Window;
 use crate::data::scan::{self, Scan};
-use crate::device::parse_device;
 use crate::eval::{figures, metrics};
 use crate::predict::{Prediction, predict_image, window_starts};
-use crate::train;
 
 use super::SamplingArgs;
 
@@ -61,11 +59,7 @@ fn inputs(path: &Path) -> Result<Vec<PathBuf>> {
 
 pub fn predict_cmd(a: PredictArgs) -> Result<()> {
     let s = &a.sampling;
-    if s.n == 0 {
-        bail!("--n must be at least 1");
-    }
-    let device = parse_device(&s.device)?;
-    let (cfg, model) = train::load_run(&s.run, s.checkpoint, &device)?;
+    let (device, cfg, model) = s.load()?;
     let (ph, pw) = (cfg.data.height, cfg.data.width);
     if ph == 0 || pw == 0 {
         bail!("{}: config.toml has no [data] crop size; retrain with this version of apunet", s.run.display());
