@@ -2,7 +2,7 @@ mod common;
 
 use std::path::Path;
 
-use apunet::data::batch::training_batch;
+use apunet::data::batch::{PatchSampling, training_batch, training_patches};
 use apunet::data::npz::{self, NpzEntry, NpyArray};
 use apunet::data::synth::{SynthConfig, generate};
 use apunet::data::{AnnotatorChoice, Dataset};
@@ -181,4 +181,68 @@ fn batches_pick_annotators_and_augment_image_and_mask_alike() {
         }
     }
     assert!(training_batch(&ds, &idx, AnnotatorChoice::Fixed(7), false, &mut rng, &d).is_err());
+}
+
+#[test]
+fn patches_are_crops_of_the_image_and_can_be_placed_over_lesions() {
+    // One small lesion in a corner, all annotators agreeing; pixel values encode their position.
+    let (n, h, w) = (6, 32, 32);
+    let mut images = Array3::<f32>::zeros((n, h, w));
+    let mut masks = Array4::<u8>::zeros((n, 2, h, w));
+    for i in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                images[[i, y, x]] = (y * w + x) as f32 / (h * w) as f32;
+            }
+        }
+        for k in 0..2 {
+            masks[[i, k, 28, 29]] = 1;
+            masks[[i, k, 29, 29]] = 1;
+        }
+    }
+    let ds = Dataset::new(images, masks, None, "test").unwrap();
+    let d = Device::flex();
+    let mut rng = StdRng::seed_from_u64(1);
+    let idx: Vec<usize> = (0..n).collect();
+    let p = 16;
+    let b = training_patches(&ds, &idx, AnnotatorChoice::Random, false, Some(PatchSampling { size: p, foreground: 1.0 }), &mut rng, &d)
+        .unwrap();
+    assert_eq!(b.images.dims(), [n, 1, p, p]);
+    assert_eq!(b.masks.dims(), [n, 1, p, p]);
+    let (im, m) = (to_host(b.images).unwrap(), to_host(b.masks).unwrap());
+    for j in 0..n {
+        let patch = &im[j * p * p..(j + 1) * p * p];
+        // A contiguous window: +1/(hw) along a row, +w/(hw) down a column.
+        let step = 1.0 / (h * w) as f32;
+        for y in 0..p {
+            for x in 1..p {
+                assert!((patch[y * p + x] - patch[y * p + x - 1] - step).abs() < 1e-6);
+            }
+            if y > 0 {
+                assert!((patch[y * p] - patch[(y - 1) * p] - w as f32 * step).abs() < 1e-6);
+            }
+        }
+        // foreground = 1: every patch holds the lesion, at the right place in the window.
+        let (oy, ox) = {
+            let v = (patch[0] * (h * w) as f32).round() as usize;
+            (v / w, v % w)
+        };
+        let expect: f32 = [(28, 29), (29, 29)].iter().filter(|&&(y, x)| y >= oy && y < oy + p && x >= ox && x < ox + p).count() as f32;
+        assert!(expect > 0.0, "patch at ({oy},{ox}) misses the lesion");
+        let got: f32 = m[j * p * p..(j + 1) * p * p].iter().sum();
+        assert_eq!(got, expect);
+    }
+    // foreground = 0: placed uniformly, so over many draws some patches miss the corner lesion.
+    let mut misses = 0;
+    for _ in 0..10 {
+        let b = training_patches(&ds, &idx, AnnotatorChoice::Fixed(0), true, Some(PatchSampling { size: p, foreground: 0.0 }), &mut rng, &d)
+            .unwrap();
+        let m = to_host(b.masks).unwrap();
+        misses += (0..n).filter(|j| m[j * p * p..(j + 1) * p * p].iter().sum::<f32>() == 0.0).count();
+    }
+    assert!(misses > 0);
+    let err = training_patches(&ds, &idx, AnnotatorChoice::Random, false, Some(PatchSampling { size: 64, foreground: 0.5 }), &mut rng, &d)
+        .err()
+        .expect("a patch larger than the crop must fail");
+    assert!(format!("{err:#}").contains("larger than the 32x32"));
 }

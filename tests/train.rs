@@ -168,3 +168,41 @@ fn extra_synthetic_examples_fill_batches_and_must_match() {
     let e = run(&extra, 1.0, "all").unwrap_err();
     assert!(format!("{e:#}").contains("extra_ratio"), "{e:#}");
 }
+
+#[test]
+fn patch_training_validates_on_whole_crops_and_checks_the_patch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.npz");
+    generate(&SynthConfig { count: 12, size: 32, seed: 8, per_series: 2, ..Default::default() }).unwrap().save(&data).unwrap();
+    let run = |patch: usize, out: &str| {
+        let mut cfg = tiny_run(3);
+        cfg.train.patch = Some(patch);
+        cfg.train.figure_every = 2;
+        train::train(TrainRequest {
+            data: data.clone(),
+            out: dir.path().join(out),
+            config: cfg,
+            device: Device::flex(),
+            resume: false,
+            quiet: true,
+        })
+    };
+    let s = {
+        let _g = common::rng_lock();
+        run(16, "patched").unwrap()
+    };
+    assert_eq!(s.history.len(), 3);
+    assert!(s.history.iter().all(|m| m.loss.is_finite() && m.val_ged.is_finite()));
+    // Figures only every 2nd epoch and after the last; the run still records the whole-crop size.
+    let figs = dir.path().join("patched/figures");
+    assert!(!figs.join("epoch_001.png").exists());
+    assert!(figs.join("epoch_002.png").exists() && figs.join("epoch_003.png").exists());
+    let saved = RunConfig::load(&dir.path().join("patched/config.toml")).unwrap();
+    assert_eq!(saved.train.patch, Some(16));
+    assert_eq!((saved.data.height, saved.data.width), (32, 32));
+
+    let e = run(64, "big").unwrap_err();
+    assert!(format!("{e:#}").contains("--patch 64 is larger than the 32x32"), "{e:#}");
+    let e = run(15, "odd").unwrap_err();
+    assert!(format!("{e:#}").contains("--patch") && format!("{e:#}").contains("not divisible"), "{e:#}");
+}

@@ -129,6 +129,13 @@ pub struct TrainArgs {
     /// Share of each batch taken from --extra, in [0, 1).
     #[arg(long)]
     pub extra_ratio: Option<f64>,
+    /// Train on random NxN patches of the crops (a third placed over a lesion); validation
+    /// and inference still use whole crops.
+    #[arg(long, value_name = "N")]
+    pub patch: Option<usize>,
+    /// Write the sample figure every N epochs (and after the last).
+    #[arg(long, value_name = "N")]
+    pub figure_every: Option<usize>,
     /// Turn the attention gates off (plain U-Net backbone).
     #[arg(long)]
     pub no_attention: bool,
@@ -269,6 +276,12 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.extra_ratio {
         t.extra_ratio = v;
+    }
+    if let Some(v) = a.patch {
+        t.patch = Some(v);
+    }
+    if let Some(v) = a.figure_every {
+        t.figure_every = v;
     }
     if let Some(v) = a.latent_dim {
         cfg.model.latent_dim = v;

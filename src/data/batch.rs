@@ -67,12 +67,36 @@ pub struct Batch {
     pub masks: Tensor<4>,
 }
 
-/// Builds a training batch; `augment` draws one symmetry per example for image and masks alike.
+/// Training on random square patches of a larger crop (nnU-Net's "patch size"): cheaper
+/// steps, and `foreground` of them are placed over a lesion so that small findings are
+/// not drowned out by background.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PatchSampling {
+    pub size: usize,
+    /// Probability that a patch is placed to contain an annotated pixel (any annotator).
+    pub foreground: f64,
+}
+
+/// Builds a training batch of whole crops; `augment` draws one symmetry per example for image
+/// and masks alike.
 pub fn training_batch<R: Rng>(
     ds: &Dataset,
     idx: &[usize],
     choice: AnnotatorChoice,
     augment: bool,
+    rng: &mut R,
+    device: &Device,
+) -> Result<Batch> {
+    training_patches(ds, idx, choice, augment, None, rng, device)
+}
+
+/// As [`training_batch`], cut to `patch` when given.
+pub fn training_patches<R: Rng>(
+    ds: &Dataset,
+    idx: &[usize],
+    choice: AnnotatorChoice,
+    augment: bool,
+    patch: Option<PatchSampling>,
     rng: &mut R,
     device: &Device,
 ) -> Result<Batch> {
@@ -82,10 +106,19 @@ pub fn training_batch<R: Rng>(
     {
         bail!("annotator {k} requested but the data has {a} annotators");
     }
+    let (ph, pw) = match patch {
+        Some(p) if p.size > h || p.size > w => bail!("patch size {} is larger than the {h}x{w} crops", p.size),
+        Some(p) if p.size == 0 => bail!("patch size must be at least 1"),
+        Some(p) => (p.size, p.size),
+        None => (h, w),
+    };
     let hw = h * w;
-    let mut images = vec![0f32; idx.len() * hw];
-    let mut masks = vec![0f32; idx.len() * hw];
+    let php = ph * pw;
+    let mut images = vec![0f32; idx.len() * php];
+    let mut masks = vec![0f32; idx.len() * php];
     let mut mask_src = vec![0f32; hw];
+    let mut union_src = vec![0f32; hw];
+    let (mut img_full, mut mask_full, mut union_full) = (vec![0f32; hw], vec![0f32; hw], vec![0f32; hw]);
     for (b, &i) in idx.iter().enumerate() {
         let img = ds.images.index_axis(ndarray::Axis(0), i);
         let img = img.as_standard_layout();
@@ -113,10 +146,40 @@ pub fn training_batch<R: Rng>(
             }
         }
         let sym = if augment { Symmetry::random(rng, h == w) } else { Symmetry::default() };
-        sym.apply(img, h, w, &mut images[b * hw..(b + 1) * hw]);
-        sym.apply(&mask_src, h, w, &mut masks[b * hw..(b + 1) * hw]);
+        let Some(p) = patch else {
+            sym.apply(img, h, w, &mut images[b * hw..(b + 1) * hw]);
+            sym.apply(&mask_src, h, w, &mut masks[b * hw..(b + 1) * hw]);
+            continue;
+        };
+        sym.apply(img, h, w, &mut img_full);
+        sym.apply(&mask_src, h, w, &mut mask_full);
+        let mut origin = (rng.gen_range(0..=h - ph), rng.gen_range(0..=w - pw));
+        if rng.gen_bool(p.foreground.clamp(0.0, 1.0)) {
+            let m = ds.masks.index_axis(ndarray::Axis(0), i);
+            for y in 0..h {
+                for x in 0..w {
+                    union_src[y * w + x] = if (0..a).any(|k| m[[k, y, x]] > 0) { 1.0 } else { 0.0 };
+                }
+            }
+            sym.apply(&union_src, h, w, &mut union_full);
+            let lesion: Vec<usize> = (0..hw).filter(|&j| union_full[j] > 0.0).collect();
+            if !lesion.is_empty() {
+                let j = lesion[rng.gen_range(0..lesion.len())];
+                let (y, x) = (j / w, j % w);
+                // The lesion pixel lands anywhere inside the patch.
+                let lo_y = (y + 1).saturating_sub(ph);
+                let lo_x = (x + 1).saturating_sub(pw);
+                origin = (rng.gen_range(lo_y..=y.min(h - ph)), rng.gen_range(lo_x..=x.min(w - pw)));
+            }
+        }
+        for y in 0..ph {
+            let src = (origin.0 + y) * w + origin.1;
+            let dst = b * php + y * pw;
+            images[dst..dst + pw].copy_from_slice(&img_full[src..src + pw]);
+            masks[dst..dst + pw].copy_from_slice(&mask_full[src..src + pw]);
+        }
     }
-    let shape = [idx.len(), 1, h, w];
+    let shape = [idx.len(), 1, ph, pw];
     Ok(Batch {
         images: Tensor::from_data(TensorData::new(images, shape), device),
         masks: Tensor::from_data(TensorData::new(masks, shape), device),

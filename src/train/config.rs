@@ -49,6 +49,13 @@ pub struct TrainConfig {
     pub extra: Option<String>,
     /// Share of each training batch drawn from `extra`, in [0, 1).
     pub extra_ratio: f64,
+    /// Train on random square patches of this size instead of whole crops; validation,
+    /// figures and inference still see whole crops.
+    pub patch: Option<usize>,
+    /// Share of patches placed over an annotated pixel (nnU-Net uses 1/3).
+    pub patch_foreground: f64,
+    /// Write the sample figure every this many epochs (and always after the last).
+    pub figure_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -72,6 +79,9 @@ impl Default for TrainConfig {
             select: Select::Loss,
             extra: None,
             extra_ratio: 0.5,
+            patch: None,
+            patch_foreground: 0.33,
+            figure_every: 1,
         }
     }
 }
@@ -95,6 +105,15 @@ impl TrainConfig {
         }
         if self.extra.is_some() && !(0.0..1.0).contains(&self.extra_ratio) {
             bail!("train.extra_ratio must be in [0, 1), got {}", self.extra_ratio);
+        }
+        if self.patch == Some(0) {
+            bail!("train.patch must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.patch_foreground) {
+            bail!("train.patch_foreground must be in [0, 1], got {}", self.patch_foreground);
+        }
+        if self.figure_every == 0 {
+            bail!("train.figure_every must be at least 1");
         }
         Ok(())
     }

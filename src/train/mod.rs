@@ -111,6 +111,12 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     cfg.validate()?;
     let data = Dataset::load(&req.data)?;
     cfg.model.check_size(data.height(), data.width())?;
+    if let Some(p) = cfg.train.patch {
+        if p > data.height() || p > data.width() {
+            bail!("--patch {p} is larger than the {}x{} crops in {}", data.height(), data.width(), req.data.display());
+        }
+        cfg.model.check_size(p, p).context("--patch")?;
+    }
     cfg.data.height = data.height();
     cfg.data.width = data.width();
     if let Some(p) = &data.preprocess {
@@ -169,6 +175,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     write_metrics(&paths.metrics(), &history)?;
     let latent = cfg.model.latent_dim;
     let mut consecutive_bad = 0usize;
+    let patch = tc.patch.map(|size| batch::PatchSampling { size, foreground: tc.patch_foreground });
 
     for epoch in state.epoch + 1..=tc.epochs {
         let started = Instant::now();
@@ -198,7 +205,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         let (mut sum, mut rec, mut kl, mut seen, mut skipped) = (0f64, 0f64, 0f64, 0usize, 0usize);
         let step_start = Instant::now();
         for idx in &batches {
-            let b = batch::training_batch(&data, idx, tc.annotator, tc.augment, &mut rng, &device)?;
+            let b = batch::training_patches(&data, idx, tc.annotator, tc.augment, patch, &mut rng, &device)?;
             let eps = Tensor::<2>::from_data(TensorData::new(normal(&mut rng, idx.len() * latent), [idx.len(), latent]), &device);
             let out = model.forward_train(b.images, b.masks.clone(), eps);
             let loss = elbo_loss(&out, b.masks, beta);
@@ -261,10 +268,12 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             beta,
             seconds: started.elapsed().as_secs_f64(),
         };
-        let fig_idx: Vec<usize> =
-            if val_idx.is_empty() { &train_idx } else { &val_idx }.iter().copied().take(tc.figure_images).collect();
-        let fig = figure(&valid, &data, &fig_idx, tc.figure_samples, latent, tc.seed, &inner, &format!("epoch {epoch}"))?;
-        figures::save_png(&fig, &paths.figure(epoch))?;
+        if epoch % tc.figure_every == 0 || epoch == tc.epochs {
+            let fig_idx: Vec<usize> =
+                if val_idx.is_empty() { &train_idx } else { &val_idx }.iter().copied().take(tc.figure_images).collect();
+            let fig = figure(&valid, &data, &fig_idx, tc.figure_samples, latent, tc.seed, &inner, &format!("epoch {epoch}"))?;
+            figures::save_png(&fig, &paths.figure(epoch))?;
+        }
 
         let score = match tc.select {
             Select::Loss if m.val_loss.is_finite() => m.val_loss,
