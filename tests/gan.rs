@@ -121,3 +121,27 @@ fn gan_train_resume_and_generate() {
         assert!(e.contains(text), "{e}");
     }
 }
+
+#[test]
+fn gan_bench_reports_iterations_per_size_and_rejects_bad_sizes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apunet"))
+        .args(["gan", "bench", "--sizes", "32,48", "--base", "4", "--blocks", "1", "--steps", "1", "--warmup", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, size) in rows.iter().zip([32, 48]) {
+        assert_eq!(row["size"], size);
+        assert!(row["iterations_per_s"].as_f64().unwrap() > 0.0);
+    }
+    // Same parameter count at every size: the networks are fully convolutional.
+    assert_eq!(rows[0]["params"], rows[1]["params"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_apunet"))
+        .args(["gan", "bench", "--sizes", "30", "--base", "4", "--blocks", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiples of 4"));
+}

@@ -13,6 +13,8 @@ use rand_distr::{Distribution, StandardNormal};
 use serde_json::json;
 
 use crate::device::parse_device;
+use crate::gan::networks::{Discriminator, GanConfig, Generator};
+use crate::gan::train::{GanStepper, GanTrainConfig};
 use crate::model::{ModelConfig, ProbUNet, elbo_loss, to_host};
 
 #[derive(Args, Debug)]
@@ -106,6 +108,69 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "samples_per_image": n,
         "sampled_masks_per_s": masks_per_s,
         "sample_batch_s_median": median(&sample_times),
+        "peak_rss_mib": peak_rss_mib(),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct GanBenchArgs {
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Square image sizes to time, e.g. 128,256.
+    #[arg(long, value_delimiter = ',', default_value = "128,256")]
+    pub sizes: Vec<usize>,
+    /// Generator width (64 in the paper).
+    #[arg(long, default_value_t = 64)]
+    pub base: usize,
+    /// Residual blocks (9 in the paper).
+    #[arg(long, default_value_t = 9)]
+    pub blocks: usize,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+}
+
+/// CycleGAN iterations/s at batch 1: the exact step `apunet gan train` runs (two generators,
+/// two discriminators, LSGAN + cycle + identity losses, pools, four Adam updates).
+pub fn gan(a: GanBenchArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let ad = device.clone().autodiff();
+    let mut rows = Vec::new();
+    for &s in &a.sizes {
+        Generator::check_size(s, s)?;
+        Discriminator::check_size(s, s)?;
+        ad.seed(0);
+        let cfg = GanTrainConfig { net: GanConfig { base: a.base, residual_blocks: a.blocks, ..Default::default() }, ..Default::default() };
+        let mut stepper = GanStepper::new(&cfg, &ad);
+        let params = stepper.net.g_ab.num_params() * 2 + stepper.net.d_a.num_params() * 2;
+        let mut rng = StdRng::seed_from_u64(0);
+        let xa: Vec<f32> = randn(&mut rng, s * s).into_iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        let xb: Vec<f32> = randn(&mut rng, s * s).into_iter().map(|v| (0.5 * v).tanh()).collect();
+        let times = timed(&format!("gan {s}x{s}"), a.warmup, a.steps, || {
+            let ra = Tensor::<4>::from_data(TensorData::new(xa.clone(), [1, 1, s, s]), &ad);
+            let rb = Tensor::<4>::from_data(TensorData::new(xb.clone(), [1, 1, s, s]), &ad);
+            // The step reads its losses back, so each iteration is fully timed.
+            stepper.step(ra, rb, 2e-4, &mut rng).map(|_| ())
+        })?;
+        let total: f64 = times.iter().sum();
+        rows.push(json!({
+            "size": s,
+            "iterations_per_s": a.steps as f64 / total.max(1e-9),
+            "iteration_s_median": median(&times),
+            "params": params,
+        }));
+    }
+    let report = json!({
+        "impl": "apunet (burn 0.22.1)",
+        "device": a.device,
+        "batch_size": 1,
+        "base": a.base,
+        "residual_blocks": a.blocks,
+        "results": rows,
         "peak_rss_mib": peak_rss_mib(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });

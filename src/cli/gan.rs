@@ -15,6 +15,9 @@ pub enum GanCommand {
     Train(GanTrainArgs),
     /// Translate deformed training mask sets into new CT crops: K new examples, marked synthetic.
     Generate(GanGenerateArgs),
+    /// Time CycleGAN training iterations (both generators and discriminators, batch 1) as JSON;
+    /// compare with `bench/torch_cyclegan.py` on the same machine.
+    Bench(super::bench::GanBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +77,7 @@ pub fn run(cmd: GanCommand) -> Result<()> {
     match cmd {
         GanCommand::Train(a) => train_cmd(a),
         GanCommand::Generate(a) => generate_cmd(a),
+        GanCommand::Bench(a) => super::bench::gan(a),
     }
 }
 

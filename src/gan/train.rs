@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -140,6 +140,108 @@ impl CycleGan {
     }
 }
 
+/// One iteration's losses (generator total, cycle L1 sum, discriminator).
+#[derive(Debug, Clone, Copy)]
+pub struct StepLosses {
+    pub generator: f32,
+    pub cycle: f32,
+    pub discriminator: f32,
+}
+
+/// The four networks with their Adam states and fake pools: one CycleGAN iteration at a time.
+/// Training and `apunet bench gan` run this same step.
+pub struct GanStepper {
+    pub net: CycleGan,
+    opt_g_ab: ModuleOptimizer,
+    opt_g_ba: ModuleOptimizer,
+    opt_d_a: ModuleOptimizer,
+    opt_d_b: ModuleOptimizer,
+    pool_a: ImagePool<Vec<f32>>,
+    pool_b: ImagePool<Vec<f32>>,
+    lambda_cycle: f32,
+    lambda_identity: f32,
+}
+
+impl GanStepper {
+    /// `device` must be an autodiff device.
+    pub fn new(cfg: &GanTrainConfig, device: &Device) -> Self {
+        let adam = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999);
+        Self {
+            net: CycleGan::new(&cfg.net, device),
+            opt_g_ab: adam.init(),
+            opt_g_ba: adam.init(),
+            opt_d_a: adam.init(),
+            opt_d_b: adam.init(),
+            pool_a: ImagePool::new(cfg.pool_size),
+            pool_b: ImagePool::new(cfg.pool_size),
+            lambda_cycle: cfg.lambda_cycle,
+            lambda_identity: cfg.lambda_identity * cfg.lambda_cycle,
+        }
+    }
+
+    /// Generators first (fool both discriminators, close both cycles, keep identities), then
+    /// the discriminators on real images vs fakes from the pools.
+    pub fn step<R: Rng>(&mut self, ra: Tensor<4>, rb: Tensor<4>, lr: f64, rng: &mut R) -> Result<StepLosses> {
+        let net = &mut self.net;
+        let [_, _, h, w] = ra.dims();
+        let device = ra.device();
+        let fake_b = net.g_ab.forward(ra.clone());
+        let fake_a = net.g_ba.forward(rb.clone());
+        let cyc = l1(net.g_ba.forward(fake_b.clone()), ra.clone()) + l1(net.g_ab.forward(fake_a.clone()), rb.clone());
+        let idt = l1(net.g_ab.forward(rb.clone()), rb.clone()) + l1(net.g_ba.forward(ra.clone()), ra.clone());
+        let adv = lsgan(net.d_b.forward(fake_b.clone()), 1.0) + lsgan(net.d_a.forward(fake_a.clone()), 1.0);
+        let loss_g = adv + cyc.clone() * self.lambda_cycle + idt * self.lambda_identity;
+        let vals = to_host(Tensor::cat(vec![loss_g.clone(), cyc], 0))?;
+        if vals.iter().any(|v| !v.is_finite()) {
+            bail!("CycleGAN generator loss became non-finite ({vals:?}); lower --lr");
+        }
+        let mut grads = loss_g.backward();
+        let (gab, gba) = (GradientsParams::from_module(&mut grads, &net.g_ab), GradientsParams::from_module(&mut grads, &net.g_ba));
+        net.g_ab = self.opt_g_ab.step(lr, net.g_ab.clone(), gab);
+        net.g_ba = self.opt_g_ba.step(lr, net.g_ba.clone(), gba);
+        let fb = self.pool_b.query(to_host(fake_b)?, rng);
+        let fa = self.pool_a.query(to_host(fake_a)?, rng);
+        let loss_d = (lsgan(net.d_b.forward(rb), 1.0) + lsgan(net.d_b.forward(tensor(&fb, h, w, &device)), 0.0)) * 0.5
+            + (lsgan(net.d_a.forward(ra), 1.0) + lsgan(net.d_a.forward(tensor(&fa, h, w, &device)), 0.0)) * 0.5;
+        let vd = to_host(loss_d.clone())?[0];
+        if !vd.is_finite() {
+            bail!("CycleGAN discriminator loss became non-finite ({vd}); lower --lr");
+        }
+        let mut grads = loss_d.backward();
+        let (da, db) = (GradientsParams::from_module(&mut grads, &net.d_a), GradientsParams::from_module(&mut grads, &net.d_b));
+        net.d_a = self.opt_d_a.step(lr, net.d_a.clone(), da);
+        net.d_b = self.opt_d_b.step(lr, net.d_b.clone(), db);
+        Ok(StepLosses { generator: vals[0], cycle: vals[1], discriminator: vd })
+    }
+
+    /// Networks and optimizer states into GAN_DIR/checkpoints, each file atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        save_model(&self.net.g_ab, &file(dir, "g_ab.bpk"))?;
+        save_model(&self.net.g_ba, &file(dir, "g_ba.bpk"))?;
+        save_model(&self.net.d_a, &file(dir, "d_a.bpk"))?;
+        save_model(&self.net.d_b, &file(dir, "d_b.bpk"))?;
+        save_optimizer(&self.opt_g_ab, &file(dir, "opt_g_ab.bpk"))?;
+        save_optimizer(&self.opt_g_ba, &file(dir, "opt_g_ba.bpk"))?;
+        save_optimizer(&self.opt_d_a, &file(dir, "opt_d_a.bpk"))?;
+        save_optimizer(&self.opt_d_b, &file(dir, "opt_d_b.bpk"))
+    }
+
+    fn load(&mut self, dir: &Path) -> Result<()> {
+        let net = &mut self.net;
+        net.g_ab = load_model(net.g_ab.clone(), &file(dir, "g_ab.bpk"))?;
+        net.g_ba = load_model(net.g_ba.clone(), &file(dir, "g_ba.bpk"))?;
+        net.d_a = load_model(net.d_a.clone(), &file(dir, "d_a.bpk"))?;
+        net.d_b = load_model(net.d_b.clone(), &file(dir, "d_b.bpk"))?;
+        // Optimizer state is replaced wholesale, so a fresh one is a fine placeholder.
+        let adam = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999);
+        self.opt_g_ab = load_optimizer(std::mem::replace(&mut self.opt_g_ab, adam.init()), &file(dir, "opt_g_ab.bpk"))?;
+        self.opt_g_ba = load_optimizer(std::mem::replace(&mut self.opt_g_ba, adam.init()), &file(dir, "opt_g_ba.bpk"))?;
+        self.opt_d_a = load_optimizer(std::mem::replace(&mut self.opt_d_a, adam.init()), &file(dir, "opt_d_a.bpk"))?;
+        self.opt_d_b = load_optimizer(std::mem::replace(&mut self.opt_d_b, adam.init()), &file(dir, "opt_d_b.bpk"))?;
+        Ok(())
+    }
+}
+
 fn file(dir: &Path, name: &str) -> PathBuf {
     dir.join("checkpoints").join(name)
 }
@@ -186,24 +288,13 @@ pub fn train_gan(req: GanRequest) -> Result<GanState> {
     fsio::write_atomic(&req.out.join("gan.toml"), toml::to_string_pretty(&cfg)?.as_bytes())?;
     let device = req.device.clone().autodiff();
     device.seed(cfg.seed);
-    let mut net = CycleGan::new(&cfg.net, &device);
-    let adam = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999);
-    let (mut o_gab, mut o_gba, mut o_da, mut o_db) = (adam.init(), adam.init(), adam.init(), adam.init());
+    let mut t = GanStepper::new(&cfg, &device);
     if state.epoch > 0 {
-        net.g_ab = load_model(net.g_ab, &file(&req.out, "g_ab.bpk"))?;
-        net.g_ba = load_model(net.g_ba, &file(&req.out, "g_ba.bpk"))?;
-        net.d_a = load_model(net.d_a, &file(&req.out, "d_a.bpk"))?;
-        net.d_b = load_model(net.d_b, &file(&req.out, "d_b.bpk"))?;
-        o_gab = load_optimizer(o_gab, &file(&req.out, "opt_g_ab.bpk"))?;
-        o_gba = load_optimizer(o_gba, &file(&req.out, "opt_g_ba.bpk"))?;
-        o_da = load_optimizer(o_da, &file(&req.out, "opt_d_a.bpk"))?;
-        o_db = load_optimizer(o_db, &file(&req.out, "opt_d_b.bpk"))?;
+        t.load(&req.out)?;
     }
-    let (lc, li) = (cfg.lambda_cycle, cfg.lambda_identity * cfg.lambda_cycle);
     for epoch in state.epoch + 1..=cfg.epochs {
         let lr = cfg.lr_at(epoch);
         let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(epoch as u64));
-        let (mut pool_a, mut pool_b) = (ImagePool::new(cfg.pool_size), ImagePool::new(cfg.pool_size));
         let steps = a.images.len().max(b.images.len());
         let mut ia: Vec<usize> = (0..a.images.len()).collect();
         let mut ib: Vec<usize> = (0..b.images.len()).collect();
@@ -216,52 +307,22 @@ pub fn train_gan(req: GanRequest) -> Result<GanState> {
         for s in 0..steps {
             let ra = tensor(&a.images[ia[s % ia.len()]], h, w, &device);
             let rb = tensor(&b.images[ib[s % ib.len()]], h, w, &device);
-            // Generators: fool both discriminators, close both cycles, keep identities.
-            let fake_b = net.g_ab.forward(ra.clone());
-            let fake_a = net.g_ba.forward(rb.clone());
-            let cyc = l1(net.g_ba.forward(fake_b.clone()), ra.clone()) + l1(net.g_ab.forward(fake_a.clone()), rb.clone());
-            let idt = l1(net.g_ab.forward(rb.clone()), rb.clone()) + l1(net.g_ba.forward(ra.clone()), ra.clone());
-            let adv = lsgan(net.d_b.forward(fake_b.clone()), 1.0) + lsgan(net.d_a.forward(fake_a.clone()), 1.0);
-            let loss_g = adv + cyc.clone() * lc + idt * li;
-            let vals = to_host(Tensor::cat(vec![loss_g.clone(), cyc], 0))?;
-            let mut grads = loss_g.backward();
-            let (gab, gba) = (GradientsParams::from_module(&mut grads, &net.g_ab), GradientsParams::from_module(&mut grads, &net.g_ba));
-            net.g_ab = o_gab.step(lr, net.g_ab, gab);
-            net.g_ba = o_gba.step(lr, net.g_ba, gba);
-            // Discriminators: real vs a fake from the pool.
-            let fb = pool_b.query(to_host(fake_b)?, &mut rng);
-            let fa = pool_a.query(to_host(fake_a)?, &mut rng);
-            let loss_d = (lsgan(net.d_b.forward(rb), 1.0) + lsgan(net.d_b.forward(tensor(&fb, h, w, &device)), 0.0)) * 0.5
-                + (lsgan(net.d_a.forward(ra), 1.0) + lsgan(net.d_a.forward(tensor(&fa, h, w, &device)), 0.0)) * 0.5;
-            let vd = to_host(loss_d.clone())?[0];
-            let mut grads = loss_d.backward();
-            let (da, db) = (GradientsParams::from_module(&mut grads, &net.d_a), GradientsParams::from_module(&mut grads, &net.d_b));
-            net.d_a = o_da.step(lr, net.d_a, da);
-            net.d_b = o_db.step(lr, net.d_b, db);
-            if vals.iter().chain([vd].iter()).any(|v| !v.is_finite()) {
-                bail!("CycleGAN loss became non-finite at epoch {epoch}; lower --lr");
-            }
-            sum_g += vals[0] as f64;
-            sum_cyc += vals[1] as f64;
-            sum_d += vd as f64;
+            let l = t.step(ra, rb, lr, &mut rng).with_context(|| format!("epoch {epoch}"))?;
+            sum_g += l.generator as f64;
+            sum_cyc += l.cycle as f64;
+            sum_d += l.discriminator as f64;
             pb.inc(1);
             pb.set_message(format!("G {:.3} cycle {:.3} D {:.3}", sum_g / (s + 1) as f64, sum_cyc / (s + 1) as f64, sum_d / (s + 1) as f64));
         }
+        let net = &t.net;
         pb.finish_and_clear();
         state.cycle.push(sum_cyc / steps as f64);
         state.generator.push(sum_g / steps as f64);
         state.discriminator.push(sum_d / steps as f64);
         state.epoch = epoch;
-        save_model(&net.g_ab, &file(&req.out, "g_ab.bpk"))?;
-        save_model(&net.g_ba, &file(&req.out, "g_ba.bpk"))?;
-        save_model(&net.d_a, &file(&req.out, "d_a.bpk"))?;
-        save_model(&net.d_b, &file(&req.out, "d_b.bpk"))?;
-        save_optimizer(&o_gab, &file(&req.out, "opt_g_ab.bpk"))?;
-        save_optimizer(&o_gba, &file(&req.out, "opt_g_ba.bpk"))?;
-        save_optimizer(&o_da, &file(&req.out, "opt_d_a.bpk"))?;
-        save_optimizer(&o_db, &file(&req.out, "opt_d_b.bpk"))?;
+        t.save(&req.out)?;
         fsio::write_atomic(&file(&req.out, "state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
-        figure(&net, a, b, &req.out.join(format!("figures/epoch_{epoch:03}.png")), epoch)?;
+        figure(net, a, b, &req.out.join(format!("figures/epoch_{epoch:03}.png")), epoch)?;
         if !req.quiet {
             let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
             eprintln!(
