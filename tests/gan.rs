@@ -100,6 +100,13 @@ fn gan_train_resume_and_generate() {
     assert!(g.synthetic.iter().all(|&s| s));
     assert!(g.images.iter().all(|v| (0.0..=1.0).contains(v)));
     assert!(generate(&out, &ds, 0, 1, &Device::flex()).is_err());
+    // The side-by-side figure: 4 rows (real CT, real masks, generated CT, generated masks) of 5
+    // columns at 3x zoom for 32-pixel crops.
+    let fig = apunet::gan::train::side_by_side(&ds, &g, 8).unwrap();
+    assert!(fig.width() >= 5 * 96 && fig.width() < 6 * 96 + 96, "{}", fig.width());
+    assert!(fig.height() >= 4 * 96 && fig.height() < 5 * 96 + 48, "{}", fig.height());
+    let other = synth(&SynthConfig { count: 2, size: 16, ..Default::default() }).unwrap();
+    assert!(apunet::gan::train::side_by_side(&ds, &other, 2).is_err());
 
     // Deformation moves masks but keeps them binary and applies one transform to all annotators.
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);

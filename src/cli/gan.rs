@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 
 use crate::data::Dataset;
 use crate::device::parse_device;
-use crate::gan::train::{Domain, GanMode, GanRequest, GanTrainConfig, generate, train_gan};
+use crate::eval::figures;
+use crate::gan::train::{Domain, GanMode, GanRequest, GanTrainConfig, generate, side_by_side, train_gan};
 
 #[derive(Subcommand, Debug)]
 pub enum GanCommand {
@@ -112,6 +113,14 @@ fn generate_cmd(a: GanGenerateArgs) -> Result<()> {
     let data = Dataset::load(&a.data)?;
     let ds = generate(&a.gan, &data, a.count, a.seed, &device)?;
     ds.save(&a.out)?;
-    println!("wrote {} ({} synthetic examples, {} annotators)", a.out.display(), ds.len(), ds.annotators());
+    let fig = a.out.with_extension("png");
+    figures::save_png(&side_by_side(&data, &ds, 8)?, &fig)?;
+    println!(
+        "wrote {} ({} synthetic examples, {} annotators) and {} (real and generated side by side)",
+        a.out.display(),
+        ds.len(),
+        ds.annotators(),
+        fig.display()
+    );
     Ok(())
 }

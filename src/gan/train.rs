@@ -358,6 +358,33 @@ fn figure(net: &CycleGan, a: &Domain, b: &Domain, path: &Path, epoch: usize) -> 
     figures::save_png(&figures::image_rows(&rows, h, w, &format!("CycleGAN epoch {epoch}")), path)
 }
 
+/// Real crops and generated ones side by side: CT and the annotators' mean mask for the first
+/// `k` examples of each dataset.
+pub fn side_by_side(real: &Dataset, synthetic: &Dataset, k: usize) -> Result<image::RgbImage> {
+    if (real.height(), real.width()) != (synthetic.height(), synthetic.width()) {
+        bail!("real crops are {}x{} but generated ones {}x{}", real.height(), real.width(), synthetic.height(), synthetic.width());
+    }
+    let (h, w) = (real.height(), real.width());
+    let k = k.min(real.len()).min(synthetic.len()).max(1);
+    let ct = |d: &Dataset| (0..k).map(|i| d.images.index_axis(ndarray::Axis(0), i).iter().copied().collect()).collect::<Vec<Vec<f32>>>();
+    let mean = |d: &Dataset| {
+        (0..k)
+            .map(|i| {
+                let m = d.masks.index_axis(ndarray::Axis(0), i);
+                let a = d.annotators() as f32;
+                (0..h * w).map(|p| (0..d.annotators()).map(|j| m[[j, p / w, p % w]] as f32).sum::<f32>() / a).collect()
+            })
+            .collect::<Vec<Vec<f32>>>()
+    };
+    let rows = vec![
+        ("real CT".to_string(), ct(real)),
+        ("real masks".to_string(), mean(real)),
+        ("gen. CT".to_string(), ct(synthetic)),
+        ("gen. masks".to_string(), mean(synthetic)),
+    ];
+    Ok(figures::image_rows(&rows, h, w, "real crops (top) and CycleGAN-generated examples (bottom); masks: annotators' mean"))
+}
+
 fn net_device(g: &Generator) -> Device {
     g.devices().into_iter().next().unwrap_or_else(Device::flex)
 }
