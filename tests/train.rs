@@ -6,6 +6,11 @@ use apunet::data::synth::{SynthConfig, generate};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};
 use burn::prelude::*;
 
+/// A fresh (not resumed), quiet CPU run of `config` on `data` into `out`.
+fn fresh(data: std::path::PathBuf, out: std::path::PathBuf, config: RunConfig) -> anyhow::Result<train::TrainSummary> {
+    train::train(TrainRequest { data, out, config, device: Device::flex(), resume: false, quiet: true })
+}
+
 fn tiny_run(epochs: usize) -> RunConfig {
     RunConfig {
         model: common::tiny_config(),
@@ -108,14 +113,7 @@ fn diverging_run_stops_with_a_clear_message() {
     cfg.train.lr = 1e37;
     cfg.train.max_bad_steps = 2;
     cfg.train.val_fraction = 0.0;
-    let err = train::train(TrainRequest {
-        data,
-        out: dir.path().join("run"),
-        config: cfg,
-        device: Device::flex(),
-        resume: false,
-        quiet: true,
-    })
+    let err = fresh(data, dir.path().join("run"), cfg)
     .unwrap_err();
     assert!(format!("{err:#}").contains("non-finite losses in a row"), "{err:#}");
 }
@@ -124,14 +122,7 @@ fn diverging_run_stops_with_a_clear_message() {
 fn unknown_device_and_missing_data_are_errors() {
     assert!(apunet::device::parse_device("tpu").is_err());
     let dir = tempfile::tempdir().unwrap();
-    let err = train::train(TrainRequest {
-        data: dir.path().join("missing.npz"),
-        out: dir.path().join("run"),
-        config: tiny_run(1),
-        device: Device::flex(),
-        resume: false,
-        quiet: true,
-    })
+    let err = fresh(dir.path().join("missing.npz"), dir.path().join("run"), tiny_run(1))
     .unwrap_err();
     assert!(format!("{err:#}").contains("missing.npz"), "{err:#}");
 }
@@ -147,14 +138,7 @@ fn extra_synthetic_examples_fill_batches_and_must_match() {
         let mut cfg = tiny_run(1);
         cfg.train.extra = Some(extra.display().to_string());
         cfg.train.extra_ratio = ratio;
-        train::train(TrainRequest {
-            data: data.clone(),
-            out: dir.path().join(out),
-            config: cfg,
-            device: Device::flex(),
-            resume: false,
-            quiet: true,
-        })
+        fresh(data.clone(), dir.path().join(out), cfg)
     };
     let s = run(&extra, 0.5, "mixed").unwrap();
     assert!(s.history[0].loss.is_finite() && s.history[0].val_ged.is_finite());
@@ -178,14 +162,7 @@ fn patch_training_validates_on_whole_crops_and_checks_the_patch_size() {
         let mut cfg = tiny_run(3);
         cfg.train.patch = Some(patch);
         cfg.train.figure_every = 2;
-        train::train(TrainRequest {
-            data: data.clone(),
-            out: dir.path().join(out),
-            config: cfg,
-            device: Device::flex(),
-            resume: false,
-            quiet: true,
-        })
+        fresh(data.clone(), dir.path().join(out), cfg)
     };
     let s = {
         let _g = common::rng_lock();
