@@ -149,7 +149,8 @@ pub struct StepLosses {
 }
 
 /// The four networks with their Adam states and fake pools: one CycleGAN iteration at a time.
-/// Training and `apunet bench gan` run this same step.
+/// Training and `apunet gan bench` run this same step. The pools live for the whole run, as in
+/// the paper's code; they are not checkpointed, so a resumed run refills them.
 pub struct GanStepper {
     pub net: CycleGan,
     opt_g_ab: ModuleOptimizer,
