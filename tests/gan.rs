@@ -119,6 +119,9 @@ fn gan_train_resume_and_generate() {
     let mut bad = req(1, false);
     bad.b.images.clear();
     assert!(format!("{:#}", train_gan(bad).unwrap_err()).contains("both domains need images"));
+    let mut rgb = req(1, false);
+    rgb.config.net.channels_b = 3;
+    assert!(format!("{:#}", train_gan(rgb).unwrap_err()).contains("single-channel CT and masks; got channels 1 and 3"));
     for (size, text) in [(18, "18x18"), (16, "at least 24x24")] {
         let small = synth(&SynthConfig { count: 2, size, ..Default::default() }).unwrap();
         let (mut r, d) = (req(1, false), Domain::from_images(&small));
