@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Dataset;
 use super::augment::Symmetry;
+use crate::eval::metrics;
 
 /// Which annotation a training step learns from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,33 +118,21 @@ pub fn training_patches<R: Rng>(
     let mut images = vec![0f32; idx.len() * php];
     let mut masks = vec![0f32; idx.len() * php];
     let mut mask_src = vec![0f32; hw];
-    let mut union_src = vec![0f32; hw];
     let (mut img_full, mut mask_full, mut union_full) = (vec![0f32; hw], vec![0f32; hw], vec![0f32; hw]);
     for (b, &i) in idx.iter().enumerate() {
         let img = ds.images.index_axis(ndarray::Axis(0), i);
         let img = img.as_standard_layout();
         let img = img.as_slice().expect("standard layout");
-        match choice {
-            AnnotatorChoice::Majority => {
-                let m = ds.masks.index_axis(ndarray::Axis(0), i);
-                for y in 0..h {
-                    for x in 0..w {
-                        let votes: u32 = (0..a).map(|k| m[[k, y, x]] as u32).sum();
-                        mask_src[y * w + x] = if 2 * votes >= a as u32 && votes > 0 { 1.0 } else { 0.0 };
-                    }
-                }
-            }
-            _ => {
-                let k = match choice {
-                    AnnotatorChoice::Fixed(k) => k,
-                    _ => rng.gen_range(0..a),
-                };
-                for y in 0..h {
-                    for x in 0..w {
-                        mask_src[y * w + x] = ds.masks[[i, k, y, x]] as f32;
-                    }
-                }
-            }
+        let m = ds.masks.index_axis(ndarray::Axis(0), i);
+        let m = m.as_standard_layout();
+        let labels: Vec<&[u8]> = m.as_slice().expect("standard layout").chunks(hw).collect();
+        let chosen = match choice {
+            AnnotatorChoice::Majority => metrics::majority(&labels),
+            AnnotatorChoice::Fixed(k) => labels[k].to_vec(),
+            AnnotatorChoice::Random => labels[rng.gen_range(0..a)].to_vec(),
+        };
+        for (d, v) in mask_src.iter_mut().zip(chosen) {
+            *d = v as f32;
         }
         let sym = if augment { Symmetry::random(rng, h == w) } else { Symmetry::default() };
         let Some(p) = patch else {
@@ -155,13 +144,8 @@ pub fn training_patches<R: Rng>(
         sym.apply(&mask_src, h, w, &mut mask_full);
         let mut origin = (rng.gen_range(0..=h - ph), rng.gen_range(0..=w - pw));
         if rng.gen_bool(p.foreground.clamp(0.0, 1.0)) {
-            let m = ds.masks.index_axis(ndarray::Axis(0), i);
-            for y in 0..h {
-                for x in 0..w {
-                    union_src[y * w + x] = if (0..a).any(|k| m[[k, y, x]] > 0) { 1.0 } else { 0.0 };
-                }
-            }
-            sym.apply(&union_src, h, w, &mut union_full);
+            // Any annotator's lesion: the share of annotators marking a pixel, above zero.
+            sym.apply(&metrics::frequency(&labels), h, w, &mut union_full);
             let lesion: Vec<usize> = (0..hw).filter(|&j| union_full[j] > 0.0).collect();
             if !lesion.is_empty() {
                 let j = lesion[rng.gen_range(0..lesion.len())];
