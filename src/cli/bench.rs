@@ -13,8 +13,8 @@ use rand_distr::{Distribution, StandardNormal};
 use serde_json::json;
 
 use crate::device::parse_device;
-use crate::gan::networks::{Discriminator, GanConfig, Generator};
-use crate::gan::train::{GanStepper, GanTrainConfig};
+use crate::gan::networks::GanConfig;
+use crate::gan::train::{CycleGan, GanStepper, GanTrainConfig};
 use crate::model::{ModelConfig, ProbUNet, elbo_loss, to_host};
 
 #[derive(Args, Debug)]
@@ -141,8 +141,7 @@ pub fn gan(a: GanBenchArgs) -> Result<()> {
     let ad = device.clone().autodiff();
     let mut rows = Vec::new();
     for &s in &a.sizes {
-        Generator::check_size(s, s)?;
-        Discriminator::check_size(s, s)?;
+        CycleGan::check_size(s, s)?;
         ad.seed(0);
         let cfg = GanTrainConfig { net: GanConfig { base: a.base, residual_blocks: a.blocks, ..Default::default() }, ..Default::default() };
         let mut stepper = GanStepper::new(&cfg, &ad);

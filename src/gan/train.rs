@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::networks::{Discriminator, GanConfig, Generator, l1, lsgan};
 use super::pool::ImagePool;
 use crate::data::Dataset;
-use crate::eval::figures;
+use crate::eval::{figures, metrics};
 use crate::fsio;
 use crate::model::to_host;
 use crate::train::checkpoint::{load_model, load_optimizer, save_model, save_optimizer};
@@ -92,14 +92,17 @@ impl Domain {
 
     /// The annotators' mean mask per example, as a soft map in [-1, 1].
     pub fn from_mean_masks(ds: &Dataset) -> Self {
-        let (a, hw) = (ds.annotators(), ds.height() * ds.width());
-        let masks = ds.masks.as_standard_layout();
-        let m = masks.as_slice().expect("standard layout");
-        let images = (0..ds.len())
-            .map(|i| (0..hw).map(|p| (0..a).map(|k| m[(i * a + k) * hw + p] as f32).sum::<f32>() / a as f32 * 2.0 - 1.0).collect())
-            .collect();
+        let images = mean_masks(ds, ds.len()).into_iter().map(|m| m.into_iter().map(|v| v * 2.0 - 1.0).collect()).collect();
         Self { images, height: ds.height(), width: ds.width() }
     }
+}
+
+/// The annotators' mean mask, in [0, 1], of each of the first `n` examples.
+fn mean_masks(ds: &Dataset, n: usize) -> Vec<Vec<f32>> {
+    let (a, hw) = (ds.annotators(), ds.height() * ds.width());
+    let masks = ds.masks.as_standard_layout();
+    let m = masks.as_slice().expect("standard layout");
+    m.chunks(a * hw).take(n).map(|example| metrics::frequency(&example.chunks(hw).collect::<Vec<_>>())).collect()
 }
 
 pub struct GanRequest {
@@ -138,6 +141,18 @@ impl CycleGan {
             d_b: Discriminator::new(c.channels_b, c.base, device),
         }
     }
+
+    /// Sizes both the generators and the discriminators can train on.
+    pub fn check_size(h: usize, w: usize) -> Result<()> {
+        Generator::check_size(h, w)?;
+        Discriminator::check_size(h, w)
+    }
+}
+
+/// The paper's optimizer. burn keeps betas in the optimizer, not in its saved state, so a
+/// resumed run must build it the same way.
+fn adam() -> AdamConfig {
+    AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999)
 }
 
 /// One iteration's losses (generator total, cycle L1 sum, discriminator).
@@ -166,13 +181,12 @@ pub struct GanStepper {
 impl GanStepper {
     /// `device` must be an autodiff device.
     pub fn new(cfg: &GanTrainConfig, device: &Device) -> Self {
-        let adam = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999);
         Self {
             net: CycleGan::new(&cfg.net, device),
-            opt_g_ab: adam.init(),
-            opt_g_ba: adam.init(),
-            opt_d_a: adam.init(),
-            opt_d_b: adam.init(),
+            opt_g_ab: adam().init(),
+            opt_g_ba: adam().init(),
+            opt_d_a: adam().init(),
+            opt_d_b: adam().init(),
             pool_a: ImagePool::new(cfg.pool_size),
             pool_b: ImagePool::new(cfg.pool_size),
             lambda_cycle: cfg.lambda_cycle,
@@ -233,12 +247,11 @@ impl GanStepper {
         net.g_ba = load_model(net.g_ba.clone(), &file(dir, "g_ba.bpk"))?;
         net.d_a = load_model(net.d_a.clone(), &file(dir, "d_a.bpk"))?;
         net.d_b = load_model(net.d_b.clone(), &file(dir, "d_b.bpk"))?;
-        // Optimizer state is replaced wholesale, so a fresh one is a fine placeholder.
-        let adam = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999);
-        self.opt_g_ab = load_optimizer(std::mem::replace(&mut self.opt_g_ab, adam.init()), &file(dir, "opt_g_ab.bpk"))?;
-        self.opt_g_ba = load_optimizer(std::mem::replace(&mut self.opt_g_ba, adam.init()), &file(dir, "opt_g_ba.bpk"))?;
-        self.opt_d_a = load_optimizer(std::mem::replace(&mut self.opt_d_a, adam.init()), &file(dir, "opt_d_a.bpk"))?;
-        self.opt_d_b = load_optimizer(std::mem::replace(&mut self.opt_d_b, adam.init()), &file(dir, "opt_d_b.bpk"))?;
+        // The moments come from the files; the placeholder left behind is never used.
+        self.opt_g_ab = load_optimizer(std::mem::replace(&mut self.opt_g_ab, adam().init()), &file(dir, "opt_g_ab.bpk"))?;
+        self.opt_g_ba = load_optimizer(std::mem::replace(&mut self.opt_g_ba, adam().init()), &file(dir, "opt_g_ba.bpk"))?;
+        self.opt_d_a = load_optimizer(std::mem::replace(&mut self.opt_d_a, adam().init()), &file(dir, "opt_d_a.bpk"))?;
+        self.opt_d_b = load_optimizer(std::mem::replace(&mut self.opt_d_b, adam().init()), &file(dir, "opt_d_b.bpk"))?;
         Ok(())
     }
 }
@@ -269,8 +282,7 @@ pub fn train_gan(req: GanRequest) -> Result<GanState> {
         bail!("domain A is {}x{} but domain B is {}x{}; crop them to one size", a.height, a.width, b.height, b.width);
     }
     let (h, w) = (a.height, a.width);
-    Generator::check_size(h, w)?;
-    Discriminator::check_size(h, w)?;
+    CycleGan::check_size(h, w)?;
     let mut cfg = req.config;
     let mut state = GanState::default();
     if req.resume {
@@ -368,20 +380,11 @@ pub fn side_by_side(real: &Dataset, synthetic: &Dataset, k: usize) -> Result<ima
     let (h, w) = (real.height(), real.width());
     let k = k.min(real.len()).min(synthetic.len()).max(1);
     let ct = |d: &Dataset| (0..k).map(|i| d.images.index_axis(ndarray::Axis(0), i).iter().copied().collect()).collect::<Vec<Vec<f32>>>();
-    let mean = |d: &Dataset| {
-        (0..k)
-            .map(|i| {
-                let m = d.masks.index_axis(ndarray::Axis(0), i);
-                let a = d.annotators() as f32;
-                (0..h * w).map(|p| (0..d.annotators()).map(|j| m[[j, p / w, p % w]] as f32).sum::<f32>() / a).collect()
-            })
-            .collect::<Vec<Vec<f32>>>()
-    };
     let rows = vec![
         ("real CT".to_string(), ct(real)),
-        ("real masks".to_string(), mean(real)),
+        ("real masks".to_string(), mean_masks(real, k)),
         ("gen. CT".to_string(), ct(synthetic)),
-        ("gen. masks".to_string(), mean(synthetic)),
+        ("gen. masks".to_string(), mean_masks(synthetic, k)),
     ];
     Ok(figures::image_rows(&rows, h, w, "real crops (top) and CycleGAN-generated examples (bottom); masks: annotators' mean"))
 }
@@ -452,7 +455,8 @@ pub fn generate(gan_dir: &Path, data: &Dataset, count: usize, seed: u64, device:
         let i = rng.gen_range(0..data.len());
         let set: Vec<Vec<u8>> = (0..a).map(|j| m[(i * a + j) * hw..(i * a + j + 1) * hw].to_vec()).collect();
         let new = deform_masks(&set, h, w, &mut rng);
-        let soft: Vec<f32> = (0..hw).map(|p| new.iter().map(|n| n[p] as f32).sum::<f32>() / a as f32 * 2.0 - 1.0).collect();
+        // The generator's A domain: the annotators' mean mask in [-1, 1], as in training.
+        let soft: Vec<f32> = metrics::frequency(&new.iter().map(Vec::as_slice).collect::<Vec<_>>()).into_iter().map(|v| v * 2.0 - 1.0).collect();
         let ct = to_host(g.forward(tensor(&soft, h, w, device)))?;
         images.extend(ct.into_iter().map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)));
         for n in new {
