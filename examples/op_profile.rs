@@ -81,7 +81,7 @@ fn main() {
     let b = 8;
     for (c_in, c, s) in [(32, 32, 128), (64, 64, 64), (128, 128, 32), (192, 192, 16)] {
         let conv = Conv2dConfig::new([c_in, c], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).with_bias(false).init(&d);
-        let x = Tensor::<4>::random([b, c_in, s, s], Distribution::Normal(0.0, 1.0), &d).require_grad();
+        let x = randn([b, c_in, s, s], &d);
         time(&format!("conv3x3 {c_in}->{c} @{s}x{s} fwd"), 3, || {
             let _ = to_host(conv.forward(x.clone()).sum());
         });
@@ -89,7 +89,7 @@ fn main() {
             let _ = conv.forward(x.clone()).sum().backward();
         });
         let gn = GroupNormConfig::new(8, c).init(&d);
-        let y = Tensor::<4>::random([b, c, s, s], Distribution::Normal(0.0, 1.0), &d).require_grad();
+        let y = randn([b, c, s, s], &d);
         time(&format!("groupnorm {c} @{s}x{s} fwd+bwd"), 3, || {
             let _ = gn.forward(y.clone()).sum().backward();
         });

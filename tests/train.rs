@@ -113,8 +113,7 @@ fn diverging_run_stops_with_a_clear_message() {
     cfg.train.lr = 1e37;
     cfg.train.max_bad_steps = 2;
     cfg.train.val_fraction = 0.0;
-    let err = fresh(data, dir.path().join("run"), cfg)
-    .unwrap_err();
+    let err = fresh(data, dir.path().join("run"), cfg).unwrap_err();
     assert!(format!("{err:#}").contains("non-finite losses in a row"), "{err:#}");
 }
 
@@ -122,8 +121,7 @@ fn diverging_run_stops_with_a_clear_message() {
 fn unknown_device_and_missing_data_are_errors() {
     assert!(apunet::device::parse_device("tpu").is_err());
     let dir = tempfile::tempdir().unwrap();
-    let err = fresh(dir.path().join("missing.npz"), dir.path().join("run"), tiny_run(1))
-    .unwrap_err();
+    let err = fresh(dir.path().join("missing.npz"), dir.path().join("run"), tiny_run(1)).unwrap_err();
     assert!(format!("{err:#}").contains("missing.npz"), "{err:#}");
 }
 
