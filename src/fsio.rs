@@ -14,7 +14,13 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name.as_str(), ""),
     };
-    path.with_file_name(format!(".{base}.tmp{}{ext}", std::process::id()))
+    // No dot before the pid: writers that swap the extension (nifti) must keep the whole name.
+    path.with_file_name(format!(".{base}-tmp{}{ext}", std::process::id()))
+}
+
+/// Whether a file name is one of `temp_sibling`'s (left behind by a killed process).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.split('.').nth(1).is_some_and(|b| b.contains("-tmp"))
 }
 
 /// Writes `bytes` to `path` through a temp file and a rename.
@@ -51,7 +57,13 @@ mod tests {
         let t = temp_sibling(Path::new("/a/b/mean.nii.gz"));
         assert_eq!(t.parent(), Some(Path::new("/a/b")));
         let name = t.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with(".mean.tmp") && name.ends_with(".nii.gz"), "{name}");
-        assert!(temp_sibling(Path::new("x")).to_string_lossy().contains(".x.tmp"));
+        assert!(name.starts_with(".mean-tmp") && name.ends_with(".nii.gz"), "{name}");
+        assert!(is_temp_name(&name) && !is_temp_name("mean.nii.gz") && !is_temp_name(".hidden"));
+        assert!(temp_sibling(Path::new("x")).to_string_lossy().contains(".x-tmp"));
+        // A writer that replaces the last extension keeps the temp name.
+        let plain = temp_sibling(Path::new("/a/base.nii"));
+        let mut swapped = plain.clone();
+        swapped.set_extension("");
+        assert_eq!(swapped.with_extension("nii"), plain);
     }
 }

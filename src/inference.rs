@@ -49,11 +49,9 @@ pub fn sample_images(
     while start < count {
         let end = (start + per_chunk).min(count);
         let b = end - start;
-        let chunk = images.slice(ndarray::s![start..end, .., ..]).to_owned();
-        let x = Tensor::<4>::from_data(
-            TensorData::new(chunk.into_raw_vec_and_offset().0, [b, 1, h, w]),
-            device,
-        );
+        // Logical (row-major) order, whatever the array's memory layout.
+        let chunk: Vec<f32> = images.slice(ndarray::s![start..end, .., ..]).iter().copied().collect();
+        let x = Tensor::<4>::from_data(TensorData::new(chunk, [b, 1, h, w]), device);
         let eps: Vec<f32> = (start..end).flat_map(|i| image_eps(seed, i, n, latent)).collect();
         let eps = Tensor::<2>::from_data(TensorData::new(eps, [b * n, latent]), device);
         let (features, prior) = model.encode(x);

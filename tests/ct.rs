@@ -120,13 +120,25 @@ fn jpeg2000_lossless_equals_uncompressed() {
 #[test]
 fn windowing_the_file_window_and_presets() {
     let uncr = read_dicom(&ct("693_UNCR.dcm")).unwrap();
-    let x = Window::File.apply(&uncr.hu, uncr.window);
-    assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
-    // Width 100 around 40: soft tissue spans the range, air is black.
-    let lung = Window::Lung.apply(&uncr.hu, uncr.window);
-    let mean_file = x.iter().sum::<f32>() / x.len() as f32;
-    let mean_lung = lung.iter().sum::<f32>() / lung.len() as f32;
-    assert!(mean_file != mean_lung);
+    let (center, width) = uncr.window.expect("693_UNCR.dcm carries WindowCenter/WindowWidth");
+    // A plain reference: level - width/2 maps to 0, level + width/2 to 1, clipped.
+    let reference = |hu: f32, w: f64, l: f64| (((hu as f64 - (l - w / 2.0)) / w).clamp(0.0, 1.0)) as f32;
+    for (window, (w, l)) in [(Window::File, (width, center)), (Window::Lung, (1500.0, -600.0)), (Window::Mediastinum, (350.0, 50.0))] {
+        let x = window.apply(&uncr.hu, uncr.window);
+        assert_eq!(x.len(), uncr.hu.len());
+        for (k, (&v, &hu)) in x.iter().zip(&uncr.hu).enumerate() {
+            assert!((v - reference(hu, w, l)).abs() < 1e-6, "{window}: pixel {k} HU {hu} gave {v}");
+        }
+    }
+    // The slice holds air and soft tissue: the lung window shows air mid-grey, the mediastinum
+    // window shows it black, and both use more than a sliver of the range.
+    let air = (0..uncr.hu.len()).min_by(|&a, &b| uncr.hu[a].total_cmp(&uncr.hu[b])).unwrap();
+    assert!(uncr.hu[air] < -950.0, "the slice holds air");
+    assert!(Window::Lung.apply(&uncr.hu[air..air + 1], None)[0] < 0.25);
+    assert_eq!(Window::Mediastinum.apply(&uncr.hu[air..air + 1], None)[0], 0.0);
+    let lung = Window::Lung.apply(&uncr.hu, None);
+    let distinct: std::collections::BTreeSet<u32> = lung.iter().map(|v| (v * 100.0) as u32).collect();
+    assert!(distinct.len() > 20, "lung window uses only {} levels", distinct.len());
 }
 
 #[test]
@@ -153,10 +165,27 @@ fn broken_files_give_clear_errors() {
 #[test]
 fn a_series_folder_reads_every_slice() {
     let dir = tempfile::tempdir().unwrap();
-    for (i, f) in ["CT_small.dcm", "693_UNCR.dcm"].iter().enumerate() {
+    for (i, f) in ["693_UNCR.dcm", "693_J2KR.dcm"].iter().enumerate() {
         std::fs::copy(ct(f), dir.path().join(format!("z{i}.dcm"))).unwrap();
     }
     std::fs::write(dir.path().join("README.txt"), b"not a slice").unwrap();
     let s = read_series(dir.path()).unwrap();
     assert_eq!(s.len(), 2);
+    assert!(s.iter().all(|s| (s.rows, s.columns) == (512, 512)));
+}
+
+#[test]
+fn a_series_folder_with_slices_of_another_size_is_an_error_naming_them() {
+    // Both orders: the odd slice first and last (once a panic, once a mangled volume).
+    for names in [["a.dcm", "b.dcm", "c.dcm"], ["c.dcm", "b.dcm", "a.dcm"]] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(ct("693_UNCR.dcm"), dir.path().join(names[0])).unwrap();
+        std::fs::copy(ct("693_J2KR.dcm"), dir.path().join(names[1])).unwrap();
+        std::fs::copy(ct("CT_small.dcm"), dir.path().join(names[2])).unwrap();
+        let e = format!("{:#}", read_series(dir.path()).unwrap_err());
+        assert!(e.contains("differ in size") && e.contains(names[2]) && e.contains("128x128"), "{e}");
+        assert!(!e.contains(names[0]) && !e.contains(names[1]), "only the odd file is named: {e}");
+        let scan = apunet::data::scan::read_scan(dir.path());
+        assert!(scan.is_err(), "read_scan must refuse the folder too");
+    }
 }

@@ -124,7 +124,8 @@ fn bad_inputs_give_clear_errors() {
     m[[1, 0, 3, 3]] = 255;
     let m = m.into_dyn();
     write(&nonbin, &[("images", NpzEntry::F32(&img)), ("masks", NpzEntry::U8(&m))]);
-    assert!(err_text(&nonbin).contains("binary"), "{}", err_text(&nonbin));
+    let e = err_text(&nonbin);
+    assert!(e.contains("binary") && e.contains("value 255 (for 0/255 masks"), "{e}");
 
     let nan = d.join("nan.npz");
     let mut im = Array3::<f32>::zeros((2, 8, 8));
@@ -132,6 +133,14 @@ fn bad_inputs_give_clear_errors() {
     let im = im.into_dyn();
     write(&nan, &[("images", NpzEntry::F32(&im)), ("masks", NpzEntry::U8(&good_masks))]);
     assert!(err_text(&nan).contains("image 1 contains NaN"), "{}", err_text(&nan));
+
+    let hu = d.join("hu.npz");
+    let mut raw = Array3::<f32>::from_elem((2, 8, 8), -1000.0);
+    raw[[1, 4, 4]] = 40.0;
+    let raw = raw.into_dyn();
+    write(&hu, &[("images", NpzEntry::F32(&raw)), ("masks", NpzEntry::U8(&good_masks))]);
+    let e = err_text(&hu);
+    assert!(e.contains("outside [0, 1]") && e.contains("[-1000, 40]") && e.contains("apunet import"), "{e}");
 
     let zero_ann = d.join("zero.npz");
     let z = Array4::<u8>::zeros((2, 0, 8, 8)).into_dyn();

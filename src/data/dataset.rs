@@ -69,11 +69,20 @@ impl Dataset {
             let idx = bad / (h * w);
             bail!("{source}: image {idx} contains NaN or infinite pixels; clean the data first");
         }
+        if let Some(bad) = images.iter().position(|v| !(0.0..=1.0).contains(v)) {
+            let (lo, hi) = images.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+            bail!(
+                "{source}: image {} has intensities outside [0, 1] (the data span [{lo}, {hi}]); apunet trains on \
+                 windowed intensities in [0, 1]. For raw CT in Hounsfield units, build the dataset with \
+                 `apunet import --window lung` (or mediastinum, W,L); otherwise rescale to [0, 1] first",
+                bad / (h * w)
+            );
+        }
         if let Some(bad) = masks.iter().position(|&v| v > 1) {
             let idx = bad / (ms[1] * h * w);
             let v = masks.iter().nth(bad).copied().unwrap_or(0);
             bail!(
-                "{source}: masks must be binary (0 or 1) but image {idx} has value {v}; \
+                "{source}: masks must be binary (0 or 1) but image {idx} has value {v} \
                  (for 0/255 masks, divide by 255 when exporting)"
             );
         }
@@ -85,6 +94,8 @@ impl Dataset {
             // Without series ids each image is its own group.
             None => (0..n).map(|i| format!("image-{i}")).collect(),
         };
+        // Row-major memory from here on: batches and metrics read it as flat slices.
+        let (images, masks) = (images.as_standard_layout().into_owned(), masks.as_standard_layout().into_owned());
         Ok(Self { images, masks, series, synthetic: vec![false; n], preprocess: None })
     }
 

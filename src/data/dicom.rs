@@ -51,7 +51,10 @@ fn floats(obj: &dicom_object::DefaultDicomObject, tag: dicom_object::Tag) -> Opt
 /// the per-frame functional groups give one (dicom-pixeldata resolves them per frame).
 pub fn read_dicom(path: &Path) -> Result<CtSlice> {
     let name = path.display();
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("{name}: not a readable DICOM file: {e}"))?;
+    super::dicom_guard::check_lengths(&bytes).map_err(|e| anyhow!("{name}: not a readable DICOM file: {e}"))?;
     let obj = open_file(path).map_err(|e| anyhow!("{name}: not a readable DICOM file: {e}"))?;
+    check_pixel_size(&obj, bytes.len()).map_err(|e| anyhow!("{name}: {e}"))?;
     let transfer_syntax = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
     let modality = obj
         .element_opt(tags::MODALITY)
@@ -105,6 +108,25 @@ pub fn read_dicom(path: &Path) -> Result<CtSlice> {
     Ok(slice)
 }
 
+/// The decoded frames must fit what the file could hold: compression never beats about 1,000:1,
+/// so Rows x Columns x frames that would need more is a corrupt header, refused before decoding.
+fn check_pixel_size(obj: &dicom_object::DefaultDicomObject, file_len: usize) -> Result<()> {
+    let int = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u64>().ok());
+    let dims = [tags::ROWS, tags::COLUMNS, tags::NUMBER_OF_FRAMES, tags::SAMPLES_PER_PIXEL].map(|t| int(t).unwrap_or(1).max(1));
+    let bytes = dims.iter().try_fold(8u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX);
+    let warranted = (file_len as u64).saturating_mul(1100).saturating_add(1 << 24);
+    if bytes > warranted {
+        bail!(
+            "Rows {} x Columns {} x {} frame(s) x {} sample(s) cannot come from a file of {file_len} bytes: the header is corrupt",
+            dims[0],
+            dims[1],
+            dims[2],
+            dims[3]
+        );
+    }
+    Ok(())
+}
+
 /// Reads every DICOM file in a folder and orders the slices along the slice normal
 /// (file names say nothing about anatomy). Slices without geometry keep file-name order.
 pub fn read_series(dir: &Path) -> Result<Vec<CtSlice>> {
@@ -114,18 +136,50 @@ pub fn read_series(dir: &Path) -> Result<Vec<CtSlice>> {
         .filter(|p| p.is_file())
         .collect();
     files.sort();
-    let mut slices = Vec::new();
+    let mut read = Vec::new();
     for f in &files {
         match read_dicom(f) {
-            Ok(s) => slices.push(s),
+            Ok(s) => read.push((f.clone(), s)),
             Err(e) => tracing::warn!("skipping {}: {e:#}", f.display()),
         }
     }
-    if slices.is_empty() {
+    if read.is_empty() {
         bail!("{} holds no readable DICOM slices", dir.display());
     }
+    check_one_size(dir, &read)?;
+    let mut slices: Vec<CtSlice> = read.into_iter().map(|(_, s)| s).collect();
     if slices.iter().all(|s| s.normal_position().is_some()) {
         slices.sort_by(|a, b| a.normal_position().partial_cmp(&b.normal_position()).unwrap_or(std::cmp::Ordering::Equal));
     }
     Ok(slices)
+}
+
+/// A series is one volume: slices of another size are an error that names them (a scout image
+/// or a second series copied into the folder), never a stretched or mangled volume.
+fn check_one_size(dir: &Path, read: &[(std::path::PathBuf, CtSlice)]) -> Result<()> {
+    let mut sizes: Vec<((usize, usize), Vec<&std::path::Path>)> = Vec::new();
+    for (p, s) in read {
+        let key = (s.rows, s.columns);
+        match sizes.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(p),
+            None => sizes.push((key, vec![p])),
+        }
+    }
+    if sizes.len() == 1 {
+        return Ok(());
+    }
+    sizes.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    let ((r, c), main) = (&sizes[0].0, sizes[0].1.len());
+    let odd: Vec<String> = sizes[1..]
+        .iter()
+        .flat_map(|((rr, cc), v)| v.iter().map(move |p| format!("{} ({rr}x{cc})", p.display())))
+        .collect();
+    bail!(
+        "{}: the slices differ in size: {main} are {r}x{c} but {} {} not: {}; a series folder must hold one \
+         series; move the odd files out (or predict them one by one)",
+        dir.display(),
+        odd.len(),
+        if odd.len() == 1 { "is" } else { "are" },
+        odd.join(", ")
+    )
 }

@@ -5,6 +5,7 @@ pub mod clahe;
 pub mod batch;
 pub mod dataset;
 pub mod dicom;
+pub mod dicom_guard;
 pub mod intensity;
 pub mod npz;
 pub mod scan;

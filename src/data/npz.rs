@@ -32,6 +32,20 @@ impl NpyArray {
         }
     }
 
+    /// Row-major (C-order) memory whatever order the file had: numpy writes F-contiguous
+    /// arrays in Fortran order, and every consumer here reads raw row-major memory.
+    pub fn into_standard_layout(self) -> Self {
+        fn c<T: Clone>(a: ArrayD<T>) -> ArrayD<T> {
+            if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() }
+        }
+        match self {
+            NpyArray::F32(a) => NpyArray::F32(c(a)),
+            NpyArray::U8(a) => NpyArray::U8(c(a)),
+            NpyArray::I64(a) => NpyArray::I64(c(a)),
+            s @ NpyArray::Str(..) => s,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             NpyArray::F32(_) => "float",
@@ -188,7 +202,8 @@ fn decode(name: &str, bytes: &[u8]) -> Result<NpyArray> {
         bail!("array '{name}' has an empty dtype");
     }
     let numeric = |e: ndarray_npy::ReadNpyError| anyhow!("array '{name}' ({d}): {e}");
-    let arr = match &d[1..] {
+    check_data_size(name, &h, bytes.len())?;
+    let arr = match d.get(1..).unwrap_or_default() {
         _ if d.contains('U') || d.starts_with("|S") => {
             NpyArray::Str(parse_strings(bytes, &h).with_context(|| format!("array '{name}'"))?, h.shape)
         }
@@ -204,18 +219,43 @@ fn decode(name: &str, bytes: &[u8]) -> Result<NpyArray> {
         "u4" => NpyArray::I64(ArrayD::<u32>::read_npy(bytes).map_err(numeric)?.mapv(i64::from)),
         _ => bail!("array '{name}' has unsupported dtype {d}"),
     };
-    Ok(arr)
+    Ok(arr.into_standard_layout())
+}
+
+/// Bytes per element of a numeric dtype, or the string width; None for unknown dtypes.
+fn item_size(descr: &str) -> Option<usize> {
+    let width: usize = descr.get(2..)?.parse().ok()?;
+    Some(if descr.get(1..).is_some_and(|r| r.starts_with('U')) { 4 * width } else { width })
+}
+
+/// The header's shape must match the bytes that follow it: a corrupt header must not make
+/// the reader allocate gigabytes for a file of kilobytes.
+fn check_data_size(name: &str, h: &NpyHeader, total: usize) -> Result<()> {
+    let Some(item) = item_size(&h.descr) else { return Ok(()) };
+    let count = h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let need = count.and_then(|c| c.checked_mul(item));
+    let have = total.saturating_sub(h.data_offset);
+    match need {
+        Some(n) if n == have => Ok(()),
+        Some(n) => bail!("array '{name}': shape {:?} of {} needs {n} bytes but the file holds {have}", h.shape, h.descr),
+        None => bail!("array '{name}': shape {:?} is too large", h.shape),
+    }
 }
 
 /// Reads every array of an `.npz` file, keyed by name without the `.npy` suffix.
 pub fn read_npz(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
     let file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // Deflate expands at most about 1,032:1: no member can honestly be larger than this.
+    let most = file.metadata().map(|m| m.len()).unwrap_or(0).saturating_mul(1100);
     let mut zip = zip::ZipArchive::new(file)
         .with_context(|| format!("{} is not a valid .npz (zip) archive", path.display()))?;
     let mut out = BTreeMap::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).with_context(|| format!("reading {}", path.display()))?;
         let name = entry.name().trim_end_matches(".npy").to_string();
+        if entry.size() > most {
+            bail!("{}: array '{name}' declares {} bytes, more than the file could hold", path.display(), entry.size());
+        }
         let mut bytes = Vec::with_capacity(entry.size() as usize);
         entry
             .read_to_end(&mut bytes)

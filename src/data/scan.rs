@@ -119,7 +119,13 @@ fn dicom_slices(s: CtSlice) -> Vec<Slice> {
 
 /// 8- or 16-bit grayscale, scaled to [0, 1] by the type's range.
 pub fn read_gray(path: &Path) -> Result<Slice> {
-    let img = image::open(path).map_err(|e| anyhow!("{}: cannot read image: {e}", path.display()))?;
+    let cannot = |e: &dyn std::fmt::Display| anyhow!("{}: cannot read image: {e}", path.display());
+    let mut reader = image::ImageReader::open(path).map_err(|e| cannot(&e))?;
+    // A header may declare any size: decode no more than the file could hold compressed.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_decoded_bytes(path));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| cannot(&e))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let values: Vec<f32> = match img {
         image::DynamicImage::ImageLuma8(b) => b.into_raw().into_iter().map(|v| v as f32 / 255.0).collect(),
@@ -134,6 +140,7 @@ pub fn read_gray(path: &Path) -> Result<Slice> {
 
 /// A NIfTI volume as axial slices (index z), values scaled by scl_slope/scl_inter (HU for CT).
 pub fn read_nifti(path: &Path) -> Result<Scan> {
+    check_nifti_size(path)?;
     let obj = ReaderOptions::new()
         .read_file(path)
         .map_err(|e| anyhow!("{}: not a readable NIfTI file: {e}", path.display()))?;
@@ -165,6 +172,31 @@ pub fn read_nifti(path: &Path) -> Result<Scan> {
         })
         .collect();
     Ok(Scan { source: path.to_path_buf(), slices, geometry: Geometry::Nifti(Box::new(header)) })
+}
+
+/// The most that a file of this size can decode to: deflate expands at most about 1,032:1.
+pub fn max_decoded_bytes(path: &Path) -> u64 {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    len.saturating_mul(1100).saturating_add(1 << 20)
+}
+
+/// The header's dimensions and offset must fit in the file before the volume is read: a corrupt
+/// header must not make the reader allocate gigabytes.
+fn check_nifti_size(path: &Path) -> Result<()> {
+    let bad = |what: String| anyhow!("{}: not a readable NIfTI file: {what}", path.display());
+    let h = NiftiHeader::from_file(path).map_err(|e| bad(e.to_string()))?;
+    let dims = h.dim().map_err(|e| bad(e.to_string()))?;
+    let voxels = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| bad("absurd dimensions".into()))?;
+    if !(h.bitpix > 0 && h.bitpix % 8 == 0) || !(h.vox_offset.is_finite() && h.vox_offset >= 0.0) {
+        return Err(bad(format!("bitpix {} / vox_offset {} are invalid", h.bitpix, h.vox_offset)));
+    }
+    let need = voxels.saturating_mul(h.bitpix as u64 / 8).saturating_add(h.vox_offset as u64);
+    let gz = path.to_string_lossy().to_lowercase().ends_with(".gz");
+    let have = if gz { max_decoded_bytes(path) } else { std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) };
+    if need > have {
+        return Err(bad(format!("the header declares {dims:?} voxels of {} bits ({need} bytes) but the file holds {have}", h.bitpix)));
+    }
+    Ok(())
 }
 
 /// A NIfTI header for `frames` volumes of `width` x `height` x `depth` in the scan's space: the
