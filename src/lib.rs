@@ -10,3 +10,13 @@ pub mod fsio;
 pub mod gan;
 pub mod model;
 pub mod predict;
+
+/// `println!` that never panics on a closed pipe (`apunet eval ... | head`): the command still
+/// finishes its work and writes its files.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}

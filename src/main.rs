@@ -1,5 +1,3 @@
-use clap::Parser;
-
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -8,7 +6,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = apunet::cli::Cli::parse();
+    let cli = apunet::cli::parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if let Err(e) = apunet::cli::run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

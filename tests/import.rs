@@ -28,6 +28,17 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
         blob(64, 64, 30, 30, 5, 255, 0).save(root.join(format!("labels/bad_A{k}.png"))).unwrap();
     }
     blob(100, 90, 50, 50, 6, 90, 20).save(root.join("images/nolabels.png")).unwrap();
+    // An unreadable scan is one more skipped case, not the end of the import.
+    std::fs::write(root.join("images/broken.png"), b"not a png").unwrap();
+    for k in 0..3 {
+        blob(100, 90, 50, 50, 5, 255, 0).save(root.join(format!("labels/broken_A{k}.png"))).unwrap();
+    }
+    // So is an unreadable label.
+    blob(100, 90, 50, 50, 6, 90, 20).save(root.join("images/badlabel.png")).unwrap();
+    for k in 0..2 {
+        blob(100, 90, 50, 50, 5, 255, 0).save(root.join(format!("labels/badlabel_A{k}.png"))).unwrap();
+    }
+    std::fs::write(root.join("labels/badlabel_A2.png"), b"\x89PNG broken").unwrap();
 
     let out = root.join("ds.npz");
     import_cmd(ImportArgs {
@@ -64,7 +75,9 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
     }
     let skipped = manifest["skipped"].as_array().unwrap();
     let reasons: Vec<String> = skipped.iter().map(|s| format!("{}: {}", s["case"], s["reason"])).collect();
-    assert_eq!(skipped.len(), 2, "{reasons:?}");
+    assert_eq!(skipped.len(), 4, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("broken") && r.contains("broken.png")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("badlabel") && r.contains("badlabel_A2.png")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("bad") && r.contains("64x64")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("nolabels") && r.contains("no labels")), "{reasons:?}");
 

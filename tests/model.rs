@@ -223,3 +223,21 @@ fn invalid_configs_are_reported() {
     assert!(format!("{err:#}").contains("not divisible by 2^(depth-1) = 8"), "{err:#}");
     assert!(cfg.check_size(128, 128).is_ok());
 }
+
+#[test]
+fn the_posterior_depends_on_the_mask_and_the_prior_does_not() {
+    let _guard = common::rng_lock();
+    let d = dev();
+    d.seed(11);
+    let model = ProbUNet::new(&tiny_config(), &d);
+    let (x, y) = toy_batch(&d, 2, 16);
+    let eps = t2(vec![0.0; 2 * 3], [2, 3], &d);
+    let with = model.forward_train(x.clone(), y.clone(), eps.clone());
+    let without = model.forward_train(x, y.zeros_like(), eps);
+    let gap = |a: Tensor<2>, b: Tensor<2>| to_host(a.sub(b).abs().max()).unwrap()[0];
+    assert!(gap(with.posterior.mu.clone(), without.posterior.mu.clone()) > 1e-4, "q(z|x,y) ignores y");
+    assert!(gap(with.posterior.log_sigma, without.posterior.log_sigma) > 1e-5);
+    assert_eq!(gap(with.prior.mu, without.prior.mu), 0.0, "p(z|x) must not see y");
+    // Training draws from the posterior: the logits follow y too.
+    assert!(to_host(with.logits.sub(without.logits).abs().max()).unwrap()[0] > 1e-5);
+}

@@ -30,6 +30,7 @@ fn tiny_run(epochs: usize) -> RunConfig {
 
 #[test]
 fn train_resume_and_sample_end_to_end() {
+    let _guard = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.npz");
     generate(&SynthConfig { count: 16, size: 16, annotators: 4, seed: 3, per_series: 2, ..Default::default() })
@@ -106,6 +107,7 @@ fn train_resume_and_sample_end_to_end() {
 
 #[test]
 fn diverging_run_stops_with_a_clear_message() {
+    let _guard = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.npz");
     generate(&SynthConfig { count: 12, size: 16, seed: 1, ..Default::default() }).unwrap().save(&data).unwrap();
@@ -119,6 +121,7 @@ fn diverging_run_stops_with_a_clear_message() {
 
 #[test]
 fn unknown_device_and_missing_data_are_errors() {
+    let _guard = common::rng_lock();
     assert!(apunet::device::parse_device("tpu").is_err());
     let dir = tempfile::tempdir().unwrap();
     let err = fresh(dir.path().join("missing.npz"), dir.path().join("run"), tiny_run(1)).unwrap_err();
@@ -127,6 +130,7 @@ fn unknown_device_and_missing_data_are_errors() {
 
 #[test]
 fn extra_synthetic_examples_fill_batches_and_must_match() {
+    let _guard = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("real.npz");
     generate(&SynthConfig { count: 12, size: 16, seed: 5, per_series: 2, ..Default::default() }).unwrap().save(&data).unwrap();
@@ -153,6 +157,7 @@ fn extra_synthetic_examples_fill_batches_and_must_match() {
 
 #[test]
 fn patch_training_validates_on_whole_crops_and_checks_the_patch_size() {
+    let _guard = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.npz");
     generate(&SynthConfig { count: 12, size: 32, seed: 8, per_series: 2, ..Default::default() }).unwrap().save(&data).unwrap();
@@ -162,10 +167,7 @@ fn patch_training_validates_on_whole_crops_and_checks_the_patch_size() {
         cfg.train.figure_every = 2;
         fresh(data.clone(), dir.path().join(out), cfg)
     };
-    let s = {
-        let _g = common::rng_lock();
-        run(16, "patched").unwrap()
-    };
+    let s = run(16, "patched").unwrap();
     assert_eq!(s.history.len(), 3);
     assert!(s.history.iter().all(|m| m.loss.is_finite() && m.val_ged.is_finite()));
     // Figures only every 2nd epoch and after the last; the run still records the whole-crop size.
@@ -180,4 +182,106 @@ fn patch_training_validates_on_whole_crops_and_checks_the_patch_size() {
     assert!(format!("{e:#}").contains("--patch 64 is larger than the 32x32"), "{e:#}");
     let e = run(15, "odd").unwrap_err();
     assert!(format!("{e:#}").contains("--patch") && format!("{e:#}").contains("not divisible"), "{e:#}");
+}
+
+fn synth_data(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("d.npz");
+    generate(&SynthConfig { count: 16, size: 16, annotators: 4, seed: 3, per_series: 2, ..Default::default() })
+        .unwrap()
+        .save(&data)
+        .unwrap();
+    data
+}
+
+fn resume(data: &std::path::Path, out: &std::path::Path, config: RunConfig) -> anyhow::Result<train::TrainSummary> {
+    train::train(TrainRequest { data: data.into(), out: out.into(), config, device: Device::flex(), resume: true, quiet: true })
+}
+
+/// Every float parameter of a run's last checkpoint, in module order.
+fn weights(run: &std::path::Path) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.extend(apunet::model::to_host(param.val()).unwrap());
+        }
+    }
+    let (_, m) = train::load_run(run, train::Which::Last, &Device::flex()).unwrap();
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+fn assert_same(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: parameter counts");
+    let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(differ == 0, "{what}: {differ} of {} parameters differ, by up to {worst}", a.len());
+}
+
+#[test]
+fn a_run_stopped_after_epoch_1_and_resumed_ends_with_the_same_weights_and_optimizer_state() {
+    let _guard = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_data(dir.path());
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    fresh(data.clone(), whole.clone(), tiny_run(2)).unwrap();
+    fresh(data.clone(), parts.clone(), tiny_run(1)).unwrap();
+    let resumed = resume(&data, &parts, tiny_run(2)).unwrap();
+    assert_eq!((resumed.epochs_run, resumed.target_epochs), (1, 2));
+    let w = weights(&whole);
+    assert!(w.len() > 1000);
+    assert_same(&w, &weights(&parts), "weights after epoch 2");
+    // The optimizer state (Adam's moments and step count) as it acts: one more epoch on each
+    // must land on the same weights again.
+    resume(&data, &whole, tiny_run(3)).unwrap();
+    resume(&data, &parts, tiny_run(3)).unwrap();
+    assert_same(&weights(&whole), &weights(&parts), "weights after epoch 3");
+    let loss = |run: &std::path::Path| read_metrics(&run.join("metrics.csv")).unwrap().iter().map(|m| m.loss).collect::<Vec<_>>();
+    assert_eq!(loss(&whole), loss(&parts));
+}
+
+#[test]
+fn resume_applies_what_can_change_and_names_what_cannot() {
+    let _guard = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_data(dir.path());
+    let run = dir.path().join("run");
+    fresh(data.clone(), run.clone(), tiny_run(1)).unwrap();
+
+    let mut cfg = tiny_run(2);
+    cfg.train.lr = 5e-4;
+    let s = resume(&data, &run, cfg).unwrap();
+    assert_eq!(s.epochs_run, 1);
+    assert_eq!(RunConfig::load(&run.join("config.toml")).unwrap().train.lr, 5e-4, "the new lr is the run's now");
+
+    let mut cfg = tiny_run(3);
+    cfg.train.lr = 5e-4;
+    cfg.train.batch_size = 2;
+    cfg.model.filters = vec![4, 8];
+    let e = format!("{:#}", resume(&data, &run, cfg).unwrap_err());
+    assert!(e.contains("train.batch_size 4 -> 2") && e.contains("model.filters [8, 16] -> [4, 8]"), "{e}");
+    let named = e.split(". Only").next().unwrap();
+    assert!(!named.contains("train.lr") && !named.contains("train.epochs"), "lr and epochs may change: {e}");
+
+    // Nothing left to train is said, not hidden behind "trained 1 epochs".
+    let mut cfg = tiny_run(2);
+    cfg.train.lr = 5e-4;
+    let s = resume(&data, &run, cfg.clone()).unwrap();
+    assert_eq!((s.epochs_run, s.history.len()), (0, 2));
+    cfg.train.epochs = 1;
+    let e = format!("{:#}", resume(&data, &run, cfg).unwrap_err());
+    assert!(e.contains("--epochs 1 is below the 2 epochs"), "{e}");
+
+    // Through the command line: --lr applies, --batch-size is refused by name.
+    let cli = |args: &[&str]| {
+        let mut all = vec!["apunet", "train", "--resume", run.to_str().unwrap(), "--quiet"];
+        all.extend_from_slice(args);
+        apunet::cli::run(apunet::cli::parse_from(all).unwrap())
+    };
+    cli(&["--epochs", "3", "--lr", "0.0007"]).unwrap();
+    let saved = RunConfig::load(&run.join("config.toml")).unwrap();
+    assert_eq!((saved.train.epochs, saved.train.lr), (3, 0.0007));
+    let e = format!("{:#}", cli(&["--epochs", "4", "--batch-size", "2", "--no-attention"]).unwrap_err());
+    assert!(e.contains("train.batch_size") && e.contains("model.attention_gates"), "{e}");
+    assert_eq!(read_metrics(&run.join("metrics.csv")).unwrap().len(), 3, "a refused resume trains nothing");
 }

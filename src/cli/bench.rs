@@ -33,7 +33,7 @@ pub struct BenchArgs {
     /// Samples per image in the sampling benchmark.
     #[arg(long, default_value_t = 16)]
     pub samples: usize,
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub filters: Option<Vec<usize>>,
 }
 
@@ -111,7 +111,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "peak_rss_mib": peak_rss_mib(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    crate::say!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
@@ -120,7 +120,7 @@ pub struct GanBenchArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Square image sizes to time, e.g. 128,256.
-    #[arg(long, value_delimiter = ',', default_value = "128,256")]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set, default_value = "128,256")]
     pub sizes: Vec<usize>,
     /// Generator width (64 in the paper).
     #[arg(long, default_value_t = 64)]
@@ -173,7 +173,7 @@ pub fn gan(a: GanBenchArgs) -> Result<()> {
         "peak_rss_mib": peak_rss_mib(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    crate::say!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 

@@ -26,7 +26,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Images shown in the figure (indices); default: the first 8.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub images: Option<Vec<usize>>,
     /// Draw masks as contours over the CT.
     #[arg(long)]
@@ -90,7 +90,7 @@ fn write_outputs(report: &Report, dir: &Path, title: &str) -> Result<()> {
 fn print_summary(report: &Report) {
     let s = &report.summary;
     let get = |k: &str| report.stat(k).map(|s| format!("{:.4} [{:.4}, {:.4}]", s.mean, s.ci95[0], s.ci95[1]));
-    println!(
+    crate::say!(
         "{} images x {} samples x {} annotators\nGED    {}\nHM-IoU {}\nDice (majority) {}\nECE {:.4}",
         s.images,
         s.samples_per_image,
@@ -111,16 +111,16 @@ pub fn metrics_cmd(a: MetricsArgs) -> Result<()> {
     let report = report::evaluate(samples.view(), labels.view(), 0)?;
     let scored_in = started.elapsed().as_secs_f64();
     if !a.quiet {
-        println!("image,ged,hm_iou");
+        crate::say!("image,ged,hm_iou");
         for p in &report.per_image {
-            println!("{},{:.9},{:.9}", p.index, p.ged, p.hm_iou);
+            crate::say!("{},{:.9},{:.9}", p.index, p.ged, p.hm_iou);
         }
     }
     print_summary(&report);
-    println!("scored in {scored_in:.3} s (all metrics, bootstrap included; reading the files not counted)");
+    crate::say!("scored in {scored_in:.3} s (all metrics, bootstrap included; reading the files not counted)");
     if let Some(dir) = &a.out {
         write_outputs(&report, dir, &format!("apunet metrics: {s_name} vs {l_name}"))?;
-        println!("wrote {}/metrics.json, per_image.csv, report.md, ged_histogram.png", dir.display());
+        crate::say!("wrote {}/metrics.json, per_image.csv, report.md, ged_histogram.png", dir.display());
     }
     Ok(())
 }
@@ -180,7 +180,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     let fig = figures::sample_grid(&columns, h, w, &format!("{} samples per image; mean probability and entropy (bits)", s.n), &opts);
     figures::save_png(&fig, &a.out.join("samples.png"))?;
     print_summary(&report);
-    println!(
+    crate::say!(
         "wrote {}: metrics.json, per_image.csv, report.md, samples.npz, samples.png, ged_histogram.png",
         a.out.display()
     );
@@ -192,6 +192,6 @@ pub fn plot_cmd(a: PlotArgs) -> Result<()> {
     let history = train::read_metrics(&csv).with_context(|| format!("reading {}", csv.display()))?;
     let out = a.out.unwrap_or_else(|| a.run.join("curves.png"));
     plots::training_curves(&history, &out)?;
-    println!("wrote {}", out.display());
+    crate::say!("wrote {}", out.display());
     Ok(())
 }

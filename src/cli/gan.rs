@@ -98,7 +98,7 @@ fn train_cmd(a: GanTrainArgs) -> Result<()> {
     cfg.net.base = a.base;
     cfg.net.residual_blocks = a.blocks;
     let state = train_gan(GanRequest { a: da, b: db, out: a.out.clone(), config: cfg, device, resume: a.resume, quiet: a.quiet })?;
-    println!(
+    crate::say!(
         "trained {} epochs; cycle loss {:.4} -> {:.4}; GAN in {}",
         state.epoch,
         state.cycle.first().copied().unwrap_or(f64::NAN),
@@ -115,7 +115,7 @@ fn generate_cmd(a: GanGenerateArgs) -> Result<()> {
     ds.save(&a.out)?;
     let fig = a.out.with_extension("png");
     figures::save_png(&side_by_side(&data, &ds, 8)?, &fig)?;
-    println!(
+    crate::say!(
         "wrote {} ({} synthetic examples, {} annotators) and {} (real and generated side by side)",
         a.out.display(),
         ds.len(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use ndarray::{Array3, Array4};
 use rand::rngs::StdRng;
@@ -173,11 +173,24 @@ pub fn import_cmd(a: ImportArgs) -> Result<()> {
             skip(format!("{} annotators' labels, the others have {annotators}", files.len()));
             continue;
         }
-        let scan = scan::read_scan(img_path).with_context(|| format!("case {case}"))?;
+        // One unreadable case is listed with the other skipped ones, not the end of the import.
+        let scan = match scan::read_scan(img_path) {
+            Ok(s) => s,
+            Err(e) => {
+                skip(format!("{e:#}"));
+                continue;
+            }
+        };
         let mut label_scans = Vec::new();
         let mut bad = None;
         for p in files.values() {
-            let l = scan::read_scan(p).with_context(|| format!("case {case}"))?;
+            let l = match scan::read_scan(p) {
+                Ok(l) => l,
+                Err(e) => {
+                    bad = Some(format!("{e:#}"));
+                    break;
+                }
+            };
             let same = l.slices.len() == scan.slices.len()
                 && l.slices.iter().zip(&scan.slices).all(|(a, b)| a.height == b.height && a.width == b.width);
             if !same {
@@ -254,7 +267,7 @@ pub fn import_cmd(a: ImportArgs) -> Result<()> {
     let manifest = Manifest { input: a.input.display().to_string(), crop: c, annotators, preprocess: pre, crops, skipped };
     let mpath = a.out.with_extension("manifest.json");
     fsio::write_atomic(&mpath, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-    println!(
+    crate::say!(
         "wrote {} ({n} crops {c}x{c}, {annotators} annotators, {} cases skipped) and {}",
         a.out.display(),
         manifest.skipped.len(),

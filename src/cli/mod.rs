@@ -18,6 +18,7 @@ use crate::data::npz::{self, NpzEntry};
 use crate::data::synth::{self, SynthConfig};
 use crate::data::{AnnotatorChoice, Dataset};
 use crate::device::parse_device;
+use crate::model::NormKind;
 use crate::eval::figures;
 use crate::inference;
 use crate::train::{self, RunConfig, Select, TrainRequest, Which};
@@ -86,38 +87,64 @@ pub struct SplitArgs {
     pub val_out: PathBuf,
 }
 
+/// Flags left out take their value from --config, else from the defaults shown; on --resume,
+/// from the run's own config.toml.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Dataset npz (images [N,H,W], masks [N,A,H,W], optional series_uid).
+    /// Dataset npz (images [N,H,W] in [0,1], masks [N,A,H,W], optional series_uid) (required for a new run).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Run directory for config, checkpoints, metrics and figures.
+    /// Run directory for config, checkpoints, metrics and figures (required for a new run).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// TOML with [model] and [train] sections; flags below override it.
+    /// TOML with [model] and [train] sections; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Continue the run in this directory where it stopped.
+    /// Continue the run in this directory where it stopped; only --epochs, --lr, --figure-every,
+    /// --grad-clip-norm, --weight-decay, --device and --quiet may be given with it.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
+    /// Epochs to train (on --resume: the total to reach).
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Adam learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Weight of the KL term.
     #[arg(long)]
     pub beta: Option<f32>,
+    /// Epochs over which beta rises linearly from 0 (0: no warm-up).
+    #[arg(long)]
+    pub kl_warmup_epochs: Option<usize>,
+    /// Clip gradients to this global norm [default: off].
+    #[arg(long)]
+    pub grad_clip_norm: Option<f32>,
+    /// Adam weight decay [default: off].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
     #[arg(long)]
     pub latent_dim: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Filters per level, e.g. 32,64,128,192 (the count sets the depth).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub filters: Option<Vec<usize>>,
+    /// Normalisation after each conv: group | batch | none.
+    #[arg(long, value_enum)]
+    pub norm: Option<NormKind>,
+    /// Decoder levels (0 = full resolution) with a self-attention block, e.g. 2 or 1,2;
+    /// "none" for no transformer [default: the coarsest level].
+    #[arg(long, value_name = "LEVELS")]
+    pub transformer_levels: Option<TransformerLevels>,
+    /// Attention heads per transformer block.
+    #[arg(long)]
+    pub transformer_heads: Option<usize>,
     /// random | majority | annotator index.
     #[arg(long)]
     pub annotator: Option<AnnotatorChoice>,
+    /// Share of series held out for validation.
     #[arg(long)]
     pub val_fraction: Option<f64>,
     /// Best-checkpoint criterion.
@@ -130,20 +157,38 @@ pub struct TrainArgs {
     #[arg(long)]
     pub extra_ratio: Option<f64>,
     /// Train on random NxN patches of the crops (a third placed over a lesion); validation
-    /// and inference still use whole crops.
+    /// and inference still use whole crops [default: whole crops].
     #[arg(long, value_name = "N")]
     pub patch: Option<usize>,
     /// Write the sample figure every N epochs (and after the last).
     #[arg(long, value_name = "N")]
     pub figure_every: Option<usize>,
-    /// Turn the attention gates off (plain U-Net backbone).
+    /// Plain U-Net backbone: no attention gates and no transformer block.
     #[arg(long)]
     pub no_attention: bool,
     /// cpu | wgpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// No progress bars or per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--transformer-levels 1,2` or `none`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformerLevels(pub Vec<usize>);
+
+impl std::str::FromStr for TransformerLevels {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("none") {
+            return Ok(Self(Vec::new()));
+        }
+        s.split(',')
+            .map(|v| v.trim().parse::<usize>().map_err(|_| format!("'{v}' is not a level (use e.g. 2, 1,2 or none)")))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Self)
+    }
 }
 
 /// What every command that samples from a trained run takes.
@@ -168,10 +213,13 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// Checks `--n`, opens the device and rebuilds the trained model from the run.
+    /// Checks `--n` and `--batch-size`, opens the device and rebuilds the trained model from the run.
     pub fn load(&self) -> Result<(burn::prelude::Device, RunConfig, crate::model::ProbUNet)> {
         if self.n == 0 {
             bail!("--n must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
         }
         let device = parse_device(&self.device)?;
         let (cfg, model) = train::load_run(&self.run, self.checkpoint, &device)?;
@@ -197,6 +245,60 @@ pub struct SampleArgs {
     /// Images in the figure.
     #[arg(long, default_value_t = 8)]
     pub figure_images: usize,
+}
+
+const EXAMPLE: &str = "Examples:
+  apunet demo                                    # synthetic data, training, samples, figures (minutes)
+  apunet train --data lidc.npz --out runs/a      # train on your own crops with several annotators
+  apunet eval --run runs/a --data val.npz --out eval/   # sample, score (GED, HM-IoU, Dice) and draw";
+
+/// The command line as users see it: every flag's default in its help (for `train`, the
+/// configuration defaults its flags fall back to), required flags marked, and negative numbers
+/// taken as values so validation can say why they are wrong.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let defaults = toml::Value::try_from(RunConfig::default()).ok();
+    decorate(Cli::command(), defaults.as_ref()).after_help(EXAMPLE)
+}
+
+/// Parses arguments with `command()`'s help (what `main` and the tests use).
+pub fn parse_from<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().try_get_matches_from(args)?)
+}
+
+fn decorate(cmd: clap::Command, defaults: Option<&toml::Value>) -> clap::Command {
+    let train = cmd.get_name() == "train";
+    cmd.mut_args(|mut a| {
+        let takes_value = a.get_action().takes_values();
+        let mut help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+        if a.is_required_set() {
+            help.push_str(" [required]");
+        }
+        let configured = defaults.filter(|_| train && takes_value && !help.contains("[default:"));
+        if let Some(v) = configured.and_then(|d| config_default(d, a.get_id().as_str())) {
+            help.push_str(&format!(" [default: {v}]"));
+        }
+        if takes_value {
+            a = a.allow_negative_numbers(true);
+        }
+        a.help(help.trim().to_string())
+    })
+    .mut_subcommands(|c| decorate(c, defaults))
+}
+
+/// The default of a [train] or [model] key as a flag would spell it.
+fn config_default(defaults: &toml::Value, key: &str) -> Option<String> {
+    let v = ["train", "model"].iter().find_map(|s| defaults.get(s)?.get(key))?;
+    Some(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    })
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -225,7 +327,7 @@ fn synth_cmd(a: SynthArgs) -> Result<()> {
         ..Default::default()
     })?;
     ds.save(&a.out)?;
-    println!("wrote {} ({} images {}x{}, {} annotators)", a.out.display(), ds.len(), a.size, a.size, a.annotators);
+    crate::say!("wrote {} ({} images {}x{}, {} annotators)", a.out.display(), ds.len(), a.size, a.size, a.annotators);
     Ok(())
 }
 
@@ -234,7 +336,7 @@ fn split_cmd(a: SplitArgs) -> Result<()> {
     let sp = crate::data::split::split_by_series(&ds.series, a.val_fraction, a.seed)?;
     ds.subset(&sp.train).save(&a.train_out)?;
     ds.subset(&sp.val).save(&a.val_out)?;
-    println!(
+    crate::say!(
         "wrote {} ({} images) and {} ({} images); no series on both sides",
         a.train_out.display(),
         sp.train.len(),
@@ -283,14 +385,34 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     if let Some(v) = a.figure_every {
         t.figure_every = v;
     }
+    if let Some(v) = a.kl_warmup_epochs {
+        t.kl_warmup_epochs = v;
+    }
+    if let Some(v) = a.grad_clip_norm {
+        t.grad_clip_norm = Some(v);
+    }
+    if let Some(v) = a.weight_decay {
+        t.weight_decay = Some(v);
+    }
+    let m = &mut cfg.model;
     if let Some(v) = a.latent_dim {
-        cfg.model.latent_dim = v;
+        m.latent_dim = v;
     }
     if let Some(v) = &a.filters {
-        cfg.model.filters = v.clone();
+        m.filters = v.clone();
+    }
+    if let Some(v) = a.norm {
+        m.norm = v;
+    }
+    if let Some(v) = &a.transformer_levels {
+        m.transformer_levels = Some(v.0.clone());
+    }
+    if let Some(v) = a.transformer_heads {
+        m.transformer_heads = v;
     }
     if a.no_attention {
-        cfg.model.attention_gates = false;
+        m.attention_gates = false;
+        m.transformer_levels = Some(Vec::new());
     }
 }
 
@@ -326,12 +448,24 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         );
     }
     let summary = train::train(TrainRequest { data, out: out.clone(), config: cfg, device, resume, quiet: a.quiet })?;
-    println!(
-        "trained {} epochs; best epoch {}; run in {}",
-        summary.history.len(),
-        summary.best_epoch,
-        out.display()
-    );
+    if summary.epochs_run == 0 {
+        crate::say!(
+            "nothing to train: {} already finished epoch {} of {}; give --epochs N (more than {}) to train further",
+            out.display(),
+            summary.target_epochs,
+            summary.target_epochs,
+            summary.target_epochs
+        );
+    } else {
+        crate::say!(
+            "trained {} epoch(s), now at epoch {} of {}; best epoch {}; run in {}",
+            summary.epochs_run,
+            summary.target_epochs,
+            summary.target_epochs,
+            summary.best_epoch,
+            out.display()
+        );
+    }
     Ok(())
 }
 
@@ -359,7 +493,7 @@ pub fn sample_to(s: &SamplingArgs, data: &Path, out: &Path, figure_images: usize
     let fig = train::render_figure(&sub, &smp, n.min(6), &format!("{n} samples from the prior"));
     let png = out.with_extension("png");
     figures::save_png(&fig, &png)?;
-    println!("wrote {} (samples [{}, {n}, {}, {}]) and {}", out.display(), ds.len(), ds.height(), ds.width(), png.display());
+    crate::say!("wrote {} (samples [{}, {n}, {}, {}]) and {}", out.display(), ds.len(), ds.height(), ds.width(), png.display());
     Ok(())
 }
 

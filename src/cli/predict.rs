@@ -109,7 +109,7 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
         let secs = started.elapsed().as_secs_f64();
         write_outputs(&scan, &preds, &inputs01, &dir)?;
         let (h, w) = (scan.slices[0].height, scan.slices[0].width);
-        println!(
+        crate::say!(
             "{name}: {} slice(s) {h}x{w}, {total} patches of {ph}x{pw}, {} samples in {secs:.1} s ({:.2} slices/s) -> {}",
             scan.slices.len(),
             s.n,

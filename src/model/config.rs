@@ -4,7 +4,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 /// Normalisation after each 3x3 convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum NormKind {
     /// Batch norm: running statistics at inference lag behind fast training (small batches).
@@ -116,6 +116,26 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// Full self-attention over more tokens than this costs gigabytes (tokens^2 per head).
+    pub const TRANSFORMER_TOKEN_WARNING: usize = 2500;
+
+    /// A warning per transformer level whose token count at input size `h` x `w` is large.
+    pub fn transformer_warnings(&self, h: usize, w: usize) -> Vec<String> {
+        self.transformer_levels()
+            .into_iter()
+            .filter_map(|l| {
+                let tokens = (h >> (l + 1)) * (w >> (l + 1));
+                (tokens > Self::TRANSFORMER_TOKEN_WARNING).then(|| {
+                    let gib = (tokens * tokens * 4 * self.transformer_heads) as f64 / (1u64 << 30) as f64;
+                    format!(
+                        "the transformer at decoder level {l} attends over {tokens} tokens at {h}x{w}: its attention \
+                         matrix alone is {gib:.1} GiB per image; choose a coarser level (--transformer-levels) or smaller crops"
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Checks an input size against the depth, with an error a user can act on.

@@ -49,6 +49,10 @@ impl RunPaths {
     pub fn optimizer(&self) -> PathBuf {
         self.root.join("checkpoints/optimizer.bpk")
     }
+    /// Where an epoch's checkpoint set is written before it replaces the last one.
+    pub fn staged(&self) -> PathBuf {
+        self.root.join("checkpoints/staged")
+    }
     pub fn figure(&self, epoch: usize) -> PathBuf {
         self.root.join(format!("figures/epoch_{epoch:03}.png"))
     }
@@ -103,6 +107,60 @@ pub fn save_state(state: &TrainState, path: &Path) -> Result<()> {
 pub fn load_state(path: &Path) -> Result<TrainState> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Names of the files a committed epoch consists of; state.json goes last (the commit).
+const SET: [&str; 3] = ["last.bpk", "optimizer.bpk", "best.bpk"];
+
+/// Writes an epoch's weights, optimizer state (and best weights when `best`) into `staged/`,
+/// then `staged/state.json`, then moves them over the previous set with state.json last. A kill
+/// at any point leaves either the previous epoch or this one whole: `recover` finishes a staged
+/// set that was complete and drops one that was not. Weights and optimizer state always belong
+/// to the same epoch, so a resumed run continues exactly where it stopped.
+pub fn commit_epoch<M: Module>(paths: &RunPaths, model: &M, optim: &ModuleOptimizer, best: bool, state: &TrainState) -> Result<()> {
+    let staged = paths.staged();
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged).with_context(|| format!("clearing {}", staged.display()))?;
+    }
+    save_model(model, &staged.join(SET[0]))?;
+    save_optimizer(optim, &staged.join(SET[1]))?;
+    if best {
+        save_model(model, &staged.join(SET[2]))?;
+    }
+    save_state(state, &staged.join("state.json"))?;
+    promote(paths)
+}
+
+/// Moves a complete staged set into place, state.json last.
+fn promote(paths: &RunPaths) -> Result<()> {
+    let (staged, dir) = (paths.staged(), paths.root.join("checkpoints"));
+    for name in SET.iter().chain(&["state.json"]) {
+        let from = staged.join(name);
+        if from.exists() {
+            std::fs::rename(&from, dir.join(name)).with_context(|| format!("moving {} into place", from.display()))?;
+        }
+    }
+    std::fs::remove_dir_all(&staged).with_context(|| format!("removing {}", staged.display()))
+}
+
+/// After a kill: finishes a staged epoch whose state.json was written, drops one whose was not,
+/// and removes temp files that atomic writes left behind.
+pub fn recover(paths: &RunPaths) -> Result<()> {
+    let staged = paths.staged();
+    if staged.join("state.json").exists() {
+        promote(paths)?;
+    } else if staged.exists() {
+        std::fs::remove_dir_all(&staged).with_context(|| format!("removing {}", staged.display()))?;
+    }
+    for dir in [paths.root.clone(), paths.root.join("checkpoints")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if fsio::is_temp_name(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rebuilds a trained model from RUN_DIR alone (config.toml + a checkpoint), on `device`.

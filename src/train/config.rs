@@ -147,7 +147,32 @@ pub struct RunConfig {
     pub data: DataConfig,
 }
 
+/// The settings a resumed run may change; everything else is fixed when a run starts.
+pub const RESUMABLE: [&str; 6] =
+    ["train.epochs", "train.lr", "train.figure_every", "train.max_bad_steps", "train.grad_clip_norm", "train.weight_decay"];
+
 impl RunConfig {
+    /// "key: saved -> requested" for every [model] and [train] setting that differs from this
+    /// (saved) config and may not change on a resume.
+    pub fn fixed_differences(&self, requested: &RunConfig) -> Result<Vec<String>> {
+        let (a, b) = (toml::Value::try_from(self)?, toml::Value::try_from(requested)?);
+        let mut out = Vec::new();
+        for section in ["model", "train"] {
+            let (sa, sb) = (a.get(section).and_then(|v| v.as_table()), b.get(section).and_then(|v| v.as_table()));
+            let keys: std::collections::BTreeSet<&String> =
+                sa.into_iter().chain(sb).flat_map(|t| t.keys()).collect();
+            for key in keys {
+                let full = format!("{section}.{key}");
+                let (va, vb) = (sa.and_then(|t| t.get(key)), sb.and_then(|t| t.get(key)));
+                if va != vb && !RESUMABLE.contains(&full.as_str()) {
+                    let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+                    out.push(format!("{full} {} -> {}", show(va), show(vb)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let cfg: Self = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;

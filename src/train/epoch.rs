@@ -1,0 +1,122 @@
+//! One training epoch: the batch plan and the posterior-sampled ELBO steps.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use rand::Rng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use super::config::TrainConfig;
+use super::history::EpochMetrics;
+use super::{epoch_rng, normal, progress_bar};
+use crate::data::{Dataset, batch};
+use crate::model::{ProbUNet, elbo_loss, to_host};
+
+/// The epoch's batches of example indices, and the RNG that then drives the steps.
+pub fn batches(tc: &TrainConfig, epoch: usize, train_idx: &[usize], extra_idx: &[usize]) -> (Vec<Vec<usize>>, StdRng) {
+    let mut rng = epoch_rng(tc.seed, epoch, 1);
+    let mut order = train_idx.to_vec();
+    order.shuffle(&mut rng);
+    let n_extra = if extra_idx.is_empty() {
+        0
+    } else {
+        ((tc.batch_size as f64 * tc.extra_ratio).round() as usize).min(tc.batch_size - 1)
+    };
+    let real_per_batch = tc.batch_size - n_extra;
+    // Batch norm cannot train on a batch of one: fold a lone last example into the previous batch.
+    let mut batches: Vec<Vec<usize>> = order.chunks(real_per_batch).map(<[usize]>::to_vec).collect();
+    if batches.len() > 1 && batches.last().is_some_and(|b| b.len() == 1) {
+        let last = batches.pop().unwrap_or_default();
+        if let Some(prev) = batches.last_mut() {
+            prev.extend(last);
+        }
+    }
+    for b in batches.iter_mut() {
+        b.extend((0..n_extra).map(|_| extra_idx[rng.gen_range(0..extra_idx.len())]));
+    }
+    (batches, rng)
+}
+
+/// Runs the steps of epochs; counts non-finite losses across epochs.
+pub struct Stepper<'a> {
+    pub tc: &'a TrainConfig,
+    pub latent: usize,
+    pub consecutive_bad: usize,
+    pub quiet: bool,
+}
+
+impl Stepper<'_> {
+    /// Trains one epoch over `batches`; the metrics' validation fields are left at zero.
+    #[allow(clippy::too_many_arguments)]
+    pub fn epoch(
+        &mut self,
+        mut model: ProbUNet,
+        optim: &mut ModuleOptimizer,
+        data: &Dataset,
+        batches: &[Vec<usize>],
+        epoch: usize,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<(EpochMetrics, ProbUNet)> {
+        let tc = self.tc;
+        let beta = tc.beta_at(epoch);
+        let patch = tc.patch.map(|size| batch::PatchSampling { size, foreground: tc.patch_foreground });
+        let total: usize = batches.iter().map(Vec::len).sum();
+        let pb = progress_bar(total as u64, self.quiet, &format!("epoch {epoch}/{}", tc.epochs));
+        let (mut sum, mut rec, mut kl, mut seen, mut skipped) = (0f64, 0f64, 0f64, 0usize, 0usize);
+        let step_start = Instant::now();
+        for idx in batches {
+            let b = batch::training_patches(data, idx, tc.annotator, tc.augment, patch, rng, device)?;
+            let eps = Tensor::<2>::from_data(TensorData::new(normal(rng, idx.len() * self.latent), [idx.len(), self.latent]), device);
+            let out = model.forward_train(b.images, b.masks.clone(), eps);
+            let loss = elbo_loss(&out, b.masks, beta);
+            let values = to_host(Tensor::cat(vec![loss.total.clone(), loss.reconstruction, loss.kl], 0))?;
+            pb.inc(idx.len() as u64);
+            if values.iter().any(|v| !v.is_finite()) {
+                // A non-finite loss never reaches the weights.
+                skipped += 1;
+                self.consecutive_bad += 1;
+                tracing::warn!("epoch {epoch}: non-finite loss {values:?}, step skipped");
+                if self.consecutive_bad >= tc.max_bad_steps {
+                    bail!(
+                        "{} non-finite losses in a row: training diverged. \
+                         Lower --lr, set --grad-clip-norm, or check the data for extreme values",
+                        self.consecutive_bad
+                    );
+                }
+                continue;
+            }
+            self.consecutive_bad = 0;
+            let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+            model = optim.step(tc.lr, model, grads);
+            let n = idx.len() as f64;
+            sum += values[0] as f64 * n;
+            rec += values[1] as f64 * n;
+            kl += values[2] as f64 * n;
+            seen += idx.len();
+            let ips = seen as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
+            let s = seen as f64;
+            pb.set_message(format!("loss {:.2} rec {:.2} kl {:.3} {ips:.1} img/s", sum / s, rec / s, kl / s));
+        }
+        pb.finish_and_clear();
+        let seen_f = seen.max(1) as f64;
+        let m = EpochMetrics {
+            epoch,
+            loss: sum / seen_f,
+            reconstruction: rec / seen_f,
+            kl: kl / seen_f,
+            val_loss: 0.0,
+            val_reconstruction: 0.0,
+            val_kl: 0.0,
+            val_ged: 0.0,
+            images_per_s: seen as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
+            skipped_steps: skipped,
+            beta,
+            seconds: 0.0,
+        };
+        Ok((m, model))
+    }
+}
