@@ -1,6 +1,6 @@
 //! Inference on images of any size: overlapping patches at the training crop size, Gaussian
-//! weighting of the overlaps (as nnU-Net), and one latent draw per whole-image sample shared by
-//! every patch, so a sample stays one coherent reading across the image.
+//! weighting of the overlaps (as nnU-Net), one prior per image and one latent per whole-image
+//! sample shared by every patch, so a sample stays one coherent reading across the image.
 
 use anyhow::{Result, bail};
 use burn::prelude::*;
@@ -46,6 +46,46 @@ pub struct Prediction {
     pub patches: usize,
 }
 
+/// The overlapping windows of `ph` x `pw` over an image of h x w, zero-padded up to one patch.
+pub struct Windows {
+    padded: Vec<f32>,
+    /// Padded height and width.
+    pub hh: usize,
+    pub ww: usize,
+    pub ph: usize,
+    pub pw: usize,
+    /// Top-left corners in the padded image.
+    pub positions: Vec<(usize, usize)>,
+}
+
+impl Windows {
+    pub fn new(img: &[f32], h: usize, w: usize, ph: usize, pw: usize, overlap: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&overlap) {
+            bail!("overlap must be in [0, 1), got {overlap}");
+        }
+        if img.len() != h * w || h == 0 || w == 0 {
+            bail!("image of {} values is not {h}x{w}", img.len());
+        }
+        let (hh, ww) = (h.max(ph), w.max(pw));
+        let padded = (0..hh * ww).map(|p| if p / ww < h && p % ww < w { img[(p / ww) * w + p % ww] } else { 0.0 }).collect();
+        let (ys, xs) = (window_starts(hh, ph, overlap), window_starts(ww, pw, overlap));
+        let positions = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
+        Ok(Self { padded, hh, ww, ph, pw, positions })
+    }
+
+    /// The patches at `corners`, concatenated row-major: [B * ph * pw].
+    pub fn patches(&self, corners: &[(usize, usize)]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(corners.len() * self.ph * self.pw);
+        for &(y0, x0) in corners {
+            for y in 0..self.ph {
+                let row = (y0 + y) * self.ww + x0;
+                out.extend_from_slice(&self.padded[row..row + self.pw]);
+            }
+        }
+        out
+    }
+}
+
 /// Slides a `ph` x `pw` window over `img` (h x w in [0,1]); `run` maps a batch of patches
 /// [B*ph*pw] to probabilities [B][n][ph*pw]. Images smaller than a patch are zero-padded.
 #[allow(clippy::too_many_arguments)]
@@ -61,30 +101,13 @@ pub fn sliding_window(
     mut run: impl FnMut(&[f32], usize) -> Result<Vec<f32>>,
     mut progress: impl FnMut(usize),
 ) -> Result<Prediction> {
-    if !(0.0..1.0).contains(&overlap) {
-        bail!("overlap must be in [0, 1), got {overlap}");
-    }
-    if img.len() != h * w || h == 0 || w == 0 {
-        bail!("image of {} values is not {h}x{w}", img.len());
-    }
-    // Pad up to at least one patch.
-    let (hh, ww) = (h.max(ph), w.max(pw));
-    let padded: Vec<f32> = (0..hh * ww).map(|p| if p / ww < h && p % ww < w { img[(p / ww) * w + p % ww] } else { 0.0 }).collect();
-    let ys = window_starts(hh, ph, overlap);
-    let xs = window_starts(ww, pw, overlap);
-    let positions: Vec<(usize, usize)> = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
+    let win = Windows::new(img, h, w, ph, pw, overlap)?;
+    let (ww, pp) = (win.ww, ph * pw);
     let weights = gaussian_weights(ph, pw);
-    let mut acc = vec![vec![0f32; hh * ww]; n];
-    let mut wsum = vec![0f32; hh * ww];
-    let pp = ph * pw;
-    for chunk in positions.chunks(batch.max(1)) {
-        let mut patches = Vec::with_capacity(chunk.len() * pp);
-        for &(y0, x0) in chunk {
-            for y in 0..ph {
-                patches.extend_from_slice(&padded[(y0 + y) * ww + x0..(y0 + y) * ww + x0 + pw]);
-            }
-        }
-        let probs = run(&patches, chunk.len())?;
+    let mut acc = vec![vec![0f32; win.hh * ww]; n];
+    let mut wsum = vec![0f32; win.hh * ww];
+    for chunk in win.positions.chunks(batch.max(1)) {
+        let probs = run(&win.patches(chunk), chunk.len())?;
         if probs.len() != chunk.len() * n * pp {
             bail!("patch model returned {} values, expected {}", probs.len(), chunk.len() * n * pp);
         }
@@ -104,11 +127,40 @@ pub fn sliding_window(
     let crop = |a: &[f32]| -> Vec<f32> { (0..h * w).map(|p| a[(p / w) * ww + p % w] / wsum[(p / w) * ww + p % w]).collect() };
     let probs: Vec<Vec<f32>> = acc.iter().map(|a| crop(a)).collect();
     let mean = (0..h * w).map(|p| probs.iter().map(|m| m[p]).sum::<f32>() / n.max(1) as f32).collect();
-    Ok(Prediction { height: h, width: w, probs, mean, patches: positions.len() })
+    Ok(Prediction { height: h, width: w, probs, mean, patches: win.positions.len() })
 }
 
-/// The model as a patch function: backbone and prior once per patch, the same n latent draws
-/// (eps seeded by `seed`) for every patch.
+/// The image's prior: the prior net's mean and log sigma averaged over every window (the prior
+/// net alone, a fraction of the backbone's cost), so the whole image has one distribution.
+pub fn image_prior(model: &ProbUNet, win: &Windows, batch: usize, device: &Device) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (ph, pw) = (win.ph, win.pw);
+    let (mut mu, mut log_sigma) = (Vec::new(), Vec::new());
+    for chunk in win.positions.chunks(batch.max(1)) {
+        let x = Tensor::<4>::from_data(TensorData::new(win.patches(chunk), [chunk.len(), 1, ph, pw]), device);
+        let g = model.prior.forward(x);
+        let (m, s) = (to_host(g.mu)?, to_host(g.log_sigma)?);
+        let l = m.len() / chunk.len();
+        mu.resize(l, 0.0);
+        log_sigma.resize(l, 0.0);
+        for (mc, sc) in m.chunks(l).zip(s.chunks(l)) {
+            mu.iter_mut().zip(mc).for_each(|(a, v)| *a += v);
+            log_sigma.iter_mut().zip(sc).for_each(|(a, v)| *a += v);
+        }
+    }
+    let count = win.positions.len() as f32;
+    Ok((mu.into_iter().map(|v| v / count).collect(), log_sigma.into_iter().map(|v| v / count).collect()))
+}
+
+/// The n latents of one image: z_s = mu + sigma * eps_s with the image's prior, [n * latent].
+pub fn image_latents(mu: &[f32], log_sigma: &[f32], eps: &[f32]) -> Vec<f32> {
+    let l = mu.len();
+    eps.iter().enumerate().map(|(i, e)| mu[i % l] + log_sigma[i % l].exp() * e).collect()
+}
+
+/// Samples for an image of any size: one prior per image (`image_prior`) and one latent per
+/// sample (`image_latents`, eps seeded by `seed`) shared by every patch, so each sample is one
+/// reading of the whole image; the backbone and fcomb run per patch.
+#[allow(clippy::too_many_arguments)]
 pub fn predict_image(
     model: &ProbUNet,
     img: &[f32],
@@ -124,7 +176,9 @@ pub fn predict_image(
     progress: impl FnMut(usize),
 ) -> Result<Prediction> {
     let (ph, pw) = patch;
-    let eps = image_eps(seed, 0, n, latent);
+    let win = Windows::new(img, h, w, ph, pw, overlap)?;
+    let (mu, log_sigma) = image_prior(model, &win, batch, device)?;
+    let z = image_latents(&mu, &log_sigma, &image_eps(seed, 0, n, latent));
     sliding_window(
         img,
         h,
@@ -136,10 +190,9 @@ pub fn predict_image(
         batch,
         |patches, b| {
             let x = Tensor::<4>::from_data(TensorData::new(patches.to_vec(), [b, 1, ph, pw]), device);
-            let e: Vec<f32> = (0..b).flat_map(|_| eps.iter().copied()).collect();
-            let e = Tensor::<2>::from_data(TensorData::new(e, [b * n, latent]), device);
-            let (features, prior) = model.encode(x);
-            to_host(sigmoid(model.sample_from(features, &prior, e)))
+            let zb: Vec<f32> = (0..b).flat_map(|_| z.iter().copied()).collect();
+            let zb = Tensor::<2>::from_data(TensorData::new(zb, [b * n, latent]), device);
+            to_host(sigmoid(model.decode_latents(model.unet.forward(x), zb)))
         },
         progress,
     )

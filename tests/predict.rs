@@ -4,7 +4,10 @@ use apunet::cli::SamplingArgs;
 use apunet::cli::predict::{PredictArgs, predict_cmd};
 use apunet::data::scan::{self, Geometry, Preprocess, read_scan};
 use apunet::data::synth::{SynthConfig, generate};
-use apunet::predict::{sliding_window, window_starts};
+use apunet::data::Dataset;
+use apunet::inference::{image_eps, sample_images};
+use apunet::model::{ProbUNet, to_host};
+use apunet::predict::{Windows, gaussian_weights, image_latents, image_prior, predict_image, sliding_window, window_starts};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest};
 use burn::prelude::*;
 use nifti::{IntoNdArray, NiftiObject, ReaderOptions};
@@ -75,10 +78,14 @@ fn dicom_geometry_becomes_a_nifti_affine() {
     let spacing = d.pixel_spacing.expect("CT_small has PixelSpacing");
     assert_eq!(h.sform_code, 1);
     assert!((h.pixdim[1] as f64 - spacing[1]).abs() < 1e-6);
-    if let Some(p) = d.position {
-        // LPS to RAS: x and y flip sign.
-        assert!((h.srow_x[3] as f64 + p[0]).abs() < 1e-3 && (h.srow_z[3] as f64 - p[2]).abs() < 1e-3);
-    }
+    let p = d.position.expect("CT_small has ImagePositionPatient");
+    let o = d.orientation.expect("CT_small has ImageOrientationPatient");
+    // LPS to RAS: x and y flip sign; the columns of the affine are the orientation times spacing.
+    assert!((h.srow_x[3] as f64 + p[0]).abs() < 1e-3, "{:?} vs {p:?}", h.srow_x);
+    assert!((h.srow_y[3] as f64 + p[1]).abs() < 1e-3, "{:?} vs {p:?}", h.srow_y);
+    assert!((h.srow_z[3] as f64 - p[2]).abs() < 1e-3, "{:?} vs {p:?}", h.srow_z);
+    assert!((h.srow_x[0] as f64 + o[0] * spacing[1]).abs() < 1e-4, "{:?}", h.srow_x);
+    assert!((h.srow_y[1] as f64 + o[4] * spacing[0]).abs() < 1e-4, "{:?}", h.srow_y);
 }
 
 #[test]
@@ -148,4 +155,79 @@ fn predict_writes_png_and_nifti_for_any_size() {
     let missing = predict_cmd(PredictArgs { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None })
     .unwrap_err();
     assert!(format!("{missing:#}").contains("does not exist"));
+}
+
+/// An untrained model without a transformer, so 128 px patches stay cheap.
+fn plain_model(d: &Device) -> (ProbUNet, usize) {
+    let cfg = apunet::model::ModelConfig { transformer_levels: Some(vec![]), ..common::tiny_config() };
+    d.seed(21);
+    (ProbUNet::new(&cfg, d), cfg.latent_dim)
+}
+
+#[test]
+fn one_crop_predicts_exactly_what_sample_gives() {
+    let _guard = common::rng_lock();
+    let d = Device::flex();
+    let (model, latent) = plain_model(&d);
+    let ds = Dataset::load(&common::shared_data().join("lidc/lidc-small-train.npz")).unwrap();
+    let img = ds.subset(&[7]).images;
+    let (n, seed) = (4, 3);
+    let s = sample_images(&model, &img, n, latent, seed, 8, &d, |_| {}).unwrap();
+    let flat: Vec<f32> = img.iter().copied().collect();
+    let p = predict_image(&model, &flat, 128, 128, (128, 128), n, latent, 0.5, seed, 4, &d, |_| {}).unwrap();
+    let err = p.mean.iter().zip(s.mean.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "one patch: predict and sample differ by {err}");
+}
+
+#[test]
+fn a_large_image_is_sampled_with_one_prior_and_one_latent_per_sample() {
+    let _guard = common::rng_lock();
+    let d = Device::flex();
+    let (model, latent) = plain_model(&d);
+    // 256x256 stitched from four real LIDC crops: four different priors if asked per patch.
+    let ds = Dataset::load(&common::shared_data().join("lidc/lidc-small-train.npz")).unwrap();
+    let (h, w, p, n, seed) = (256, 256, 128, 3, 5);
+    let tiles = [0, 12, 25, 40];
+    let img: Vec<f32> = (0..h * w).map(|q| {
+        let (y, x) = (q / w, q % w);
+        ds.images[[tiles[(y / p) * 2 + x / p], y % p, x % p]]
+    }).collect();
+    let win = Windows::new(&img, h, w, p, p, 0.5).unwrap();
+    assert_eq!(win.positions.len(), 9);
+
+    // The image's prior is the mean of the patches' priors.
+    let (mu, log_sigma) = image_prior(&model, &win, 4, &d).unwrap();
+    let mut per_patch_mu = Vec::new();
+    for &corner in &win.positions {
+        let x = Tensor::<4>::from_data(TensorData::new(win.patches(&[corner]), [1, 1, p, p]), &d);
+        per_patch_mu.push(to_host(model.prior.forward(x).mu).unwrap());
+    }
+    for k in 0..latent {
+        let mean = per_patch_mu.iter().map(|m| m[k]).sum::<f32>() / 9.0;
+        assert!((mu[k] - mean).abs() < 1e-5, "latent {k}: {} vs {mean}", mu[k]);
+    }
+    let spread = per_patch_mu.iter().map(|m| (m[0] - mu[0]).abs()).fold(0f32, f32::max);
+    assert!(spread > 1e-4, "the tiles must give different patch priors for this test to mean anything");
+
+    // A plain reference: every patch decoded with the same n latents, blended with the weights.
+    let z = image_latents(&mu, &log_sigma, &image_eps(seed, 0, n, latent));
+    let g = gaussian_weights(p, p);
+    let (mut acc, mut wsum) = (vec![vec![0f32; h * w]; n], vec![0f32; h * w]);
+    for &(y0, x0) in &win.positions {
+        let x = Tensor::<4>::from_data(TensorData::new(win.patches(&[(y0, x0)]), [1, 1, p, p]), &d);
+        let zt = Tensor::<2>::from_data(TensorData::new(z.clone(), [n, latent]), &d);
+        let probs = to_host(burn::tensor::activation::sigmoid(model.decode_latents(model.unet.forward(x), zt))).unwrap();
+        for q in 0..p * p {
+            let at = (y0 + q / p) * w + x0 + q % p;
+            wsum[at] += g[q];
+            for s in 0..n {
+                acc[s][at] += g[q] * probs[s * p * p + q];
+            }
+        }
+    }
+    let pred = predict_image(&model, &img, h, w, (p, p), n, latent, 0.5, seed, 4, &d, |_| {}).unwrap();
+    for s in 0..n {
+        let err = (0..h * w).map(|q| (pred.probs[s][q] - acc[s][q] / wsum[q]).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-5, "sample {s}: {err} from the one-latent reference");
+    }
 }

@@ -45,6 +45,11 @@ pub fn demo_config(epochs: usize, seed: u64) -> RunConfig {
     }
 }
 
+/// The held-out set's seed: never the training seed.
+pub fn heldout_seed(seed: u64) -> u64 {
+    seed ^ 0x5EED_0F_7E57
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let device = parse_device(&a.device)?;
@@ -52,7 +57,20 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let data = a.out.join("synthetic.npz");
     let ds = synth::generate(&SynthConfig { count: a.count, size: a.size, seed: a.seed, ..Default::default() })?;
     ds.save(&data)?;
-    println!("1/4 synthetic dataset: {} ({} crops {}x{}, {} annotators)", data.display(), ds.len(), a.size, a.size, ds.annotators());
+    // Scored on images it never saw: another seed's draw of the same generator.
+    let heldout = a.out.join("heldout.npz");
+    let test = synth::generate(&SynthConfig { count: (a.count / 3).max(1), size: a.size, seed: heldout_seed(a.seed), ..Default::default() })?;
+    test.save(&heldout)?;
+    crate::say!(
+        "1/4 synthetic data: {} ({} crops {}x{}, {} annotators) and held-out {} ({} crops)",
+        data.display(),
+        ds.len(),
+        a.size,
+        a.size,
+        ds.annotators(),
+        heldout.display(),
+        test.len()
+    );
 
     let run_dir = a.out.join("run");
     let resume = run_dir.join("checkpoints/state.json").exists();
@@ -64,30 +82,30 @@ pub fn run(a: DemoArgs) -> Result<()> {
         resume,
         quiet: false,
     })?;
-    println!("2/4 trained: {} (best epoch {})", run_dir.display(), summary.best_epoch);
+    crate::say!("2/4 trained: {} (best epoch {})", run_dir.display(), summary.best_epoch);
 
     let samples = a.out.join("samples.npz");
     let sampling = super::SamplingArgs { seed: a.seed, device: a.device.clone(), ..super::SamplingArgs::for_run(&run_dir) };
-    super::sample_to(&sampling, &data, &samples, 8)?;
-    println!("3/4 sampled 16 masks per image: {}", samples.display());
+    super::sample_to(&sampling, &heldout, &samples, 8)?;
+    crate::say!("3/4 sampled 16 masks per held-out image: {}", samples.display());
     let eval_dir = a.out.join("eval");
     super::evaluate::eval_cmd(super::evaluate::EvalArgs {
         sampling,
-        data: data.clone(),
+        data: heldout.clone(),
         out: eval_dir.clone(),
         images: None,
         overlay: false,
     })?;
     super::evaluate::plot_cmd(super::evaluate::PlotArgs { run: run_dir.clone(), out: None })?;
-    println!("4/4 evaluated: {}/report.md", eval_dir.display());
+    crate::say!("4/4 evaluated on the held-out images: {}/report.md", eval_dir.display());
     let last = summary.history.last();
     if let Some(m) = last {
-        println!(
+        crate::say!(
             "final epoch {}: train loss {:.3}, val loss {:.3}, val GED {:.4}",
             m.epoch, m.loss, m.val_loss, m.val_ged
         );
     }
-    println!(
+    crate::say!(
         "figures: {}/figures/, {}/curves.png, {} and {}/samples.png; {:.0} s in all",
         run_dir.display(),
         run_dir.display(),

@@ -59,11 +59,18 @@ impl ProbUNet {
     /// Logits [B*n,1,H,W] (image-major) for n prior samples per image in one fcomb pass;
     /// `eps` is [B*n, L].
     pub fn sample_from(&self, features: Tensor<4>, prior: &Gaussian, eps: Tensor<2>) -> Tensor<4> {
-        let [b, c, h, w] = features.dims();
+        let b = features.dims()[0];
         let [bn, l] = eps.dims();
         let n = bn / b;
         let rep = |t: Tensor<2>| t.unsqueeze_dim::<3>(1).expand([b, n, l]).reshape([b * n, l]);
         let z = rep(prior.mu.clone()) + rep(prior.log_sigma.clone()).exp() * eps;
+        self.decode_latents(features, z)
+    }
+
+    /// Logits [B*n,1,H,W] for given latents `z` [B*n, L] (image-major): n per image.
+    pub fn decode_latents(&self, features: Tensor<4>, z: Tensor<2>) -> Tensor<4> {
+        let [b, c, h, w] = features.dims();
+        let n = z.dims()[0] / b;
         let feats = features.unsqueeze_dim::<5>(1).expand([b, n, c, h, w]).reshape([b * n, c, h, w]);
         self.fcomb.forward(feats, z)
     }
