@@ -241,3 +241,34 @@ fn the_posterior_depends_on_the_mask_and_the_prior_does_not() {
     // Training draws from the posterior: the logits follow y too.
     assert!(to_host(with.logits.sub(without.logits).abs().max()).unwrap()[0] > 1e-5);
 }
+
+#[test]
+fn upsample2x_equals_burns_bilinear_forward_and_backward() {
+    use apunet::model::upsample2x;
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+    let d = dev();
+    let ad = d.clone().autodiff();
+    let mut rng = StdRng::seed_from_u64(5);
+    for [b, c, h, w] in [[2, 3, 4, 4], [1, 2, 1, 1], [1, 1, 1, 5], [2, 1, 7, 3], [1, 4, 16, 8]] {
+        let v = randn(&mut rng, b * c * h * w);
+        let reference = |x: Tensor<4>| {
+            interpolate(x, InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false).with_output_size([2 * h, 2 * w]))
+        };
+        let ours = to_host(upsample2x(t4(v.clone(), [b, c, h, w], &d))).unwrap();
+        let theirs = to_host(reference(t4(v.clone(), [b, c, h, w], &d))).unwrap();
+        let err = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-6, "{b}x{c}x{h}x{w}: forward differs by {err}");
+        // Gradients of the same weighted sum through both.
+        let weights = randn(&mut rng, b * c * 4 * h * w);
+        let grad = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+            let x = t4(v.clone(), [b, c, h, w], &ad).require_grad();
+            let loss = (f(x.clone()) * t4(weights.clone(), [b, c, 2 * h, 2 * w], &ad)).sum();
+            let g = loss.backward();
+            to_host(x.grad(&g).unwrap()).unwrap()
+        };
+        let (g1, g2) = (grad(&|x| upsample2x(x)), grad(&|x| reference(x)));
+        let err = g1.iter().zip(&g2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-5, "{b}x{c}x{h}x{w}: gradient differs by {err}");
+    }
+}

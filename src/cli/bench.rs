@@ -91,8 +91,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, 1, s, s]), &device);
         let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, b * n * l), [b * n, l]), &device);
         let (features, prior) = valid.encode(xi);
-        let _ = valid.sample_from(features, &prior, eps).greater_elem(0.0).into_data();
-        Ok(())
+        let masks = valid.sample_from(features, &prior, eps).greater_elem(0.0);
+        masks.try_into_data().map(|_| ()).map_err(|e| anyhow::anyhow!("the device failed to sample: {e:?}"))
     })?;
     let sample_s: f64 = sample_times.iter().sum();
     let masks_per_s = (a.steps * b * n) as f64 / sample_s.max(1e-9);

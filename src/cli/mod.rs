@@ -6,22 +6,24 @@ pub mod evaluate;
 pub mod gan;
 pub mod import;
 pub mod predict;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
 use ndarray::Axis;
 
 use crate::data::npz::{self, NpzEntry};
 use crate::data::synth::{self, SynthConfig};
-use crate::data::{AnnotatorChoice, Dataset};
+use crate::data::Dataset;
 use crate::device::parse_device;
-use crate::model::NormKind;
 use crate::eval::figures;
 use crate::inference;
-use crate::train::{self, RunConfig, Select, TrainRequest, Which};
+use crate::train::{RunConfig, Which};
+
+pub use train::{TrainArgs, TransformerLevels, apply_overrides};
 
 #[derive(Parser, Debug)]
 #[command(name = "apunet", version, about = "Ambiguous medical image segmentation: Probabilistic Attention U-Net")]
@@ -87,110 +89,6 @@ pub struct SplitArgs {
     pub val_out: PathBuf,
 }
 
-/// Flags left out take their value from --config, else from the defaults shown; on --resume,
-/// from the run's own config.toml.
-#[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// Dataset npz (images [N,H,W] in [0,1], masks [N,A,H,W], optional series_uid) (required for a new run).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Run directory for config, checkpoints, metrics and figures (required for a new run).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// TOML with [model] and [train] sections; flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Continue the run in this directory where it stopped; only --epochs, --lr, --figure-every,
-    /// --grad-clip-norm, --weight-decay, --device and --quiet may be given with it.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub resume: Option<PathBuf>,
-    /// Epochs to train (on --resume: the total to reach).
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Adam learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Weight of the KL term.
-    #[arg(long)]
-    pub beta: Option<f32>,
-    /// Epochs over which beta rises linearly from 0 (0: no warm-up).
-    #[arg(long)]
-    pub kl_warmup_epochs: Option<usize>,
-    /// Clip gradients to this global norm [default: off].
-    #[arg(long)]
-    pub grad_clip_norm: Option<f32>,
-    /// Adam weight decay [default: off].
-    #[arg(long)]
-    pub weight_decay: Option<f32>,
-    #[arg(long)]
-    pub latent_dim: Option<usize>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Filters per level, e.g. 32,64,128,192 (the count sets the depth).
-    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
-    pub filters: Option<Vec<usize>>,
-    /// Normalisation after each conv: group | batch | none.
-    #[arg(long, value_enum)]
-    pub norm: Option<NormKind>,
-    /// Decoder levels (0 = full resolution) with a self-attention block, e.g. 2 or 1,2;
-    /// "none" for no transformer [default: the coarsest level].
-    #[arg(long, value_name = "LEVELS")]
-    pub transformer_levels: Option<TransformerLevels>,
-    /// Attention heads per transformer block.
-    #[arg(long)]
-    pub transformer_heads: Option<usize>,
-    /// random | majority | annotator index.
-    #[arg(long)]
-    pub annotator: Option<AnnotatorChoice>,
-    /// Share of series held out for validation.
-    #[arg(long)]
-    pub val_fraction: Option<f64>,
-    /// Best-checkpoint criterion.
-    #[arg(long, value_enum)]
-    pub select: Option<Select>,
-    /// Synthetic examples (same npz format) mixed into training batches; validation stays real.
-    #[arg(long)]
-    pub extra: Option<PathBuf>,
-    /// Share of each batch taken from --extra, in [0, 1).
-    #[arg(long)]
-    pub extra_ratio: Option<f64>,
-    /// Train on random NxN patches of the crops (a third placed over a lesion); validation
-    /// and inference still use whole crops [default: whole crops].
-    #[arg(long, value_name = "N")]
-    pub patch: Option<usize>,
-    /// Write the sample figure every N epochs (and after the last).
-    #[arg(long, value_name = "N")]
-    pub figure_every: Option<usize>,
-    /// Plain U-Net backbone: no attention gates and no transformer block.
-    #[arg(long)]
-    pub no_attention: bool,
-    /// cpu | wgpu | cuda
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// No progress bars or per-epoch lines.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-/// `--transformer-levels 1,2` or `none`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TransformerLevels(pub Vec<usize>);
-
-impl std::str::FromStr for TransformerLevels {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s.trim().eq_ignore_ascii_case("none") {
-            return Ok(Self(Vec::new()));
-        }
-        s.split(',')
-            .map(|v| v.trim().parse::<usize>().map_err(|_| format!("'{v}' is not a level (use e.g. 2, 1,2 or none)")))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map(Self)
-    }
-}
-
 /// What every command that samples from a trained run takes.
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
@@ -222,7 +120,7 @@ impl SamplingArgs {
             bail!("--batch-size must be at least 1");
         }
         let device = parse_device(&self.device)?;
-        let (cfg, model) = train::load_run(&self.run, self.checkpoint, &device)?;
+        let (cfg, model) = crate::train::load_run(&self.run, self.checkpoint, &device)?;
         Ok((device, cfg, model))
     }
 
@@ -305,7 +203,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth(a) => synth_cmd(a),
         Command::Split(a) => split_cmd(a),
-        Command::Train(a) => train_cmd(a),
+        Command::Train(a) => train::train_cmd(a),
         Command::Sample(a) => sample_cmd(a),
         Command::Eval(a) => evaluate::eval_cmd(a),
         Command::Metrics(a) => evaluate::metrics_cmd(a),
@@ -346,129 +244,6 @@ fn split_cmd(a: SplitArgs) -> Result<()> {
     Ok(())
 }
 
-/// Applies command-line overrides on top of a config.
-pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
-    let t = &mut cfg.train;
-    if let Some(v) = a.epochs {
-        t.epochs = v;
-    }
-    if let Some(v) = a.batch_size {
-        t.batch_size = v;
-    }
-    if let Some(v) = a.lr {
-        t.lr = v;
-    }
-    if let Some(v) = a.beta {
-        t.beta = v;
-    }
-    if let Some(v) = a.seed {
-        t.seed = v;
-    }
-    if let Some(v) = a.annotator {
-        t.annotator = v;
-    }
-    if let Some(v) = a.val_fraction {
-        t.val_fraction = v;
-    }
-    if let Some(v) = a.select {
-        t.select = v;
-    }
-    if let Some(v) = &a.extra {
-        t.extra = Some(v.display().to_string());
-    }
-    if let Some(v) = a.extra_ratio {
-        t.extra_ratio = v;
-    }
-    if let Some(v) = a.patch {
-        t.patch = Some(v);
-    }
-    if let Some(v) = a.figure_every {
-        t.figure_every = v;
-    }
-    if let Some(v) = a.kl_warmup_epochs {
-        t.kl_warmup_epochs = v;
-    }
-    if let Some(v) = a.grad_clip_norm {
-        t.grad_clip_norm = Some(v);
-    }
-    if let Some(v) = a.weight_decay {
-        t.weight_decay = Some(v);
-    }
-    let m = &mut cfg.model;
-    if let Some(v) = a.latent_dim {
-        m.latent_dim = v;
-    }
-    if let Some(v) = &a.filters {
-        m.filters = v.clone();
-    }
-    if let Some(v) = a.norm {
-        m.norm = v;
-    }
-    if let Some(v) = &a.transformer_levels {
-        m.transformer_levels = Some(v.0.clone());
-    }
-    if let Some(v) = a.transformer_heads {
-        m.transformer_heads = v;
-    }
-    if a.no_attention {
-        m.attention_gates = false;
-        m.transformer_levels = Some(Vec::new());
-    }
-}
-
-fn train_cmd(a: TrainArgs) -> Result<()> {
-    let device = parse_device(&a.device)?;
-    let (out, resume) = match (&a.resume, &a.out) {
-        (Some(r), _) => (r.clone(), true),
-        (None, Some(o)) => (o.clone(), false),
-        (None, None) => bail!("give --out RUN_DIR for a new run, or --resume RUN_DIR"),
-    };
-    let mut cfg = match (&a.config, resume) {
-        (Some(p), _) => RunConfig::load(p)?,
-        // Resuming keeps the run's own settings unless a flag overrides them.
-        (None, true) => RunConfig::load(&train::RunPaths::new(&out).config())
-            .with_context(|| format!("--resume: {} holds no run to resume", out.display()))?,
-        (None, false) => RunConfig::default(),
-    };
-    apply_overrides(&mut cfg, &a);
-    let data = match (&a.data, resume) {
-        (Some(d), _) => d.clone(),
-        (None, true) => {
-            let state = train::checkpoint::load_state(&train::RunPaths::new(&out).state())
-                .context("--resume without --data needs the run's checkpoints/state.json")?;
-            PathBuf::from(state.data)
-        }
-        (None, false) => bail!("--data FILE.npz is required"),
-    };
-    if !resume && out.join("checkpoints/state.json").exists() {
-        bail!(
-            "{} already holds a run; continue it with --resume {} or choose another --out",
-            out.display(),
-            out.display()
-        );
-    }
-    let summary = train::train(TrainRequest { data, out: out.clone(), config: cfg, device, resume, quiet: a.quiet })?;
-    if summary.epochs_run == 0 {
-        crate::say!(
-            "nothing to train: {} already finished epoch {} of {}; give --epochs N (more than {}) to train further",
-            out.display(),
-            summary.target_epochs,
-            summary.target_epochs,
-            summary.target_epochs
-        );
-    } else {
-        crate::say!(
-            "trained {} epoch(s), now at epoch {} of {}; best epoch {}; run in {}",
-            summary.epochs_run,
-            summary.target_epochs,
-            summary.target_epochs,
-            summary.best_epoch,
-            out.display()
-        );
-    }
-    Ok(())
-}
-
 /// Samples a dataset with a run and writes the npz + figure; used by `sample` and `demo`.
 pub fn sample_to(s: &SamplingArgs, data: &Path, out: &Path, figure_images: usize) -> Result<()> {
     let n = s.n;
@@ -490,7 +265,7 @@ pub fn sample_to(s: &SamplingArgs, data: &Path, out: &Path, figure_images: usize
     let idx: Vec<usize> = (0..k).collect();
     let sub = ds.subset(&idx);
     let smp = samples.masks.select(Axis(0), &idx);
-    let fig = train::render_figure(&sub, &smp, n.min(6), &format!("{n} samples from the prior"));
+    let fig = crate::train::render_figure(&sub, &smp, n.min(6), &format!("{n} samples from the prior"));
     let png = out.with_extension("png");
     figures::save_png(&fig, &png)?;
     crate::say!("wrote {} (samples [{}, {n}, {}, {}]) and {}", out.display(), ds.len(), ds.height(), ds.width(), png.display());

@@ -16,11 +16,16 @@ use burn::prelude::*;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
-/// Bilinear resize to `h` x `w` (identity when already that size).
+/// Bilinear resize to `h` x `w` (identity when already that size). The models only ever
+/// double (every size is a multiple of 2^(depth-1)); that case is `upsample2x`, differentiable
+/// on every backend. Other sizes use burn's interpolate, whose backward the GPU backends lack.
 pub fn resample(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
     let [_, _, xh, xw] = x.dims();
     if xh == h && xw == w {
         return x;
+    }
+    if h == 2 * xh && w == 2 * xw {
+        return upsample2x(x);
     }
     interpolate(
         x,
@@ -30,9 +35,37 @@ pub fn resample(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
     )
 }
 
-/// Copies a float tensor to the host.
+/// Bilinear x2 upsampling with align_corners = false, built from slices so that every backend
+/// can differentiate it (burn-cubecl 0.22.1 has no bilinear interpolate backward): along each
+/// axis out[2i] = 3/4 x[i] + 1/4 x[i-1] and out[2i+1] = 3/4 x[i] + 1/4 x[i+1], edges clamped.
+pub fn upsample2x(x: Tensor<4>) -> Tensor<4> {
+    upsample2x_axis(upsample2x_axis(x, 2), 3)
+}
+
+fn upsample2x_axis(x: Tensor<4>, dim: usize) -> Tensor<4> {
+    let mut dims = x.dims();
+    let n = dims[dim];
+    let (prev, next) = if n == 1 {
+        (x.clone(), x.clone())
+    } else {
+        let edge = |at: usize| x.clone().narrow(dim, at, 1);
+        (
+            Tensor::cat(vec![edge(0), x.clone().narrow(dim, 0, n - 1)], dim),
+            Tensor::cat(vec![x.clone().narrow(dim, 1, n - 1), edge(n - 1)], dim),
+        )
+    };
+    let even = x.clone() * 0.75 + prev * 0.25;
+    let odd = x * 0.75 + next * 0.25;
+    dims[dim] *= 2;
+    // Stacking on a new axis after `dim` and merging the two interleaves even and odd rows.
+    Tensor::stack::<5>(vec![even, odd], dim + 1).reshape(dims)
+}
+
+/// Copies a float tensor to the host; a kernel that failed on the device is an error here, not
+/// a panic.
 pub fn to_host<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
-    t.into_data()
+    t.try_into_data()
+        .map_err(|e| anyhow::anyhow!("the device failed to compute or return a result: {e:?}"))?
         .try_into_vec_as::<f32>()
         .map_err(|e| anyhow::anyhow!("reading tensor back from the device: {e:?}"))
 }

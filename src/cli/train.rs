@@ -1,0 +1,239 @@
+//! `apunet train`: its flags, how they override a config, and the command itself.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::data::AnnotatorChoice;
+use crate::device::parse_device;
+use crate::model::NormKind;
+use crate::train::{self, RunConfig, Select, TrainRequest};
+
+/// Flags left out take their value from --config, else from the defaults shown; on --resume,
+/// from the run's own config.toml.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset npz (images [N,H,W] in [0,1], masks [N,A,H,W], optional series_uid) (required for a new run).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run directory for config, checkpoints, metrics and figures (required for a new run).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// TOML with [model] and [train] sections; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this directory where it stopped; only --epochs, --lr, --figure-every,
+    /// --grad-clip-norm, --weight-decay, --device and --quiet may be given with it.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Epochs to train (on --resume: the total to reach).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Adam learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight of the KL term.
+    #[arg(long)]
+    pub beta: Option<f32>,
+    /// Epochs over which beta rises linearly from 0 (0: no warm-up).
+    #[arg(long)]
+    pub kl_warmup_epochs: Option<usize>,
+    /// Clip gradients to this global norm [default: off].
+    #[arg(long)]
+    pub grad_clip_norm: Option<f32>,
+    /// Adam weight decay [default: off].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    #[arg(long)]
+    pub latent_dim: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Filters per level, e.g. 32,64,128,192 (the count sets the depth).
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
+    pub filters: Option<Vec<usize>>,
+    /// Normalisation after each conv: group | batch | none.
+    #[arg(long, value_enum)]
+    pub norm: Option<NormKind>,
+    /// Decoder levels (0 = full resolution) with a self-attention block, e.g. 2 or 1,2;
+    /// "none" for no transformer [default: the coarsest level].
+    #[arg(long, value_name = "LEVELS")]
+    pub transformer_levels: Option<TransformerLevels>,
+    /// Attention heads per transformer block.
+    #[arg(long)]
+    pub transformer_heads: Option<usize>,
+    /// random | majority | annotator index.
+    #[arg(long)]
+    pub annotator: Option<AnnotatorChoice>,
+    /// Share of series held out for validation.
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Best-checkpoint criterion.
+    #[arg(long, value_enum)]
+    pub select: Option<Select>,
+    /// Synthetic examples (same npz format) mixed into training batches; validation stays real.
+    #[arg(long)]
+    pub extra: Option<PathBuf>,
+    /// Share of each batch taken from --extra, in [0, 1).
+    #[arg(long)]
+    pub extra_ratio: Option<f64>,
+    /// Train on random NxN patches of the crops (a third placed over a lesion); validation
+    /// and inference still use whole crops [default: whole crops].
+    #[arg(long, value_name = "N")]
+    pub patch: Option<usize>,
+    /// Write the sample figure every N epochs (and after the last).
+    #[arg(long, value_name = "N")]
+    pub figure_every: Option<usize>,
+    /// Plain U-Net backbone: no attention gates and no transformer block.
+    #[arg(long)]
+    pub no_attention: bool,
+    /// cpu | wgpu | cuda
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bars or per-epoch lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `--transformer-levels 1,2` or `none`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformerLevels(pub Vec<usize>);
+
+impl std::str::FromStr for TransformerLevels {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("none") {
+            return Ok(Self(Vec::new()));
+        }
+        s.split(',')
+            .map(|v| v.trim().parse::<usize>().map_err(|_| format!("'{v}' is not a level (use e.g. 2, 1,2 or none)")))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Self)
+    }
+}
+
+/// Applies command-line overrides on top of a config.
+pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
+    let t = &mut cfg.train;
+    if let Some(v) = a.epochs {
+        t.epochs = v;
+    }
+    if let Some(v) = a.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        t.lr = v;
+    }
+    if let Some(v) = a.beta {
+        t.beta = v;
+    }
+    if let Some(v) = a.seed {
+        t.seed = v;
+    }
+    if let Some(v) = a.annotator {
+        t.annotator = v;
+    }
+    if let Some(v) = a.val_fraction {
+        t.val_fraction = v;
+    }
+    if let Some(v) = a.select {
+        t.select = v;
+    }
+    if let Some(v) = &a.extra {
+        t.extra = Some(v.display().to_string());
+    }
+    if let Some(v) = a.extra_ratio {
+        t.extra_ratio = v;
+    }
+    if let Some(v) = a.patch {
+        t.patch = Some(v);
+    }
+    if let Some(v) = a.figure_every {
+        t.figure_every = v;
+    }
+    if let Some(v) = a.kl_warmup_epochs {
+        t.kl_warmup_epochs = v;
+    }
+    if let Some(v) = a.grad_clip_norm {
+        t.grad_clip_norm = Some(v);
+    }
+    if let Some(v) = a.weight_decay {
+        t.weight_decay = Some(v);
+    }
+    let m = &mut cfg.model;
+    if let Some(v) = a.latent_dim {
+        m.latent_dim = v;
+    }
+    if let Some(v) = &a.filters {
+        m.filters = v.clone();
+    }
+    if let Some(v) = a.norm {
+        m.norm = v;
+    }
+    if let Some(v) = &a.transformer_levels {
+        m.transformer_levels = Some(v.0.clone());
+    }
+    if let Some(v) = a.transformer_heads {
+        m.transformer_heads = v;
+    }
+    if a.no_attention {
+        m.attention_gates = false;
+        m.transformer_levels = Some(Vec::new());
+    }
+}
+
+pub fn train_cmd(a: TrainArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let (out, resume) = match (&a.resume, &a.out) {
+        (Some(r), _) => (r.clone(), true),
+        (None, Some(o)) => (o.clone(), false),
+        (None, None) => bail!("give --out RUN_DIR for a new run, or --resume RUN_DIR"),
+    };
+    let mut cfg = match (&a.config, resume) {
+        (Some(p), _) => RunConfig::load(p)?,
+        // Resuming keeps the run's own settings unless a flag overrides them.
+        (None, true) => RunConfig::load(&train::RunPaths::new(&out).config())
+            .with_context(|| format!("--resume: {} holds no run to resume", out.display()))?,
+        (None, false) => RunConfig::default(),
+    };
+    apply_overrides(&mut cfg, &a);
+    let data = match (&a.data, resume) {
+        (Some(d), _) => d.clone(),
+        (None, true) => {
+            let state = train::checkpoint::load_state(&train::RunPaths::new(&out).state())
+                .context("--resume without --data needs the run's checkpoints/state.json")?;
+            PathBuf::from(state.data)
+        }
+        (None, false) => bail!("--data FILE.npz is required"),
+    };
+    if !resume && out.join("checkpoints/state.json").exists() {
+        bail!(
+            "{} already holds a run; continue it with --resume {} or choose another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    let summary = train::train(TrainRequest { data, out: out.clone(), config: cfg, device, resume, quiet: a.quiet })?;
+    if summary.epochs_run == 0 {
+        crate::say!(
+            "nothing to train: {} already finished epoch {} of {}; give --epochs N (more than {}) to train further",
+            out.display(),
+            summary.target_epochs,
+            summary.target_epochs,
+            summary.target_epochs
+        );
+    } else {
+        crate::say!(
+            "trained {} epoch(s), now at epoch {} of {}; best epoch {}; run in {}",
+            summary.epochs_run,
+            summary.target_epochs,
+            summary.target_epochs,
+            summary.best_epoch,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
