@@ -98,10 +98,23 @@ pub fn sliding_window(
     n: usize,
     overlap: f64,
     batch: usize,
+    run: impl FnMut(&[f32], usize) -> Result<Vec<f32>>,
+    progress: impl FnMut(usize),
+) -> Result<Prediction> {
+    blend(&Windows::new(img, h, w, ph, pw, overlap)?, h, w, n, batch, run, progress)
+}
+
+/// `sliding_window` over windows already cut from an h x w image.
+fn blend(
+    win: &Windows,
+    h: usize,
+    w: usize,
+    n: usize,
+    batch: usize,
     mut run: impl FnMut(&[f32], usize) -> Result<Vec<f32>>,
     mut progress: impl FnMut(usize),
 ) -> Result<Prediction> {
-    let win = Windows::new(img, h, w, ph, pw, overlap)?;
+    let (ph, pw) = (win.ph, win.pw);
     let (ww, pp) = (win.ww, ph * pw);
     let weights = gaussian_weights(ph, pw);
     let mut acc = vec![vec![0f32; win.hh * ww]; n];
@@ -179,14 +192,12 @@ pub fn predict_image(
     let win = Windows::new(img, h, w, ph, pw, overlap)?;
     let (mu, log_sigma) = image_prior(model, &win, batch, device)?;
     let z = image_latents(&mu, &log_sigma, &image_eps(seed, 0, n, latent));
-    sliding_window(
-        img,
+    // The same windows the prior saw: cut once.
+    blend(
+        &win,
         h,
         w,
-        ph,
-        pw,
         n,
-        overlap,
         batch,
         |patches, b| {
             let x = Tensor::<4>::from_data(TensorData::new(patches.to_vec(), [b, 1, ph, pw]), device);
