@@ -159,12 +159,14 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--filters", default="32,64,128,192", help="as apunet bench --filters")
     a = ap.parse_args()
+    filters = [int(f) for f in a.filters.split(",")]
     dev = torch.device(a.device)
     gpu = dev.type == "cuda"
     b = a.batch_size or (32 if gpu else 8)
     torch.manual_seed(0)
-    m = ProbUNet().to(dev)
+    m = ProbUNet(filters).to(dev)
     opt = torch.optim.Adam(m.parameters(), lr=1e-4)
     x = (0.1 + 0.05 * torch.randn(b, 1, a.size, a.size)).to(dev)
     y = (torch.arange(a.size) > a.size // 2).float().expand(b, 1, a.size, a.size).contiguous().to(dev)
@@ -198,6 +200,7 @@ def main():
         "device": a.device,
         "batch_size": b,
         "size": a.size,
+        "filters": filters,
         "params": sum(p.numel() for p in m.parameters()),
         "train_images_per_s": a.steps * b / sum(times),
         "train_step_s_median": sorted(times)[len(times) // 2],

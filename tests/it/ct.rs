@@ -1,4 +1,4 @@
-mod common;
+use crate::common;
 
 use apunet::data::dicom::{read_dicom, read_series};
 use apunet::data::intensity::Window;

@@ -1,11 +1,11 @@
 //! The GPU path (cargo feature `wgpu`): every op the models use must run forward and backward
-//! on burn's cubecl backend. `cargo test --features wgpu --test wgpu`. Without a GPU it needs
+//! on burn's cubecl backend. `.ci/run` (or `cargo test --features wgpu wgpu::`). Without a GPU it needs
 //! Mesa's Vulkan driver (lavapipe, Debian's `mesa-vulkan-drivers`): wgpu's OpenGL path
 //! deadlocks in cubecl's poll thread. On lavapipe the training test took about 10 minutes here
-//! (shader compilation), so CI does not run it yet.
+//! (shader compilation), and CI runs it through `.ci/run`.
 #![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
 
 use apunet::gan::networks::GanConfig;
 use apunet::gan::train::{GanStepper, GanTrainConfig};
@@ -23,7 +23,19 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 fn gpu() -> Device {
+    require_vulkan_driver();
     apunet::device::parse_device("wgpu").unwrap()
+}
+
+/// Without a Vulkan driver wgpu falls back to OpenGL, which fails deep inside wgpu-hal: say why
+/// up front instead.
+fn require_vulkan_driver() {
+    if !cfg!(target_os = "linux") || ["VK_ICD_FILENAMES", "VK_DRIVER_FILES"].iter().any(|v| std::env::var_os(v).is_some()) {
+        return;
+    }
+    let dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d"];
+    let found = dirs.iter().any(|d| std::fs::read_dir(d).map(|mut e| e.next().is_some()).unwrap_or(false));
+    assert!(found, "no Vulkan driver found in {dirs:?}: run .ci/run, which installs Debian's mesa-vulkan-drivers");
 }
 
 fn tiny() -> ModelConfig {

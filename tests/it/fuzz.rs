@@ -1,7 +1,7 @@
 //! Every reader gets at least 1,000 generated bad files: no panic, no allocation larger than the
 //! file could warrant, and an error that names the file. Counts are printed for the README.
 
-mod common;
+use crate::common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

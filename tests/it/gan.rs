@@ -1,4 +1,4 @@
-mod common;
+use crate::common;
 
 use apunet::gan::networks::{Discriminator, Generator, l1, lsgan};
 use apunet::model::to_host;

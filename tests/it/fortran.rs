@@ -1,7 +1,7 @@
 //! numpy writes F-contiguous arrays in Fortran order; every command must read them as the same
 //! logical arrays as C-order files and give identical results.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -58,7 +58,6 @@ fn tiny_run(epochs: usize) -> RunConfig {
 }
 
 fn train_on(data: &Path, out: &Path) -> Vec<(f64, f64)> {
-    let _guard = common::rng_lock();
     train::train(TrainRequest { data: data.into(), out: out.into(), config: tiny_run(1), device: Device::flex(), resume: false, quiet: true })
         .unwrap();
     read_metrics(&out.join("metrics.csv")).unwrap().iter().map(|m| (m.loss, m.val_ged)).collect()
@@ -81,6 +80,8 @@ fn fortran_order_datasets_load_as_the_same_arrays() {
 
 #[test]
 fn sampling_training_and_metrics_agree_on_c_and_fortran_order() {
+    // Training and building models draw from the process-wide device RNG.
+    let _guard = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     // 6 images: one sampling chunk covers them all (the case that once scrambled pixels).
     let (c, f) = data_pair(dir.path(), 6);

@@ -1,4 +1,4 @@
-mod common;
+use crate::common;
 
 use apunet::model::attention_gate::AttentionGate;
 use apunet::model::gaussian::Gaussian;

@@ -1,4 +1,4 @@
-mod common;
+use crate::common;
 
 use apunet::cli::{SamplingArgs, sample_to};
 use apunet::data::npz::{self, NpyArray};

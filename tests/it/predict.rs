@@ -1,4 +1,4 @@
-mod common;
+use crate::common;
 
 use apunet::cli::SamplingArgs;
 use apunet::cli::predict::{PredictArgs, predict_cmd};
@@ -114,6 +114,7 @@ fn eight_and_sixteen_bit_png_and_tiff_read_to_unit_range() {
 
 #[test]
 fn predict_writes_png_and_nifti_for_any_size() {
+    let _guard = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d.npz");
     generate(&SynthConfig { count: 8, size: 16, seed: 2, ..Default::default() }).unwrap().save(&data).unwrap();

@@ -1,7 +1,6 @@
 //! `apunet train` killed (SIGKILL) at random moments, 20 times: every resume continues from a
 //! readable checkpoint, and the run ends with every epoch recorded once.
 
-mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,18 @@
+//! apunet's integration tests, as one test binary: linking burn (and wgpu) once instead of
+//! once per file keeps CI's build short. Tests that seed burn's RNG hold `common::rng_lock()`.
+
+mod common;
+
+mod cli;
+mod ct;
+mod data;
+mod fortran;
+mod fuzz;
+mod gan;
+mod import;
+mod kill;
+mod metrics;
+mod model;
+mod predict;
+mod train;
+mod wgpu;
