@@ -5,6 +5,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod inference;
+pub mod kernels;
 pub mod train;
 pub mod fsio;
 pub mod gan;

@@ -3,6 +3,7 @@
 //! 70x70 PatchGAN discriminator. Widths scale with one `base` value so tests can use tiny nets.
 
 use anyhow::{Result, bail};
+use crate::kernels::{conv2d, instance_norm};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Initializer, InstanceNorm, InstanceNormConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -62,8 +63,8 @@ impl ResidualBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = relu(self.norm1.forward(self.conv1.forward(reflect(x.clone(), 1))));
-        let y = self.norm2.forward(self.conv2.forward(reflect(y, 1)));
+        let y = relu(instance_norm(&self.norm1, conv2d(&self.conv1, reflect(x.clone(), 1))));
+        let y = instance_norm(&self.norm2, conv2d(&self.conv2, reflect(y, 1)));
         x + y
     }
 }
@@ -112,17 +113,17 @@ impl Generator {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(self.stem_norm.forward(self.stem.forward(reflect(x, 3))));
+        let mut x = relu(instance_norm(&self.stem_norm, conv2d(&self.stem, reflect(x, 3))));
         for (c, n) in self.down.iter().zip(&self.down_norm) {
-            x = relu(n.forward(c.forward(x)));
+            x = relu(instance_norm(n, conv2d(c, x)));
         }
         for b in &self.blocks {
             x = b.forward(x);
         }
         for (c, n) in self.up.iter().zip(&self.up_norm) {
-            x = relu(n.forward(c.forward(x)));
+            x = relu(instance_norm(n, c.forward(x)));
         }
-        tanh(self.head.forward(reflect(x, 3)))
+        tanh(conv2d(&self.head, reflect(x, 3)))
     }
 }
 
@@ -159,13 +160,13 @@ impl Discriminator {
     /// Real/fake scores per patch, [B, 1, h', w'].
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
         for (c, n) in self.convs.iter().zip(&self.norms) {
-            x = c.forward(x);
+            x = conv2d(c, x);
             if let Some(n) = n {
-                x = n.forward(x);
+                x = instance_norm(n, x);
             }
             x = leaky_relu(x, 0.2);
         }
-        self.head.forward(x)
+        conv2d(&self.head, x)
     }
 }
 

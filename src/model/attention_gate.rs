@@ -1,6 +1,7 @@
 //! Additive attention gate (Oktay et al. 2018, "Attention U-Net"): the coarser decoder signal
 //! decides, pixel by pixel, how much of the encoder's skip connection passes.
 
+use crate::kernels::conv2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
@@ -33,10 +34,10 @@ impl AttentionGate {
     /// The attention coefficients in [0, 1] at the skip's resolution, [B,1,H,W].
     pub fn coefficients(&self, skip: Tensor<4>, gate: Tensor<4>) -> Tensor<4> {
         let [_, _, h, w] = skip.dims();
-        let theta = self.w_x.forward(skip);
+        let theta = conv2d(&self.w_x, skip);
         let [_, _, th, tw] = theta.dims();
-        let phi = resample(self.w_g.forward(gate), th, tw);
-        let alpha = sigmoid(self.psi.forward(relu(theta + phi)));
+        let phi = resample(conv2d(&self.w_g, gate), th, tw);
+        let alpha = sigmoid(conv2d(&self.psi, relu(theta + phi)));
         resample(alpha, h, w)
     }
 

@@ -1,5 +1,6 @@
 //! Convolution blocks shared by the U-Net and the Gaussian encoders.
 
+use crate::kernels::{conv2d, group_norm};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -31,7 +32,7 @@ impl Norm {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match (&self.batch, &self.group) {
             (Some(b), _) => b.forward(x),
-            (_, Some(g)) => g.forward(x),
+            (_, Some(g)) => group_norm(g, x),
             _ => x,
         }
     }
@@ -61,7 +62,7 @@ impl ConvBlock {
 
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            x = relu(norm.forward(conv.forward(x)));
+            x = relu(norm.forward(conv2d(conv, x)));
         }
         x
     }

@@ -1,6 +1,7 @@
 //! fcomb: combines a latent sample with the U-Net's last features into segmentation logits.
 
 use burn::module::Param;
+use crate::kernels::conv2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -35,8 +36,8 @@ impl Fcomb {
         let tiled = z.reshape([b, l, 1, 1]).expand([b, l, h, w]);
         let mut x = Tensor::cat(vec![features, tiled], 1);
         for layer in &self.layers {
-            x = relu(layer.forward(x));
+            x = relu(conv2d(layer, x));
         }
-        self.out.forward(x)
+        conv2d(&self.out, x)
     }
 }

@@ -1,6 +1,7 @@
 //! The prior and posterior nets: an encoder, a global average and a 1x1 conv to the mean and
 //! log standard deviation of an axis-aligned Gaussian over the latent space.
 
+use crate::kernels::conv2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 
@@ -58,7 +59,7 @@ impl GaussianEncoder {
         let f = self.encoder.forward_last(x);
         let pooled = f.mean_dim(2).mean_dim(3);
         let [b, _, _, _] = pooled.dims();
-        let out = self.head.forward(pooled).reshape([b, 2 * self.latent_dim]);
+        let out = conv2d(&self.head, pooled).reshape([b, 2 * self.latent_dim]);
         let l = self.latent_dim;
         Gaussian {
             mu: out.clone().slice([0..b, 0..l]),

@@ -10,6 +10,7 @@ mod fortran;
 mod fuzz;
 mod gan;
 mod import;
+mod kernels;
 mod kill;
 mod metrics;
 mod model;

@@ -1,0 +1,291 @@
+//! apunet's own CPU kernels for the ops that dominate a training step on burn's `flex` backend,
+//! plugged in through burn's backend extensions (`#[backend_extension(Flex, Autodiff)]`) with
+//! a handwritten backward pass. Other devices (wgpu, cuda) keep burn's ops: [`conv2d`] picks
+//! at run time, so the models have one code path.
+
+pub mod conv;
+pub mod norm;
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, InstanceNorm};
+use burn::prelude::*;
+use burn::tensor::DType;
+
+pub use conv::ConvGeom;
+pub use norm::NormGeom;
+
+/// Whether the forward pass runs on `conv::forward` instead of flex's own conv2d.
+const FORWARD_KERNEL: bool = false;
+
+thread_local! {
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns the kernels off (burn's own ops) or on again for the models run on this thread, for
+/// comparisons and benchmarks; `APUNET_KERNELS=off` turns them off for the whole process.
+/// Per thread, so that parallel tests do not switch each other's ops.
+pub fn set_enabled(on: bool) {
+    ENABLED.with(|e| e.set(on));
+}
+
+pub fn enabled() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    let env_on = *ENV.get_or_init(|| !matches!(std::env::var("APUNET_KERNELS").as_deref(), Ok("off" | "0")));
+    env_on && ENABLED.with(Cell::get)
+}
+
+/// Whether a tensor on this device with this dtype runs on the kernels.
+fn on_kernels(device: &Device, dtype: DType) -> bool {
+    enabled() && dtype == DType::F32 && device.clone().inner() == Device::flex()
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait CpuKernels: Backend {
+    /// `[n, c_out, ho, wo]` from `x [n, c_in, h, w]`, `weight [c_out, c_in, kh, kw]`.
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        geom: ConvGeom,
+    ) -> FloatTensor<Self>;
+    /// The input gradient of [`CpuKernels::conv2d_gemm`].
+    fn conv2d_gemm_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    /// The weight gradient of [`CpuKernels::conv2d_gemm`], summed over the batch.
+    fn conv2d_gemm_weight_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    /// GroupNorm of `x [n, c, ...]` with per-channel `gamma` and `beta`.
+    fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, geom: NormGeom) -> FloatTensor<Self>;
+    /// The gradients of x, gamma and beta of [`CpuKernels::group_norm_fused`].
+    fn group_norm_fused_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        geom: NormGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// A Flex tensor's values as f32: borrowed when they already are, converted otherwise.
+fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(v) => Cow::Borrowed(v),
+        None => Cow::Owned(t.to_contiguous().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()),
+    }
+}
+
+/// A result in the dtype of the tensor it came from.
+fn flex_out(values: Vec<f32>, shape: &[usize], like: DType) -> FlexTensor {
+    let out = FlexTensor::from_data(TensorData::new(values, shape.to_vec()));
+    if like == DType::F32 { out } else { Flex::float_cast(out, like.into()) }
+}
+
+impl CpuKernels for Flex {
+    fn conv2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> FlexTensor {
+        // flex's own forward (tiled im2col into NHWC, then gemm) measured as fast as
+        // `conv::forward` or faster at the U-Net's large maps (docs/benchmarks.md), so the
+        // forward stays burn's; the backward is where flex has no kernel.
+        if FORWARD_KERNEL {
+            let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+            let (ho, wo) = g.out_hw().unwrap_or((0, 0));
+            let out = conv::forward(&g, &values(&x), &values(&weight), Some(&values(&bias)));
+            return flex_out(out, &[g.batch, g.c_out, ho, wo], x.dtype());
+        }
+        let options = ConvOptions::new_with_padding(g.stride, [(g.pad[0], g.pad[2]), (g.pad[1], g.pad[3])], [1, 1], 1);
+        Flex::conv2d(x, weight, Some(bias), options)
+    }
+
+    fn conv2d_gemm_x_backward(weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
+        let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
+        let dx = conv::backward_x(&g, &values(&weight), &values(&grad));
+        flex_out(dx, &[g.batch, g.c_in, g.h, g.w], grad.dtype())
+    }
+
+    fn conv2d_gemm_weight_backward(x: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let dw = conv::backward_weight(&g, &values(&x), &values(&grad));
+        flex_out(dw, &[g.c_out, g.c_in, g.kh, g.kw], grad.dtype())
+    }
+
+    fn group_norm_fused(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, g: NormGeom) -> FlexTensor {
+        let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
+        let y = norm::forward(&g, &values(&x), Some(&values(&gamma)), Some(&values(&beta)));
+        flex_out(y, &x.shape().to_vec(), x.dtype())
+    }
+
+    fn group_norm_fused_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        grad: FlexTensor,
+        g: NormGeom,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (x, grad, gamma) = (x.to_contiguous(), grad.to_contiguous(), gamma.to_contiguous());
+        let (dx, dgamma, dbeta) = norm::backward(&g, &values(&x), Some(&values(&gamma)), &values(&grad));
+        let dtype = grad.dtype();
+        (flex_out(dx, &x.shape().to_vec(), dtype), flex_out(dgamma, &[g.channels], dtype), flex_out(dbeta, &[g.channels], dtype))
+    }
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+/// Parents: x, weight and bias (a constant zero when the layer has none).
+impl<B: CpuKernels> Backward<B, 3> for ConvBackward {
+    type State = (NodeId, NodeId, ConvGeom);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, w_id, g) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
+        let w = checkpointer.retrieve_node_output::<FloatTensor<B>>(w_id);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::conv2d_gemm_x_backward(w, grad.clone(), g));
+        }
+        if let Some(node) = node_w {
+            grads.register::<B>(node.id, B::conv2d_gemm_weight_backward(x, grad.clone(), g));
+        }
+        if let Some(node) = node_b {
+            let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(grad, 3), 2), 0);
+            grads.register::<B>(node.id, B::float_reshape(summed, [g.c_out].into()));
+        }
+    }
+}
+
+impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: ConvGeom,
+    ) -> FloatTensor<Self> {
+        let prep = <ConvBackward as Backward<B, 3>>::prepare::<C>(ConvBackward, [x.node(), weight.node(), bias.node()]);
+        match prep.compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
+                prep.finish(state, B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
+        }
+    }
+
+    fn conv2d_gemm_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_gemm_x_backward(Self::inner(weight), Self::inner(grad), g))
+    }
+
+    fn conv2d_gemm_weight_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_gemm_weight_backward(Self::inner(x), Self::inner(grad), g))
+    }
+
+    fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, g: NormGeom) -> FloatTensor<Self> {
+        let prep = <NormBackward as Backward<B, 3>>::prepare::<C>(NormBackward, [x.node(), gamma.node(), beta.node()]);
+        match prep.compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), g);
+                prep.finish(state, B::group_norm_fused(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), g))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::group_norm_fused(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), g))
+            }
+        }
+    }
+
+    fn group_norm_fused_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        g: NormGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(Self::inner(x), Self::inner(gamma), Self::inner(grad), g);
+        (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
+    }
+}
+
+#[derive(Debug)]
+struct NormBackward;
+
+/// Parents: x, gamma and beta (constants when the norm has no affine parameters).
+impl<B: CpuKernels> Backward<B, 3> for NormBackward {
+    type State = (NodeId, NodeId, NormGeom);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, gamma_id, g) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
+        let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_id);
+        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(x, gamma, grad, g);
+        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// `conv.forward(x)`, on the kernels where they apply (flex, f32, groups 1, dilation 1, explicit
+/// or no padding), else burn's op.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let pad = match conv.padding {
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Explicit(t, l, b, r) => [t, l, b, r],
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    let [batch, c_in, h, w] = x.dims();
+    let [c_out, wc_in, kh, kw] = conv.weight.dims();
+    let g = ConvGeom { batch, c_in, h, w, c_out, kh, kw, stride: conv.stride, pad };
+    // One image (the CycleGAN's batch) measured no faster than burn's ops: its GEMMs are too
+    // small to share out over the cores one by one (docs/benchmarks.md).
+    let plain = conv.groups == 1 && conv.dilation == [1, 1] && wc_in == c_in && g.out_hw().is_some() && batch >= 2;
+    if !plain || !on_kernels(&x.device(), x.dtype()) {
+        return conv.forward(x);
+    }
+    // Weight before bias, as burn's forward reads them: parameters initialise lazily from the
+    // device's RNG on first read, so the order decides a seeded model's initial weights.
+    let weight = conv.weight.val();
+    let bias = conv.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
+    let out = <Dispatch as CpuKernels>::conv2d_gemm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), g);
+    Tensor::from_dispatch(out)
+}
+
+fn norm(x: Tensor<4>, gamma: Option<Tensor<1>>, beta: Option<Tensor<1>>, groups: usize, eps: f64) -> Option<Tensor<4>> {
+    let [batch, channels, h, w] = x.dims();
+    let fits = groups > 0 && channels % groups == 0 && gamma.as_ref().is_none_or(|t| t.dims() == [channels]);
+    if !fits || !on_kernels(&x.device(), x.dtype()) {
+        return None;
+    }
+    let g = NormGeom { batch, channels, groups, hw: h * w, eps };
+    let gamma = gamma.unwrap_or_else(|| Tensor::ones([channels], &x.device()));
+    let beta = beta.unwrap_or_else(|| Tensor::zeros([channels], &x.device()));
+    let out = <Dispatch as CpuKernels>::group_norm_fused(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), g);
+    Some(Tensor::from_dispatch(out))
+}
+
+/// `norm.forward(x)` on the kernel where it applies, else burn's op.
+pub fn group_norm(norm_layer: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    let (gamma, beta) = (norm_layer.gamma.as_ref().map(|p| p.val()), norm_layer.beta.as_ref().map(|p| p.val()));
+    if gamma.is_some() != beta.is_some() || gamma.is_some() != norm_layer.affine {
+        return norm_layer.forward(x);
+    }
+    norm(x.clone(), gamma, beta, norm_layer.num_groups, norm_layer.epsilon).unwrap_or_else(|| norm_layer.forward(x))
+}
+
+/// `norm.forward(x)` (GroupNorm with a group per channel) on the kernel where it applies.
+pub fn instance_norm(norm_layer: &InstanceNorm, x: Tensor<4>) -> Tensor<4> {
+    let (gamma, beta) = (norm_layer.gamma.as_ref().map(|p| p.val()), norm_layer.beta.as_ref().map(|p| p.val()));
+    if gamma.is_some() != beta.is_some() || gamma.is_some() != norm_layer.affine {
+        return norm_layer.forward(x);
+    }
+    norm(x.clone(), gamma, beta, norm_layer.num_channels, norm_layer.epsilon).unwrap_or_else(|| norm_layer.forward(x))
+}

@@ -1,0 +1,285 @@
+//! apunet's CPU convolution kernel against burn's own conv2d: outputs and the gradients of the
+//! input, weight and bias, on every geometry the models use plus odd ones; then a training run
+//! with the kernels against one without.
+
+use apunet::kernels::{self, conv2d};
+use apunet::model::{ProbUNet, elbo_loss, to_host};
+use burn::module::{ModuleVisitor, Param};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::module;
+use burn::tensor::ops::ConvOptions;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::common;
+
+fn values(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// Largest |a - b| over the largest |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+struct Case {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    hw: [usize; 2],
+    k: [usize; 2],
+    stride: usize,
+    /// Top, left, bottom, right.
+    pad: [usize; 4],
+    bias: bool,
+}
+
+fn case(batch: usize, c_in: usize, c_out: usize, hw: [usize; 2], k: usize, stride: usize, pad: usize) -> Case {
+    Case { batch, c_in, c_out, hw, k: [k, k], stride, pad: [pad; 4], bias: true }
+}
+
+/// Forward output and the x, weight and bias gradients of `sum(out * r)`, through `f`.
+fn run(c: &Case, conv: &Conv2d, x: &[f32], r: &[f32], through_kernel: bool) -> [Vec<f32>; 4] {
+    let device = Device::flex().autodiff();
+    let [h, w] = c.hw;
+    let xt = Tensor::<4>::from_data(TensorData::new(x.to_vec(), [c.batch, c.c_in, h, w]), &device).require_grad();
+    let weight = conv.weight.val();
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    let out = if through_kernel {
+        conv2d(conv, xt.clone())
+    } else {
+        let [t, l, b, rr] = c.pad;
+        let opts = ConvOptions::new_with_padding([c.stride; 2], [(t, b), (l, rr)], [1, 1], 1);
+        module::conv2d(xt.clone(), weight.clone(), bias.clone(), opts)
+    };
+    let rt = Tensor::<4>::from_data(TensorData::new(r.to_vec(), out.dims()), &device);
+    let grads = (out.clone() * rt).sum().backward();
+    let grad_of = |t: &Tensor<4>| to_host(t.grad(&grads).expect("a gradient")).unwrap();
+    let db = bias.map(|b| to_host(b.grad(&grads).expect("a bias gradient")).unwrap()).unwrap_or_default();
+    [to_host(out).unwrap(), grad_of(&xt), grad_of(&weight), db]
+}
+
+fn check(c: &Case, seed: u64) {
+    let device = Device::flex().autodiff();
+    let conv = Conv2dConfig::new([c.c_in, c.c_out], c.k)
+        .with_stride([c.stride; 2])
+        .with_padding(PaddingConfig2d::Explicit(c.pad[0], c.pad[1], c.pad[2], c.pad[3]))
+        .with_bias(c.bias)
+        .init(&device);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let [h, w] = c.hw;
+    let x = values(&mut rng, c.batch * c.c_in * h * w);
+    let out_len = {
+        let [t, l, b, r] = c.pad;
+        let ho = (h + t + b - c.k[0]) / c.stride + 1;
+        let wo = (w + l + r - c.k[1]) / c.stride + 1;
+        c.batch * c.c_out * ho * wo
+    };
+    let r = values(&mut rng, out_len);
+    let ours = run(c, &conv, &x, &r, true);
+    let burn = run(c, &conv, &x, &r, false);
+    for (i, what) in ["output", "input gradient", "weight gradient", "bias gradient"].iter().enumerate() {
+        let e = rel_err(&ours[i], &burn[i]);
+        assert!(e < 1e-4, "{what} of a {:?}x{:?} conv, stride {}, pad {:?}, input {:?}: relative error {e}", c.k, c.c_in, c.stride, c.pad, c.hw);
+    }
+}
+
+#[test]
+fn the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use() {
+    // Layers draw their initial weights from the process-wide device RNG.
+    let _guard = common::rng_lock();
+    let cases = [
+        case(2, 3, 5, [16, 16], 3, 1, 1),     // U-Net block
+        case(3, 4, 6, [13, 9], 3, 1, 1),      // odd sizes
+        case(2, 3, 4, [15, 11], 3, 2, 1),     // stride 2
+        case(2, 5, 3, [8, 8], 1, 1, 0),       // 1x1: fcomb, gates, heads
+        case(1, 5, 3, [7, 5], 1, 1, 0),       // one image: routed to burn's op
+        case(2, 4, 2, [16, 10], 2, 2, 0),     // attention gate's 2x2 stride 2
+        case(2, 3, 4, [17, 12], 4, 2, 1),     // PatchGAN 4x4 stride 2
+        case(2, 3, 1, [9, 7], 4, 1, 1),       // PatchGAN 4x4 stride 1
+        case(2, 2, 3, [14, 14], 7, 1, 0),     // CycleGAN stem after reflect padding
+        case(2, 3, 3, [6, 6], 3, 1, 0),       // no padding
+        case(5, 2, 2, [5, 5], 5, 1, 2),       // kernel as large as the input
+        case(1, 1, 1, [1, 1], 1, 1, 0),       // one pixel
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        check(c, i as u64);
+    }
+    let asymmetric = Case { batch: 2, c_in: 3, c_out: 2, hw: [9, 8], k: [3, 2], stride: 1, pad: [0, 1, 2, 0], bias: false };
+    check(&asymmetric, 99);
+}
+
+#[test]
+fn the_kernel_matches_on_random_shapes() {
+    // Layers draw their initial weights from the process-wide device RNG.
+    let _guard = common::rng_lock();
+    let mut rng = StdRng::seed_from_u64(5);
+    for seed in 0..25 {
+        let k = rng.gen_range(1..=4);
+        let stride = rng.gen_range(1..=2);
+        let pad = rng.gen_range(0..k);
+        let h = rng.gen_range(k.max(1)..12);
+        let w = rng.gen_range(k.max(1)..12);
+        let mut c = case(rng.gen_range(1..5), rng.gen_range(1..6), rng.gen_range(1..6), [h, w], k, stride, pad);
+        c.bias = rng.gen_bool(0.5);
+        check(&c, 100 + seed);
+    }
+}
+
+#[test]
+fn burn_ops_serve_what_the_kernel_does_not_take() {
+    // Layers draw their initial weights from the process-wide device RNG.
+    let _guard = common::rng_lock();
+    // Same padding, grouped and dilated convolutions go to burn's op and give its result.
+    let device = Device::flex();
+    let x = Tensor::<4>::random([1, 4, 9, 9], burn::tensor::Distribution::Default, &device);
+    for conv in [
+        Conv2dConfig::new([4, 4], [3, 3]).with_padding(PaddingConfig2d::Same).init(&device),
+        Conv2dConfig::new([4, 4], [3, 3]).with_groups(2).init(&device),
+        Conv2dConfig::new([4, 4], [3, 3]).with_dilation([2, 2]).init(&device),
+    ] {
+        let ours = to_host(conv2d(&conv, x.clone())).unwrap();
+        let burn = to_host(conv.forward(x.clone())).unwrap();
+        assert_eq!(ours, burn);
+    }
+}
+
+/// Five Adam steps of a tiny Probabilistic U-Net: losses per step and final weights.
+fn train_five_steps(with_kernels: bool) -> (Vec<f32>, Vec<f32>) {
+    kernels::set_enabled(with_kernels);
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let cfg = common::tiny_config();
+    let mut model = ProbUNet::new(&cfg, &device);
+    let mut optim = AdamConfig::new().init();
+    let mut rng = StdRng::seed_from_u64(3);
+    let (b, s, l) = (2, 16, cfg.latent_dim);
+    let mut losses = Vec::new();
+    for _ in 0..5 {
+        let x = Tensor::<4>::from_data(TensorData::new(values(&mut rng, b * s * s), [b, 1, s, s]), &device);
+        let y: Vec<f32> = values(&mut rng, b * s * s).iter().map(|v| (*v > 0.3) as u8 as f32).collect();
+        let y = Tensor::<4>::from_data(TensorData::new(y, [b, 1, s, s]), &device);
+        let eps = Tensor::<2>::from_data(TensorData::new(values(&mut rng, b * l), [b, l]), &device);
+        let out = model.forward_train(x, y.clone(), eps);
+        let loss = elbo_loss(&out, y, 1.0);
+        losses.push(to_host(loss.total.clone()).unwrap()[0]);
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+    }
+    let mut weights = AllParams(Vec::new());
+    model.visit(&mut weights);
+    kernels::set_enabled(true);
+    (losses, weights.0)
+}
+
+/// Every parameter's values, in module order.
+struct AllParams(Vec<f32>);
+
+impl ModuleVisitor for AllParams {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.extend(to_host(param.val()).unwrap());
+    }
+}
+
+#[test]
+fn training_with_the_kernels_matches_training_without() {
+    let _guard = common::rng_lock();
+    let (with, w_with) = train_five_steps(true);
+    let (without, w_without) = train_five_steps(false);
+    for (a, b) in with.iter().zip(&without) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "losses {with:?} vs {without:?}");
+    }
+    assert!(rel_err(&w_with, &w_without) < 1e-3, "weights after 5 steps differ");
+}
+
+/// Output and the x, gamma and beta gradients of `sum(norm(x) * r)`.
+fn norm_run(x: &[f32], r: &[f32], dims: [usize; 4], norm: impl Fn(Tensor<4>) -> Tensor<4>, params: &[Tensor<1>]) -> Vec<Vec<f32>> {
+    let device = Device::flex().autodiff();
+    let xt = Tensor::<4>::from_data(TensorData::new(x.to_vec(), dims), &device).require_grad();
+    let out = norm(xt.clone());
+    let rt = Tensor::<4>::from_data(TensorData::new(r.to_vec(), dims), &device);
+    let grads = (out.clone() * rt).sum().backward();
+    let mut all = vec![to_host(out).unwrap(), to_host(xt.grad(&grads).unwrap()).unwrap()];
+    all.extend(params.iter().map(|p| to_host(p.grad(&grads).expect("a parameter gradient")).unwrap()));
+    all
+}
+
+#[test]
+fn group_and_instance_norm_kernels_match_burn() {
+    // Layers draw their initial weights from the process-wide device RNG.
+    let _guard = common::rng_lock();
+    use apunet::kernels::{group_norm, instance_norm};
+    use burn::nn::{GroupNormConfig, InstanceNormConfig};
+    let device = Device::flex().autodiff();
+    let mut rng = StdRng::seed_from_u64(8);
+    for (i, (dims, groups, affine)) in [
+        ([2, 8, 16, 16], 4, true),
+        ([3, 6, 7, 5], 3, true),
+        ([1, 4, 9, 11], 1, false),
+        ([2, 5, 1, 1], 5, true),
+        ([2, 6, 13, 3], 6, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = dims.iter().product();
+        // An offset and scale far from 0 and 1, as activations have.
+        let x: Vec<f32> = values(&mut rng, n).iter().map(|v| 3.0 + 2.0 * v).collect();
+        let r = values(&mut rng, n);
+        let mut gn = GroupNormConfig::new(groups, dims[1]).with_affine(affine).init(&device);
+        if affine {
+            // Non-trivial gamma and beta, so their gradients and effect are checked.
+            let c = dims[1];
+            gn.gamma = Some(Param::from_tensor(Tensor::from_data(TensorData::new(values(&mut rng, c), [c]), &device)));
+            gn.beta = Some(Param::from_tensor(Tensor::from_data(TensorData::new(values(&mut rng, c), [c]), &device)));
+        }
+        let params: Vec<Tensor<1>> = gn.gamma.iter().chain(&gn.beta).map(|p| p.val()).collect();
+        let ours = norm_run(&x, &r, dims, |t| group_norm(&gn, t), &params);
+        let burn = norm_run(&x, &r, dims, |t| gn.forward(t), &params);
+        for (j, what) in ["output", "input gradient", "gamma gradient", "beta gradient"].iter().enumerate().take(ours.len()) {
+            let e = rel_err(&ours[j], &burn[j]);
+            assert!(e < 1e-4, "GroupNorm case {i} {dims:?}/{groups}: {what} relative error {e}");
+        }
+        if groups == dims[1] {
+            let inst = InstanceNormConfig::new(dims[1]).with_affine(affine).init(&device);
+            let params: Vec<Tensor<1>> = inst.gamma.iter().chain(&inst.beta).map(|p| p.val()).collect();
+            let ours = norm_run(&x, &r, dims, |t| instance_norm(&inst, t), &params);
+            let burn = norm_run(&x, &r, dims, |t| inst.forward(t), &params);
+            for (a, b) in ours.iter().zip(&burn) {
+                assert!(rel_err(a, b) < 1e-4, "InstanceNorm case {i}: relative error {}", rel_err(a, b));
+            }
+        }
+    }
+}
+
+
+
+/// The slice kernels themselves on one image, where they run one GEMM at a time with the
+/// GEMM itself parallel (the router sends single images to burn, machines with more cores than
+/// images reach this path).
+#[test]
+fn slice_kernels_match_burn_on_a_single_image() {
+    use apunet::kernels::conv::{ConvGeom, backward_weight, backward_x, forward};
+    let _guard = common::rng_lock();
+    let c = case(1, 4, 6, [11, 9], 3, 2, 1);
+    let device = Device::flex().autodiff();
+    let conv = Conv2dConfig::new([c.c_in, c.c_out], c.k)
+        .with_stride([c.stride; 2])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let mut rng = StdRng::seed_from_u64(12);
+    let x = values(&mut rng, 4 * 11 * 9);
+    let r = values(&mut rng, 6 * 6 * 5);
+    let burn = run(&c, &conv, &x, &r, false);
+    let g = ConvGeom { batch: 1, c_in: 4, h: 11, w: 9, c_out: 6, kh: 3, kw: 3, stride: [2, 2], pad: [1; 4] };
+    let w = to_host(conv.weight.val()).unwrap();
+    let b = to_host(conv.bias.as_ref().unwrap().val()).unwrap();
+    assert!(rel_err(&forward(&g, &x, &w, Some(&b)), &burn[0]) < 1e-4);
+    assert!(rel_err(&backward_x(&g, &w, &r), &burn[1]) < 1e-4);
+    assert!(rel_err(&backward_weight(&g, &x, &r), &burn[2]) < 1e-4);
+}
