@@ -3,13 +3,14 @@
 //! 70x70 PatchGAN discriminator. Widths scale with one `base` value so tests can use tiny nets.
 
 use anyhow::{Result, bail};
-use crate::kernels::{conv2d, instance_norm};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Initializer, InstanceNorm, InstanceNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::{leaky_relu, relu, tanh};
 use burn::tensor::ops::PadMode;
 use serde::{Deserialize, Serialize};
+
+use crate::kernels::{conv2d, instance_norm};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -44,7 +44,7 @@ pub fn set_enabled(on: bool) {
 
 pub fn enabled() -> bool {
     static ENV: OnceLock<bool> = OnceLock::new();
-    let env_on = *ENV.get_or_init(|| !matches!(std::env::var("APUNET_KERNELS").as_deref(), Ok("off" | "0")));
+    let env_on = *ENV.get_or_init(|| !matches!(std::env::var("APUNET_KERNELS").as_deref(), Ok("off" | "0" | "false" | "no")));
     env_on && ENABLED.with(Cell::get)
 }
 

@@ -1,11 +1,11 @@
 //! Additive attention gate (Oktay et al. 2018, "Attention U-Net"): the coarser decoder signal
 //! decides, pixel by pixel, how much of the encoder's skip connection passes.
 
-use crate::kernels::conv2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
 
+use crate::kernels::conv2d;
 use super::resample;
 
 #[derive(Module, Debug)]

@@ -1,6 +1,5 @@
 //! Convolution blocks shared by the U-Net and the Gaussian encoders.
 
-use crate::kernels::{conv2d, group_norm};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -8,6 +7,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 
+use crate::kernels::{conv2d, group_norm};
 use super::config::{NormKind, group_count};
 
 /// Batch norm, group norm or nothing, chosen by config.

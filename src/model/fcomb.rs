@@ -1,10 +1,11 @@
 //! fcomb: combines a latent sample with the U-Net's last features into segmentation logits.
 
 use burn::module::Param;
-use crate::kernels::conv2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+
+use crate::kernels::conv2d;
 
 /// logit(0.05).
 pub const OUTPUT_PRIOR_LOGIT: f32 = -2.944;

@@ -1,10 +1,10 @@
 //! The prior and posterior nets: an encoder, a global average and a 1x1 conv to the mean and
 //! log standard deviation of an axis-aligned Gaussian over the latent space.
 
-use crate::kernels::conv2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 
+use crate::kernels::conv2d;
 use super::blocks::Encoder;
 use super::config::ModelConfig;
 
