@@ -25,7 +25,7 @@ strip "$stage/$name/apunet"
 cp README.md "$stage/$name/"
 
 # wgpu opens libvulkan.so.1 at run time; ship this machine's loader beside the binary.
-libs="$(ldconfig -p 2>/dev/null || true)"
+libs="$(ldconfig -p 2>/dev/null || /sbin/ldconfig -p 2>/dev/null || true)"
 loader=$(awk '/libvulkan\.so\.1 .*(x86-64|AArch64)/ {print $NF; exit}' <<<"$libs")
 if [ "$feature" = wgpu ] && [ -n "$loader" ]; then
     cp -L "$loader" "$stage/$name/lib/libvulkan.so.1"
