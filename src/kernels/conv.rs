@@ -178,7 +178,8 @@ fn per_image(
     }
 }
 
-/// `[batch, c_out, ho, wo]`.
+/// `[batch, c_out, ho, wo]`. Not on the training path: flex's own forward measured as fast
+/// (docs/benchmarks.md); kept, and tested against burn, as the baseline for the next kernel.
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (hw, k, img) = (g.hw_out(), g.k(), g.c_in * g.h * g.w);
     let mut out = vec![0f32; g.batch * g.c_out * hw];
@@ -262,14 +263,4 @@ pub fn backward_weight(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
         sum.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
     }
     sum
-}
-
-/// The gradient with respect to the bias, `[c_out]`.
-pub fn backward_bias(g: &ConvGeom, grad: &[f32]) -> Vec<f32> {
-    let hw = g.hw_out();
-    let mut db = vec![0f32; g.c_out];
-    for (i, row) in grad.chunks(hw).enumerate() {
-        db[i % g.c_out] += row.iter().sum::<f32>();
-    }
-    db
 }

@@ -28,9 +28,6 @@ use burn::tensor::DType;
 pub use conv::ConvGeom;
 pub use norm::NormGeom;
 
-/// Whether the forward pass runs on `conv::forward` instead of flex's own conv2d.
-const FORWARD_KERNEL: bool = false;
-
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
 }
@@ -96,12 +93,6 @@ impl CpuKernels for Flex {
         // flex's own forward (tiled im2col into NHWC, then gemm) measured as fast as
         // `conv::forward` or faster at the U-Net's large maps (docs/benchmarks.md), so the
         // forward stays burn's; the backward is where flex has no kernel.
-        if FORWARD_KERNEL {
-            let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
-            let (ho, wo) = g.out_hw().unwrap_or((0, 0));
-            let out = conv::forward(&g, &values(&x), &values(&weight), Some(&values(&bias)));
-            return flex_out(out, &[g.batch, g.c_out, ho, wo], x.dtype());
-        }
         let options = ConvOptions::new_with_padding(g.stride, [(g.pad[0], g.pad[2]), (g.pad[1], g.pad[3])], [1, 1], 1);
         Flex::conv2d(x, weight, Some(bias), options)
     }
@@ -120,7 +111,7 @@ impl CpuKernels for Flex {
 
     fn group_norm_fused(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, g: NormGeom) -> FlexTensor {
         let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
-        let y = norm::forward(&g, &values(&x), Some(&values(&gamma)), Some(&values(&beta)));
+        let y = norm::forward(&g, &values(&x), &values(&gamma), &values(&beta));
         flex_out(y, &x.shape().to_vec(), x.dtype())
     }
 
@@ -131,7 +122,7 @@ impl CpuKernels for Flex {
         g: NormGeom,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let (x, grad, gamma) = (x.to_contiguous(), grad.to_contiguous(), gamma.to_contiguous());
-        let (dx, dgamma, dbeta) = norm::backward(&g, &values(&x), Some(&values(&gamma)), &values(&grad));
+        let (dx, dgamma, dbeta) = norm::backward(&g, &values(&x), &values(&gamma), &values(&grad));
         let dtype = grad.dtype();
         (flex_out(dx, &x.shape().to_vec(), dtype), flex_out(dgamma, &[g.channels], dtype), flex_out(dbeta, &[g.channels], dtype))
     }
@@ -259,33 +250,30 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(out)
 }
 
-fn norm(x: Tensor<4>, gamma: Option<Tensor<1>>, beta: Option<Tensor<1>>, groups: usize, eps: f64) -> Option<Tensor<4>> {
+/// A norm layer's forward on the kernel, or `x` back when the kernel does not apply (then the
+/// caller runs burn's op). `gamma` and `beta` are the layer's affine parameters, if it has them.
+fn norm(x: Tensor<4>, gamma: Option<Tensor<1>>, beta: Option<Tensor<1>>, affine: bool, groups: usize, eps: f64) -> Result<Tensor<4>, Tensor<4>> {
     let [batch, channels, h, w] = x.dims();
+    let consistent = gamma.is_some() == affine && beta.is_some() == affine;
     let fits = groups > 0 && channels % groups == 0 && gamma.as_ref().is_none_or(|t| t.dims() == [channels]);
-    if !fits || !on_kernels(&x.device(), x.dtype()) {
-        return None;
+    if !consistent || !fits || !on_kernels(&x.device(), x.dtype()) {
+        return Err(x);
     }
     let g = NormGeom { batch, channels, groups, hw: h * w, eps };
     let gamma = gamma.unwrap_or_else(|| Tensor::ones([channels], &x.device()));
     let beta = beta.unwrap_or_else(|| Tensor::zeros([channels], &x.device()));
     let out = <Dispatch as CpuKernels>::group_norm_fused(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), g);
-    Some(Tensor::from_dispatch(out))
+    Ok(Tensor::from_dispatch(out))
 }
 
 /// `norm.forward(x)` on the kernel where it applies, else burn's op.
-pub fn group_norm(norm_layer: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
-    let (gamma, beta) = (norm_layer.gamma.as_ref().map(|p| p.val()), norm_layer.beta.as_ref().map(|p| p.val()));
-    if gamma.is_some() != beta.is_some() || gamma.is_some() != norm_layer.affine {
-        return norm_layer.forward(x);
-    }
-    norm(x.clone(), gamma, beta, norm_layer.num_groups, norm_layer.epsilon).unwrap_or_else(|| norm_layer.forward(x))
+pub fn group_norm(layer: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    let (gamma, beta) = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
+    norm(x, gamma, beta, layer.affine, layer.num_groups, layer.epsilon).unwrap_or_else(|x| layer.forward(x))
 }
 
 /// `norm.forward(x)` (GroupNorm with a group per channel) on the kernel where it applies.
-pub fn instance_norm(norm_layer: &InstanceNorm, x: Tensor<4>) -> Tensor<4> {
-    let (gamma, beta) = (norm_layer.gamma.as_ref().map(|p| p.val()), norm_layer.beta.as_ref().map(|p| p.val()));
-    if gamma.is_some() != beta.is_some() || gamma.is_some() != norm_layer.affine {
-        return norm_layer.forward(x);
-    }
-    norm(x.clone(), gamma, beta, norm_layer.num_channels, norm_layer.epsilon).unwrap_or_else(|| norm_layer.forward(x))
+pub fn instance_norm(layer: &InstanceNorm, x: Tensor<4>) -> Tensor<4> {
+    let (gamma, beta) = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
+    norm(x, gamma, beta, layer.affine, layer.num_channels, layer.epsilon).unwrap_or_else(|x| layer.forward(x))
 }

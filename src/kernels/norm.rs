@@ -33,7 +33,7 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
 }
 
 /// `(x - mean) * rstd * gamma + beta`, per channel.
-pub fn forward(g: &NormGeom, x: &[f32], gamma: Option<&[f32]>, beta: Option<&[f32]>) -> Vec<f32> {
+pub fn forward(g: &NormGeom, x: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     let (block, cg) = (g.block(), g.per_group());
     if block == 0 {
@@ -43,8 +43,8 @@ pub fn forward(g: &NormGeom, x: &[f32], gamma: Option<&[f32]>, beta: Option<&[f3
         let (mean, rstd) = stats(xb, g.eps);
         let c0 = (i % g.groups) * cg;
         for (j, (yc, xc)) in yb.chunks_mut(g.hw).zip(xb.chunks(g.hw)).enumerate() {
-            let scale = rstd * gamma.map_or(1.0, |v| v[c0 + j]);
-            let shift = beta.map_or(0.0, |v| v[c0 + j]) - mean * scale;
+            let scale = rstd * gamma[c0 + j];
+            let shift = beta[c0 + j] - mean * scale;
             for (o, &v) in yc.iter_mut().zip(xc) {
                 *o = v * scale + shift;
             }
@@ -54,7 +54,7 @@ pub fn forward(g: &NormGeom, x: &[f32], gamma: Option<&[f32]>, beta: Option<&[f3
 }
 
 /// Gradients of x, gamma and beta (`[channels]` each, summed over the batch).
-pub fn backward(g: &NormGeom, x: &[f32], gamma: Option<&[f32]>, grad: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn backward(g: &NormGeom, x: &[f32], gamma: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (block, cg) = (g.block(), g.per_group());
     let mut dx = vec![0f32; x.len()];
     // Per block: sum(dy * xhat) and sum(dy) of each of its channels.
@@ -81,13 +81,13 @@ pub fn backward(g: &NormGeom, x: &[f32], gamma: Option<&[f32]>, grad: &[f32]) ->
                 }
                 part[2 * j] = dyx as f32;
                 part[2 * j + 1] = dy as f32;
-                let gm = gamma.map_or(1.0, |v| v[c0 + j]) as f64;
+                let gm = gamma[c0 + j] as f64;
                 s1 += gm * dy;
                 s2 += gm * dyx;
             }
             let (a, b) = ((s1 / m as f64) as f32, (s2 / m as f64) as f32);
             for j in 0..cg {
-                let gm = gamma.map_or(1.0, |v| v[c0 + j]);
+                let gm = gamma[c0 + j];
                 let range = j * g.hw..(j + 1) * g.hw;
                 for ((o, &v), &d) in dxb[range.clone()].iter_mut().zip(&xb[range.clone()]).zip(&gb[range]) {
                     let xhat = (v - mean) * rstd;
