@@ -4,6 +4,7 @@
 //! at run time, so the models have one code path.
 
 pub mod conv;
+pub mod direct;
 pub mod norm;
 
 use std::borrow::Cow;
@@ -90,22 +91,34 @@ fn flex_out(values: Vec<f32>, shape: &[usize], like: DType) -> FlexTensor {
 
 impl CpuKernels for Flex {
     fn conv2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> FlexTensor {
-        // flex's own forward (tiled im2col into NHWC, then gemm) measured as fast as
-        // `conv::forward` or faster at the U-Net's large maps (docs/benchmarks.md), so the
-        // forward stays burn's; the backward is where flex has no kernel.
-        let options = ConvOptions::new_with_padding(g.stride, [(g.pad[0], g.pad[2]), (g.pad[1], g.pad[3])], [1, 1], 1);
-        Flex::conv2d(x, weight, Some(bias), options)
+        if !direct::available() {
+            // flex's own forward (tiled im2col, then gemm) measured as fast as `conv::forward`.
+            let options = ConvOptions::new_with_padding(g.stride, [(g.pad[0], g.pad[2]), (g.pad[1], g.pad[3])], [1, 1], 1);
+            return Flex::conv2d(x, weight, Some(bias), options);
+        }
+        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+        let (ho, wo) = g.out_hw().expect("geometry checked by the router");
+        let out = direct::forward(&g, &values(&x), &values(&weight), Some(&values(&bias)));
+        flex_out(out, &[g.batch, g.c_out, ho, wo], x.dtype())
     }
 
     fn conv2d_gemm_x_backward(weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
         let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
-        let dx = conv::backward_x(&g, &values(&weight), &values(&grad));
+        let dx = if direct::available() && direct::x_backward_applies(&g) {
+            direct::backward_x(&g, &values(&weight), &values(&grad))
+        } else {
+            conv::backward_x(&g, &values(&weight), &values(&grad))
+        };
         flex_out(dx, &[g.batch, g.c_in, g.h, g.w], grad.dtype())
     }
 
     fn conv2d_gemm_weight_backward(x: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-        let dw = conv::backward_weight(&g, &values(&x), &values(&grad));
+        let dw = if direct::available() {
+            direct::backward_weight(&g, &values(&x), &values(&grad))
+        } else {
+            conv::backward_weight(&g, &values(&x), &values(&grad))
+        };
         flex_out(dw, &[g.c_out, g.c_in, g.kh, g.kw], grad.dtype())
     }
 
@@ -236,9 +249,10 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [batch, c_in, h, w] = x.dims();
     let [c_out, wc_in, kh, kw] = conv.weight.dims();
     let g = ConvGeom { batch, c_in, h, w, c_out, kh, kw, stride: conv.stride, pad };
-    // One image (the CycleGAN's batch) measured no faster than burn's ops: its GEMMs are too
-    // small to share out over the cores one by one (docs/benchmarks.md).
-    let plain = conv.groups == 1 && conv.dilation == [1, 1] && wc_in == c_in && g.out_hw().is_some() && batch >= 2;
+    // On the GEMM path one image (the CycleGAN's batch) measured no faster than burn's ops: its
+    // GEMMs are too small to share out over the cores one by one. The direct kernels split rows.
+    let batch_ok = batch >= 2 || (batch == 1 && direct::available());
+    let plain = conv.groups == 1 && conv.dilation == [1, 1] && wc_in == c_in && g.out_hw().is_some() && batch_ok;
     if !plain || !on_kernels(&x.device(), x.dtype()) {
         return conv.forward(x);
     }

@@ -30,15 +30,74 @@ impl Fcomb {
         Self { layers, out }
     }
 
-    /// `features` [B,C,H,W] and `z` [B,L] to logits [B,1,H,W]; z is tiled over H x W.
+    /// `features` [B,C,H,W] and `z` [B*n,L] (image-major: n latents per image) to logits
+    /// [B*n,1,H,W], as the 1x1 convolutions over the features with z tiled over H x W.
+    ///
+    /// z is constant over the image, so the first layer's weights split into a feature part,
+    /// applied once per image however many samples it gets, and a latent part that is only a
+    /// per-sample bias: the same sums as the concatenation, without n copies of its input.
     pub fn forward(&self, features: Tensor<4>, z: Tensor<2>) -> Tensor<4> {
-        let [b, _, h, w] = features.dims();
-        let [_, l] = z.dims();
-        let tiled = z.reshape([b, l, 1, 1]).expand([b, l, h, w]);
-        let mut x = Tensor::cat(vec![features, tiled], 1);
-        for layer in &self.layers {
+        let [b, c, h, w] = features.dims();
+        let [bn, l] = z.dims();
+        let n = bn / b;
+        let first = self.layers.first().unwrap_or(&self.out);
+        let weight = first.weight.val();
+        let c_out = weight.dims()[0];
+        let weight = weight.reshape([c_out, c + l]);
+        let w_feat = weight.clone().narrow(1, 0, c).unsqueeze_dim::<3>(0);
+        let w_z = weight.narrow(1, c, l);
+        let feat = w_feat.matmul(features.reshape([b, c, h * w])).reshape([b, 1, c_out, h, w]);
+        let mut per_sample = z.matmul(w_z.transpose());
+        if let Some(bias) = &first.bias {
+            per_sample = per_sample + bias.val().unsqueeze_dim::<2>(0);
+        }
+        let per_sample = per_sample.reshape([b, n, c_out, 1, 1]);
+        let x = (feat.expand([b, n, c_out, h, w]) + per_sample).reshape([bn, c_out, h, w]);
+        if self.layers.is_empty() {
+            return x;
+        }
+        let mut x = relu(x);
+        for layer in &self.layers[1..] {
             x = relu(conv2d(layer, x));
         }
         conv2d(&self.out, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::module::conv2d as burn_conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+
+    /// The plain reference: z tiled over the image, concatenated, every 1x1 conv with burn's op.
+    fn reference(f: &Fcomb, features: Tensor<4>, z: Tensor<2>) -> Tensor<4> {
+        let [b, c, h, w] = features.dims();
+        let [bn, l] = z.dims();
+        let n = bn / b;
+        let feats = features.unsqueeze_dim::<5>(1).expand([b, n, c, h, w]).reshape([bn, c, h, w]);
+        let mut x = Tensor::cat(vec![feats, z.reshape([bn, l, 1, 1]).expand([bn, l, h, w])], 1);
+        let conv = |layer: &Conv2d, x| {
+            burn_conv2d(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()), ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+        };
+        for layer in &f.layers {
+            x = relu(conv(layer, x));
+        }
+        conv(&f.out, x)
+    }
+
+    #[test]
+    fn split_first_layer_matches_the_concatenation() {
+        let device = Device::flex();
+        for (hidden, b, n, h, w) in [(3, 2, 5, 7, 5), (1, 1, 1, 4, 4), (0, 3, 2, 3, 6)] {
+            let f = Fcomb::new(6, 3, hidden, &device);
+            let features = Tensor::<4>::random([b, 6, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let z = Tensor::<2>::random([b * n, 3], Distribution::Normal(0.0, 1.0), &device);
+            let got = f.forward(features.clone(), z.clone());
+            assert_eq!(got.dims(), [b * n, 1, h, w]);
+            got.into_data().assert_approx_eq::<f32>(&reference(&f, features, z).into_data(), Tolerance::relative(1e-4));
+        }
     }
 }

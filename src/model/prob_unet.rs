@@ -69,10 +69,7 @@ impl ProbUNet {
 
     /// Logits [B*n,1,H,W] for given latents `z` [B*n, L] (image-major): n per image.
     pub fn decode_latents(&self, features: Tensor<4>, z: Tensor<2>) -> Tensor<4> {
-        let [b, c, h, w] = features.dims();
-        let n = z.dims()[0] / b;
-        let feats = features.unsqueeze_dim::<5>(1).expand([b, n, c, h, w]).reshape([b * n, c, h, w]);
-        self.fcomb.forward(feats, z)
+        self.fcomb.forward(features, z)
     }
 
     /// The prior mean's prediction, [B,1,H,W] logits.

@@ -98,7 +98,7 @@ fn the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use() {
         case(3, 4, 6, [13, 9], 3, 1, 1),      // odd sizes
         case(2, 3, 4, [15, 11], 3, 2, 1),     // stride 2
         case(2, 5, 3, [8, 8], 1, 1, 0),       // 1x1: fcomb, gates, heads
-        case(1, 5, 3, [7, 5], 1, 1, 0),       // one image: routed to burn's op
+        case(1, 5, 3, [7, 5], 1, 1, 0),       // one image: the direct kernel, or burn's op
         case(2, 4, 2, [16, 10], 2, 2, 0),     // attention gate's 2x2 stride 2
         case(2, 3, 4, [17, 12], 4, 2, 1),     // PatchGAN 4x4 stride 2
         case(2, 3, 1, [9, 7], 4, 1, 1),       // PatchGAN 4x4 stride 1
@@ -259,27 +259,54 @@ fn group_and_instance_norm_kernels_match_burn() {
 
 
 
-/// The slice kernels themselves on one image, where they run one GEMM at a time with the
-/// GEMM itself parallel (the router sends single images to burn, machines with more cores than
-/// images reach this path).
+/// Both slice-kernel paths, whichever the router would pick: the GEMM path (im2col) and the
+/// direct AVX2 path (where this CPU has it), on every fixed geometry, random shapes and
+/// single images, against burn's op.
 #[test]
-fn slice_kernels_match_burn_on_a_single_image() {
-    use apunet::kernels::conv::{ConvGeom, backward_weight, backward_x, forward};
+fn gemm_and_direct_slice_kernels_match_burn() {
+    use apunet::kernels::conv::{self, ConvGeom};
+    use apunet::kernels::direct;
     let _guard = common::rng_lock();
-    let c = case(1, 4, 6, [11, 9], 3, 2, 1);
-    let device = Device::flex().autodiff();
-    let conv = Conv2dConfig::new([c.c_in, c.c_out], c.k)
-        .with_stride([c.stride; 2])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init(&device);
     let mut rng = StdRng::seed_from_u64(12);
-    let x = values(&mut rng, 4 * 11 * 9);
-    let r = values(&mut rng, 6 * 6 * 5);
-    let burn = run(&c, &conv, &x, &r, false);
-    let g = ConvGeom { batch: 1, c_in: 4, h: 11, w: 9, c_out: 6, kh: 3, kw: 3, stride: [2, 2], pad: [1; 4] };
-    let w = to_host(conv.weight.val()).unwrap();
-    let b = to_host(conv.bias.as_ref().unwrap().val()).unwrap();
-    assert!(rel_err(&forward(&g, &x, &w, Some(&b)), &burn[0]) < 1e-4);
-    assert!(rel_err(&backward_x(&g, &w, &r), &burn[1]) < 1e-4);
-    assert!(rel_err(&backward_weight(&g, &x, &r), &burn[2]) < 1e-4);
+    let mut cases = vec![
+        case(1, 4, 6, [11, 9], 3, 2, 1),
+        case(1, 5, 17, [13, 8], 3, 1, 1),
+        case(3, 19, 33, [9, 7], 3, 1, 1),
+        case(2, 3, 4, [17, 12], 4, 2, 1),
+        case(2, 2, 3, [14, 14], 7, 1, 0),
+        case(2, 3, 2, [16, 10], 2, 2, 0),
+        case(1, 7, 3, [5, 6], 1, 1, 0),
+    ];
+    for _ in 0..15 {
+        let k = rng.gen_range(1..=4);
+        let (h, w) = (rng.gen_range(k..13), rng.gen_range(k..13));
+        cases.push(case(rng.gen_range(1..4), rng.gen_range(1..20), rng.gen_range(1..20), [h, w], k, rng.gen_range(1..=2), rng.gen_range(0..k)));
+    }
+    let device = Device::flex().autodiff();
+    for (i, c) in cases.iter().enumerate() {
+        let conv = Conv2dConfig::new([c.c_in, c.c_out], c.k)
+            .with_stride([c.stride; 2])
+            .with_padding(PaddingConfig2d::Explicit(c.pad[0], c.pad[1], c.pad[2], c.pad[3]))
+            .init(&device);
+        let [h, w] = c.hw;
+        let g = ConvGeom { batch: c.batch, c_in: c.c_in, h, w, c_out: c.c_out, kh: c.k[0], kw: c.k[1], stride: [c.stride; 2], pad: c.pad };
+        let (ho, wo) = g.out_hw().unwrap();
+        let x = values(&mut rng, c.batch * c.c_in * h * w);
+        let r = values(&mut rng, c.batch * c.c_out * ho * wo);
+        let burn = run(c, &conv, &x, &r, false);
+        let wt = to_host(conv.weight.val()).unwrap();
+        let b = to_host(conv.bias.as_ref().unwrap().val()).unwrap();
+        let what = format!("case {i}: {g:?}");
+        assert!(rel_err(&conv::forward(&g, &x, &wt, Some(&b)), &burn[0]) < 1e-4, "gemm forward, {what}");
+        assert!(rel_err(&conv::backward_x(&g, &wt, &r), &burn[1]) < 1e-4, "gemm input gradient, {what}");
+        assert!(rel_err(&conv::backward_weight(&g, &x, &r), &burn[2]) < 1e-4, "gemm weight gradient, {what}");
+        if !direct::available() {
+            continue;
+        }
+        assert!(rel_err(&direct::forward(&g, &x, &wt, Some(&b)), &burn[0]) < 1e-4, "direct forward, {what}");
+        if direct::x_backward_applies(&g) {
+            assert!(rel_err(&direct::backward_x(&g, &wt, &r), &burn[1]) < 1e-4, "direct input gradient, {what}");
+        }
+        assert!(rel_err(&direct::backward_weight(&g, &x, &r), &burn[2]) < 1e-4, "direct weight gradient, {what}");
+    }
 }
