@@ -1,5 +1,6 @@
-//! Sampling masks from a trained model: the backbone and prior run once per image, fcomb once
-//! per chunk of images with all n samples batched.
+//! Sampling masks from a trained model: the encoders run once per image, the sample-dependent
+//! part (the Probabilistic U-Net's fcomb, the HPU-Net's latent decoder) once per chunk of
+//! images with all n samples batched.
 
 use anyhow::Result;
 use burn::prelude::*;
@@ -9,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::model::{ProbUNet, to_host};
+use crate::model::{Segmenter, to_host};
 
 /// n sampled masks per image and the mean probability map.
 #[derive(Debug, Clone)]
@@ -28,18 +29,27 @@ pub fn image_eps(seed: u64, image: usize, n: usize, latent: usize) -> Vec<f32> {
     (0..n * latent).map(|_| StandardNormal.sample(&mut rng)).collect()
 }
 
-/// Samples `n` masks for every image in `images` [N,H,W].
+/// How to sample: n masks per image, seeded; `batch` images at a time.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub n: usize,
+    pub seed: u64,
+    pub batch: usize,
+    /// HPU-Net latent scales (coarsest first) that take the prior's mean instead of a sample.
+    pub mean_scales: Vec<bool>,
+}
+
+/// Samples `s.n` masks for every image in `images` [N,H,W].
 pub fn sample_images(
-    model: &ProbUNet,
+    model: &Segmenter,
     images: &Array3<f32>,
-    n: usize,
-    latent: usize,
-    seed: u64,
-    batch: usize,
+    s: &Sampling,
     device: &Device,
     mut progress: impl FnMut(usize),
 ) -> Result<Samples> {
+    let (n, seed, batch) = (s.n, s.seed, s.batch);
     let (count, h, w) = images.dim();
+    let latent = model.latent_size(h, w);
     let mut masks = Array4::<u8>::zeros((count, n, h, w));
     let mut mean = Array3::<f32>::zeros((count, h, w));
     let mut prior_mean = Array3::<u8>::zeros((count, h, w));
@@ -54,9 +64,9 @@ pub fn sample_images(
         let x = Tensor::<4>::from_data(TensorData::new(chunk, [b, 1, h, w]), device);
         let eps: Vec<f32> = (start..end).flat_map(|i| image_eps(seed, i, n, latent)).collect();
         let eps = Tensor::<2>::from_data(TensorData::new(eps, [b * n, latent]), device);
-        let (features, prior) = model.encode(x);
-        let best = to_host(model.fcomb.forward(features.clone(), prior.mu.clone()))?;
-        let probs = to_host(sigmoid(model.sample_from(features, &prior, eps)))?;
+        let enc = model.encode(x);
+        let best = to_host(model.predict_prior_mean(&enc))?;
+        let probs = to_host(sigmoid(model.sample_from(&enc, eps, &s.mean_scales)))?;
         for (o, &v) in prior_mean.slice_mut(ndarray::s![start..end, .., ..]).iter_mut().zip(&best) {
             *o = (v > 0.0) as u8;
         }
@@ -64,9 +74,9 @@ pub fn sample_images(
         for bi in 0..b {
             let mut m = mean.index_axis_mut(Axis(0), start + bi);
             let m = m.as_slice_mut().expect("standard layout");
-            for s in 0..n {
-                let p = &probs[(bi * n + s) * hw..(bi * n + s + 1) * hw];
-                let mut out = masks.slice_mut(ndarray::s![start + bi, s, .., ..]);
+            for k in 0..n {
+                let p = &probs[(bi * n + k) * hw..(bi * n + k + 1) * hw];
+                let mut out = masks.slice_mut(ndarray::s![start + bi, k, .., ..]);
                 for (k, (o, &v)) in out.iter_mut().zip(p).enumerate() {
                     *o = (v > 0.5) as u8;
                     m[k] += v / n as f32;

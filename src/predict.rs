@@ -6,8 +6,8 @@ use anyhow::{Result, bail};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 
-use crate::inference::image_eps;
-use crate::model::{ProbUNet, to_host};
+use crate::inference::{Sampling, image_eps};
+use crate::model::{ProbUNet, Segmenter, to_host};
 
 /// Start offsets of windows of `patch` along an axis of `len` (len >= patch), stepping by
 /// patch * (1 - overlap) and always ending flush with the last pixel.
@@ -170,28 +170,36 @@ pub fn image_latents(mu: &[f32], log_sigma: &[f32], eps: &[f32]) -> Vec<f32> {
     eps.iter().enumerate().map(|(i, e)| mu[i % l] + log_sigma[i % l].exp() * e).collect()
 }
 
-/// Samples for an image of any size: one prior per image (`image_prior`) and one latent per
-/// sample (`image_latents`, eps seeded by `seed`) shared by every patch, so each sample is one
-/// reading of the whole image; the backbone and fcomb run per patch.
+/// Samples for an image of any size, each sample one reading of the whole image.
+/// - Probabilistic U-Net: one prior per image (`image_prior`) and one latent per sample
+///   (`image_latents`, eps seeded by `s.seed`) shared by every patch; the backbone and fcomb
+///   run per patch.
+/// - HPU-Net: its latents are maps, one value per pixel of each coarse scale, so each patch has
+///   its own prior; every patch takes the same standard-normal draw per sample, which keeps
+///   overlapping patches' readings alike.
 #[allow(clippy::too_many_arguments)]
 pub fn predict_image(
-    model: &ProbUNet,
+    model: &Segmenter,
     img: &[f32],
     h: usize,
     w: usize,
     patch: (usize, usize),
-    n: usize,
-    latent: usize,
+    s: &Sampling,
     overlap: f64,
-    seed: u64,
-    batch: usize,
     device: &Device,
     progress: impl FnMut(usize),
 ) -> Result<Prediction> {
     let (ph, pw) = patch;
+    let (n, batch) = (s.n, s.batch);
     let win = Windows::new(img, h, w, ph, pw, overlap)?;
-    let (mu, log_sigma) = image_prior(model, &win, batch, device)?;
-    let z = image_latents(&mu, &log_sigma, &image_eps(seed, 0, n, latent));
+    let latent = model.latent_size(ph, pw);
+    let shared = match model.as_punet() {
+        Some(m) => {
+            let (mu, log_sigma) = image_prior(m, &win, batch, device)?;
+            image_latents(&mu, &log_sigma, &image_eps(s.seed, 0, n, latent))
+        }
+        None => image_eps(s.seed, 0, n, latent),
+    };
     // The same windows the prior saw: cut once.
     blend(
         &win,
@@ -201,9 +209,13 @@ pub fn predict_image(
         batch,
         |patches, b| {
             let x = Tensor::<4>::from_data(TensorData::new(patches.to_vec(), [b, 1, ph, pw]), device);
-            let zb: Vec<f32> = (0..b).flat_map(|_| z.iter().copied()).collect();
-            let zb = Tensor::<2>::from_data(TensorData::new(zb, [b * n, latent]), device);
-            to_host(sigmoid(model.decode_latents(model.unet.forward(x), zb)))
+            let per_patch: Vec<f32> = (0..b).flat_map(|_| shared.iter().copied()).collect();
+            let per_patch = Tensor::<2>::from_data(TensorData::new(per_patch, [b * n, latent]), device);
+            let logits = match model.as_punet() {
+                Some(m) => m.decode_latents(m.unet.forward(x), per_patch),
+                None => model.sample_from(&model.encode(x), per_patch, &s.mean_scales),
+            };
+            to_host(sigmoid(logits))
         },
         progress,
     )

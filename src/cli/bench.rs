@@ -15,7 +15,8 @@ use serde_json::json;
 use crate::device::parse_device;
 use crate::gan::networks::GanConfig;
 use crate::gan::train::{CycleGan, GanStepper, GanTrainConfig};
-use crate::model::{ModelConfig, ProbUNet, elbo_loss, to_host};
+use crate::model::{ModelConfig, ModelKind, Segmenter, to_host};
+use crate::train::objective::bce_with_logits;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -35,6 +36,12 @@ pub struct BenchArgs {
     pub samples: usize,
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub filters: Option<Vec<usize>>,
+    /// punet, or hpunet (the reference HPU-Net for --size).
+    #[arg(long, value_enum, default_value_t = ModelKind::Punet)]
+    pub model: ModelKind,
+    /// With --model hpunet: attention gates and a transformer (the attention variant).
+    #[arg(long)]
+    pub attention: bool,
 }
 
 fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -53,17 +60,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let gpu = a.device != "cpu" && a.device != "flex";
     let b = a.batch_size.unwrap_or(if gpu { 32 } else { 8 });
-    let mut cfg = ModelConfig::default();
+    let mut cfg = match a.model {
+        ModelKind::Punet => ModelConfig::default(),
+        ModelKind::Hpunet => ModelConfig::hpunet(a.size, a.attention),
+    };
     if let Some(f) = &a.filters {
         cfg.filters = f.clone();
     }
     cfg.validate()?;
     cfg.check_size(a.size, a.size)?;
-    let (s, l) = (a.size, cfg.latent_dim);
+    let s = a.size;
     let mut rng = StdRng::seed_from_u64(0);
     let ad = device.clone().autodiff();
     ad.seed(0);
-    let model = ProbUNet::new(&cfg, &ad);
+    let model = Segmenter::new(&cfg, &ad);
+    let l = model.latent_size(s, s);
     let params = model.num_params();
     // An Option lets the step closure move the model through the optimizer without a clone.
     let mut slot = Some(model);
@@ -76,11 +87,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, b * l), [b, l]), &ad);
         let model = slot.take().expect("model is put back after every step");
         let out = model.forward_train(xi, yi.clone(), eps);
-        let loss = elbo_loss(&out, yi, 1.0);
-        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        let loss = bce_with_logits(out.logits, yi).sum() / b as f64 + out.kl.mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
         slot = Some(optim.step(1e-4, model, grads));
         // Reading a value back waits for the device, so the step is fully timed.
-        to_host(loss.reconstruction).map(|_| ())
+        to_host(loss).map(|_| ())
     })?;
     let train_s: f64 = step_times.iter().sum();
     let train_ips = (a.steps * b) as f64 / train_s.max(1e-9);
@@ -90,8 +101,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let sample_times = timed("sample", a.warmup, a.steps, || {
         let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, 1, s, s]), &device);
         let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, b * n * l), [b * n, l]), &device);
-        let (features, prior) = valid.encode(xi);
-        let masks = valid.sample_from(features, &prior, eps).greater_elem(0.0);
+        let masks = valid.sample_from(&valid.encode(xi), eps, &[]).greater_elem(0.0);
         masks.try_into_data().map(|_| ()).map_err(|e| anyhow::anyhow!("the device failed to sample: {e:?}"))
     })?;
     let sample_s: f64 = sample_times.iter().sum();
@@ -101,6 +111,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "device": a.device,
         "batch_size": b,
         "size": s,
+        "model": a.model,
         "filters": cfg.filters,
         "params": params,
         "train_images_per_s": train_ips,

@@ -136,7 +136,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     }
     let pb = ProgressBar::new(ds.len() as u64);
     let samples =
-        inference::sample_images(&model, &ds.images, s.n, cfg.model.latent_dim, s.seed, s.batch_size, &device, |k| pb.inc(k as u64))?;
+        inference::sample_images(&model, &ds.images, &s.sampling(&cfg)?, &device, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let (masks, mean) = (samples.masks.clone().into_dyn(), samples.mean.clone().into_dyn());

@@ -108,11 +108,34 @@ pub struct SamplingArgs {
     /// cpu | wgpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// HPU-Net: the latent scales to sample (0 = coarsest, comma-separated); the others take
+    /// the prior's mean. Coarse scales alone vary the whole finding, fine ones its outline.
+    /// Default: every scale.
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Option<Vec<usize>>,
 }
 
 impl SamplingArgs {
+    /// The sampling settings for `model`, checking `--scales` against its latent scales.
+    pub fn sampling(&self, cfg: &RunConfig) -> Result<crate::inference::Sampling> {
+        let mean_scales = match &self.scales {
+            None => Vec::new(),
+            Some(list) => {
+                if cfg.model.kind != crate::model::ModelKind::Hpunet {
+                    bail!("--scales applies to the HPU-Net only; this run's model has one global latent");
+                }
+                let count = cfg.model.latent_scales;
+                if let Some(bad) = list.iter().find(|&&s| s >= count) {
+                    bail!("--scales: scale {bad} does not exist (this model has scales 0..{count}, 0 the coarsest)");
+                }
+                (0..count).map(|s| !list.contains(&s)).collect()
+            }
+        };
+        Ok(crate::inference::Sampling { n: self.n, seed: self.seed, batch: self.batch_size, mean_scales })
+    }
+
     /// Checks `--n` and `--batch-size`, opens the device and rebuilds the trained model from the run.
-    pub fn load(&self) -> Result<(burn::prelude::Device, RunConfig, crate::model::ProbUNet)> {
+    pub fn load(&self) -> Result<(burn::prelude::Device, RunConfig, crate::model::Segmenter)> {
         if self.n == 0 {
             bail!("--n must be at least 1");
         }
@@ -126,7 +149,7 @@ impl SamplingArgs {
 
     /// Defaults for `run`, as the command line gives them.
     pub fn for_run(run: &Path) -> Self {
-        Self { run: run.to_path_buf(), n: 16, checkpoint: Which::Best, seed: 0, batch_size: 8, device: "cpu".into() }
+        Self { run: run.to_path_buf(), n: 16, checkpoint: Which::Best, seed: 0, batch_size: 8, device: "cpu".into(), scales: None }
     }
 }
 
@@ -252,7 +275,7 @@ pub fn sample_to(s: &SamplingArgs, data: &Path, out: &Path, figure_images: usize
     cfg.model.check_size(ds.height(), ds.width())?;
     let pb = ProgressBar::new(ds.len() as u64);
     let samples =
-        inference::sample_images(&model, &ds.images, n, cfg.model.latent_dim, s.seed, s.batch_size, &device, |k| pb.inc(k as u64))?;
+        inference::sample_images(&model, &ds.images, &crate::inference::Sampling { n, ..s.sampling(&cfg)? }, &device, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     let masks = samples.masks.clone().into_dyn();
     let mean = samples.mean.clone().into_dyn();

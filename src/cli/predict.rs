@@ -60,6 +60,7 @@ fn inputs(path: &Path) -> Result<Vec<PathBuf>> {
 pub fn predict_cmd(a: PredictArgs) -> Result<()> {
     let s = &a.sampling;
     let (device, cfg, model) = s.load()?;
+    let sampling = s.sampling(&cfg)?;
     let (ph, pw) = (cfg.data.height, cfg.data.width);
     if ph == 0 || pw == 0 {
         bail!("{}: config.toml has no [data] crop size; retrain with this version of apunet", s.run.display());
@@ -95,11 +96,8 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
                 slice.height,
                 slice.width,
                 (ph, pw),
-                s.n,
-                cfg.model.latent_dim,
+                &sampling,
                 a.overlap,
-                s.seed,
-                s.batch_size,
                 &device,
                 |k| pb.inc(k as u64),
             )?);

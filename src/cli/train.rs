@@ -7,7 +7,8 @@ use clap::Args;
 
 use crate::data::AnnotatorChoice;
 use crate::device::parse_device;
-use crate::model::NormKind;
+use crate::model::{ModelConfig, ModelKind, NormKind};
+use crate::train::objective::LossKind;
 use crate::train::{self, RunConfig, Select, TrainRequest};
 
 /// Flags left out take their value from --config, else from the defaults shown; on --resume,
@@ -89,6 +90,32 @@ pub struct TrainArgs {
     /// Plain U-Net backbone: no attention gates and no transformer block.
     #[arg(long)]
     pub no_attention: bool,
+    /// punet (Probabilistic U-Net, one global latent) or hpunet (Hierarchical Probabilistic
+    /// U-Net: latent maps at the coarsest decoder scales, DeepMind's reference architecture,
+    /// its depth fitted to the crops) [default: punet].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// HPU-Net: attention gates on every skip and a transformer block, the Hierarchical
+    /// Probabilistic Attention U-Net.
+    #[arg(long)]
+    pub attention: bool,
+    /// HPU-Net: decoder scales with latents, counted from the coarsest [default: 4].
+    #[arg(long)]
+    pub latent_scales: Option<usize>,
+    /// HPU-Net: latent channels per pixel [default: 1].
+    #[arg(long)]
+    pub latent_channels: Option<usize>,
+    /// elbo (reconstruction + beta * KL) or geco (a constrained reconstruction, lambda learnt;
+    /// with it --topk defaults to 0.02).
+    #[arg(long, value_enum)]
+    pub loss: Option<LossKind>,
+    /// Share of each batch's pixels in the reconstruction: the highest-loss ones, chosen
+    /// stochastically [default: all; 0.02 with --loss geco].
+    #[arg(long)]
+    pub topk: Option<f64>,
+    /// GECO's tolerated reconstruction loss per pixel kept.
+    #[arg(long)]
+    pub geco_kappa: Option<f64>,
     /// cpu | wgpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -162,7 +189,36 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     if let Some(v) = a.weight_decay {
         t.weight_decay = Some(v);
     }
+    if let Some(v) = a.loss {
+        t.loss = v;
+        if v == LossKind::Geco && a.topk.is_none() && t.topk.is_none() {
+            t.topk = Some(0.02);
+        }
+    }
+    if let Some(v) = a.topk {
+        t.topk = Some(v);
+    }
+    if let Some(v) = a.geco_kappa {
+        t.geco_kappa = v;
+    }
+    if a.model == Some(ModelKind::Hpunet) && cfg.model.kind != ModelKind::Hpunet {
+        // The reference for 128-px crops; its depth is fitted to the data when the run starts.
+        cfg.model = ModelConfig { in_channels: cfg.model.in_channels, ..ModelConfig::hpunet(128, a.attention) };
+    } else if a.model == Some(ModelKind::Punet) && cfg.model.kind != ModelKind::Punet {
+        cfg.model = ModelConfig { in_channels: cfg.model.in_channels, ..ModelConfig::default() };
+    } else if a.attention && cfg.model.kind == ModelKind::Hpunet {
+        let depth = cfg.model.depth();
+        let attn = ModelConfig::hpunet(1 << (depth - 1), true);
+        cfg.model.attention_gates = true;
+        cfg.model.transformer_levels = attn.transformer_levels;
+    }
     let m = &mut cfg.model;
+    if let Some(v) = a.latent_scales {
+        m.latent_scales = v;
+    }
+    if let Some(v) = a.latent_channels {
+        m.latent_channels = v;
+    }
     if let Some(v) = a.latent_dim {
         m.latent_dim = v;
     }

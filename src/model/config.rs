@@ -15,9 +15,24 @@ pub enum NormKind {
     None,
 }
 
+/// Which model a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Probabilistic U-Net: one global latent vector, an Attention U-Net backbone. Default.
+    #[default]
+    Punet,
+    /// Hierarchical Probabilistic U-Net: per-pixel latents at the coarsest decoder scales.
+    Hpunet,
+}
+
+/// The reference HPU-Net's channels per level for 128x128 crops (128 px down to 1 px).
+pub const HPUNET_FILTERS: [usize; 8] = [24, 48, 96, 192, 192, 192, 192, 192];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
+    pub kind: ModelKind,
     pub in_channels: usize,
     /// Filters per level; its length is the depth.
     pub filters: Vec<usize>,
@@ -35,6 +50,12 @@ pub struct ModelConfig {
     /// Clamp range for the Gaussians' log sigma: keeps exp() finite (the public PyTorch port NaNs here).
     pub log_sigma_min: f32,
     pub log_sigma_max: f32,
+    /// HPU-Net: decoder scales with latents, counted from the coarsest level.
+    pub latent_scales: usize,
+    /// HPU-Net: latent channels per pixel at each scale.
+    pub latent_channels: usize,
+    /// HPU-Net: residual blocks per level.
+    pub res_blocks: usize,
 }
 
 impl Default for ModelConfig {
@@ -51,11 +72,33 @@ impl Default for ModelConfig {
             fcomb_layers: 3,
             log_sigma_min: -8.0,
             log_sigma_max: 4.0,
+            kind: ModelKind::Punet,
+            latent_scales: 4,
+            latent_channels: 1,
+            res_blocks: 3,
         }
     }
 }
 
 impl ModelConfig {
+    /// The reference HPU-Net for `size`-pixel crops: as many of its 8 levels as halve down to
+    /// 1 px, no attention gates, no transformers. `attention` makes it the Hierarchical
+    /// Probabilistic Attention U-Net (gates on every skip, a transformer at the coarsest level).
+    pub fn hpunet(size: usize, attention: bool) -> Self {
+        let depth = (size.max(1).ilog2() as usize + 1).clamp(2, HPUNET_FILTERS.len());
+        Self {
+            kind: ModelKind::Hpunet,
+            filters: HPUNET_FILTERS[..depth].to_vec(),
+            norm: NormKind::None,
+            attention_gates: attention,
+            // Self-attention over the 8x8 features before the finest latent scale (64 tokens):
+            // the coarser levels hold 1 to 16 tokens.
+            transformer_levels: Some(if attention { vec![depth - 1 - 4.min(depth - 1)] } else { vec![] }),
+            latent_scales: 4.min(depth - 1),
+            ..Self::default()
+        }
+    }
+
     pub fn depth(&self) -> usize {
         self.filters.len()
     }
@@ -92,6 +135,19 @@ impl ModelConfig {
         }
         if self.log_sigma_min >= self.log_sigma_max {
             bail!("model.log_sigma_min must be below log_sigma_max");
+        }
+        if self.kind == ModelKind::Hpunet {
+            if self.latent_scales == 0 || self.latent_scales >= self.depth() {
+                bail!(
+                    "model.latent_scales must be between 1 and depth - 1 = {} for {} levels, got {}",
+                    self.depth().saturating_sub(1),
+                    self.depth(),
+                    self.latent_scales
+                );
+            }
+            if self.latent_channels == 0 || self.res_blocks == 0 {
+                bail!("model.latent_channels and model.res_blocks must be at least 1");
+            }
         }
         for l in self.transformer_levels() {
             if l + 1 >= self.depth() {

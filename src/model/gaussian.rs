@@ -55,6 +55,10 @@ impl GaussianEncoder {
         }
     }
 
+    pub fn latent_dim(&self) -> usize {
+        self.latent_dim
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Gaussian {
         let f = self.encoder.forward_last(x);
         let pooled = f.mean_dim(2).mean_dim(3);

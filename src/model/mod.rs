@@ -5,12 +5,17 @@ pub mod blocks;
 pub mod config;
 pub mod fcomb;
 pub mod gaussian;
+pub mod hpunet;
 pub mod prob_unet;
+pub mod residual;
+pub mod segmenter;
 pub mod transformer;
 pub mod unet;
 
-pub use config::{ModelConfig, NormKind};
+pub use config::{ModelConfig, ModelKind, NormKind};
+pub use hpunet::HPUNet;
 pub use prob_unet::{ProbUNet, elbo_loss};
+pub use segmenter::{Encoded, Segmenter, TrainOut};
 
 use burn::prelude::*;
 use burn::tensor::module::interpolate;

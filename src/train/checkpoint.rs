@@ -10,7 +10,8 @@ use burn::store::{BurnpackStore, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::fsio;
-use crate::model::ProbUNet;
+use super::objective::GecoState;
+use crate::model::Segmenter;
 
 /// Progress that `--resume` continues from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub struct TrainState {
     pub best_score: Option<f64>,
     pub skipped_steps: usize,
     pub data: String,
+    /// GECO's EMA and multiplier (unused by the ELBO).
+    #[serde(default)]
+    pub geco: GecoState,
 }
 
 pub struct RunPaths {
@@ -89,6 +93,24 @@ pub fn load_model<M: Module>(model: M, path: &Path) -> Result<M> {
     Ok(model)
 }
 
+/// The network inside a [`Segmenter`], saved without the enum's variant in its tensor paths:
+/// config.toml names the kind, and Probabilistic U-Net checkpoints keep the layout they had
+/// before the HPU-Net existed.
+pub fn save_segmenter(model: &Segmenter, path: &Path) -> Result<()> {
+    match model {
+        Segmenter::PUNet(m) => save_model(m, path),
+        Segmenter::HPUNet(m) => save_model(m, path),
+    }
+}
+
+/// Loads what [`save_segmenter`] wrote into a model of the same kind.
+pub fn load_segmenter(model: Segmenter, path: &Path) -> Result<Segmenter> {
+    Ok(match model {
+        Segmenter::PUNet(m) => Segmenter::PUNet(load_model(m, path)?),
+        Segmenter::HPUNet(m) => Segmenter::HPUNet(load_model(m, path)?),
+    })
+}
+
 pub fn save_optimizer(optim: &ModuleOptimizer, path: &Path) -> Result<()> {
     fsio::write_atomic_with(path, |tmp| optim.save(tmp).map_err(|e| anyhow!("{e:?}")))
 }
@@ -117,15 +139,15 @@ const SET: [&str; 3] = ["last.bpk", "optimizer.bpk", "best.bpk"];
 /// at any point leaves either the previous epoch or this one whole: `recover` finishes a staged
 /// set that was complete and drops one that was not. Weights and optimizer state always belong
 /// to the same epoch, so a resumed run continues exactly where it stopped.
-pub fn commit_epoch<M: Module>(paths: &RunPaths, model: &M, optim: &ModuleOptimizer, best: bool, state: &TrainState) -> Result<()> {
+pub fn commit_epoch(paths: &RunPaths, model: &Segmenter, optim: &ModuleOptimizer, best: bool, state: &TrainState) -> Result<()> {
     let staged = paths.staged();
     if staged.exists() {
         std::fs::remove_dir_all(&staged).with_context(|| format!("clearing {}", staged.display()))?;
     }
-    save_model(model, &staged.join(SET[0]))?;
+    save_segmenter(model, &staged.join(SET[0]))?;
     save_optimizer(optim, &staged.join(SET[1]))?;
     if best {
-        save_model(model, &staged.join(SET[2]))?;
+        save_segmenter(model, &staged.join(SET[2]))?;
     }
     save_state(state, &staged.join("state.json"))?;
     promote(paths)
@@ -164,7 +186,7 @@ pub fn recover(paths: &RunPaths) -> Result<()> {
 }
 
 /// Rebuilds a trained model from RUN_DIR alone (config.toml + a checkpoint), on `device`.
-pub fn load_run(run: &Path, which: Which, device: &Device) -> Result<(crate::train::RunConfig, ProbUNet)> {
+pub fn load_run(run: &Path, which: Which, device: &Device) -> Result<(crate::train::RunConfig, Segmenter)> {
     let paths = RunPaths::new(run);
     let cfg = crate::train::RunConfig::load(&paths.config())
         .with_context(|| format!("{} is not an apunet run directory", run.display()))?;
@@ -172,7 +194,7 @@ pub fn load_run(run: &Path, which: Which, device: &Device) -> Result<(crate::tra
         Which::Best if paths.best_model().exists() => paths.best_model(),
         _ => paths.last_model(),
     };
-    let model = load_model(ProbUNet::new(&cfg.model, device), &path)?;
+    let model = load_segmenter(Segmenter::new(&cfg.model, device), &path)?;
     Ok((cfg, model))
 }
 

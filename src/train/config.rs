@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::AnnotatorChoice;
 use crate::data::scan::Preprocess;
 use crate::fsio;
+use super::objective::{LossKind, Objective};
 use crate::model::ModelConfig;
 
 /// What "best" checkpoint selection minimises.
@@ -56,6 +57,15 @@ pub struct TrainConfig {
     pub patch_foreground: f64,
     /// Write the sample figure every this many epochs (and always after the last).
     pub figure_every: usize,
+    /// "elbo" (reconstruction + beta * KL) or "geco" (a constraint on the reconstruction).
+    pub loss: LossKind,
+    /// Share of the batch's pixels in the reconstruction term, the highest-loss ones chosen
+    /// stochastically (the HPU-Net uses 0.02); unset: every pixel.
+    pub topk: Option<f64>,
+    /// GECO's tolerated reconstruction loss per pixel kept.
+    pub geco_kappa: f64,
+    /// GECO's step size for the Lagrange multiplier.
+    pub geco_rate: f64,
 }
 
 impl Default for TrainConfig {
@@ -82,6 +92,10 @@ impl Default for TrainConfig {
             patch: None,
             patch_foreground: 0.33,
             figure_every: 1,
+            loss: LossKind::Elbo,
+            topk: None,
+            geco_kappa: 0.05,
+            geco_rate: 1e-2,
         }
     }
 }
@@ -115,7 +129,20 @@ impl TrainConfig {
         if self.figure_every == 0 {
             bail!("train.figure_every must be at least 1");
         }
+        if let Some(k) = self.topk
+            && !(k > 0.0 && k <= 1.0)
+        {
+            bail!("train.topk must be a share of pixels in (0, 1], got {k}");
+        }
+        if !(self.geco_kappa.is_finite() && self.geco_kappa >= 0.0) || !(self.geco_rate.is_finite() && self.geco_rate > 0.0) {
+            bail!("train.geco_kappa must be >= 0 and train.geco_rate > 0");
+        }
         Ok(())
+    }
+
+    /// The loss for an epoch (1-based).
+    pub fn objective(&self, epoch: usize) -> Objective {
+        Objective { kind: self.loss, topk: self.topk, beta: self.beta_at(epoch), kappa: self.geco_kappa, rate: self.geco_rate }
     }
 
     /// beta for an epoch (1-based), after warm-up.

@@ -11,9 +11,10 @@ use rand::seq::SliceRandom;
 
 use super::config::TrainConfig;
 use super::history::EpochMetrics;
+use super::objective::{GecoState, LossKind};
 use super::{epoch_rng, normal, progress_bar};
 use crate::data::{Dataset, batch};
-use crate::model::{ProbUNet, elbo_loss, to_host};
+use crate::model::Segmenter;
 
 /// The epoch's batches of example indices, and the RNG that then drives the steps.
 pub fn batches(tc: &TrainConfig, epoch: usize, train_idx: &[usize], extra_idx: &[usize]) -> (Vec<Vec<usize>>, StdRng) {
@@ -43,9 +44,10 @@ pub fn batches(tc: &TrainConfig, epoch: usize, train_idx: &[usize], extra_idx: &
 /// Runs the steps of epochs; counts non-finite losses across epochs.
 pub struct Stepper<'a> {
     pub tc: &'a TrainConfig,
-    pub latent: usize,
     pub consecutive_bad: usize,
     pub quiet: bool,
+    /// GECO's state, carried across epochs and saved with the run.
+    pub geco: GecoState,
 }
 
 impl Stepper<'_> {
@@ -53,16 +55,16 @@ impl Stepper<'_> {
     #[allow(clippy::too_many_arguments)]
     pub fn epoch(
         &mut self,
-        mut model: ProbUNet,
+        mut model: Segmenter,
         optim: &mut ModuleOptimizer,
         data: &Dataset,
         batches: &[Vec<usize>],
         epoch: usize,
         rng: &mut StdRng,
         device: &Device,
-    ) -> Result<(EpochMetrics, ProbUNet)> {
+    ) -> Result<(EpochMetrics, Segmenter)> {
         let tc = self.tc;
-        let beta = tc.beta_at(epoch);
+        let objective = tc.objective(epoch);
         let patch = tc.patch.map(|size| batch::PatchSampling { size, foreground: tc.patch_foreground });
         let total: usize = batches.iter().map(Vec::len).sum();
         let pb = progress_bar(total as u64, self.quiet, &format!("epoch {epoch}/{}", tc.epochs));
@@ -70,10 +72,12 @@ impl Stepper<'_> {
         let step_start = Instant::now();
         for idx in batches {
             let b = batch::training_patches(data, idx, tc.annotator, tc.augment, patch, rng, device)?;
-            let eps = Tensor::<2>::from_data(TensorData::new(normal(rng, idx.len() * self.latent), [idx.len(), self.latent]), device);
+            let [n, _, h, w] = b.images.dims();
+            let latent = model.latent_size(h, w);
+            let eps = Tensor::<2>::from_data(TensorData::new(normal(rng, n * latent), [n, latent]), device);
             let out = model.forward_train(b.images, b.masks.clone(), eps);
-            let loss = elbo_loss(&out, b.masks, beta);
-            let values = to_host(Tensor::cat(vec![loss.total.clone(), loss.reconstruction, loss.kl], 0))?;
+            let loss = objective.loss(&out, b.masks, &self.geco, rng)?;
+            let values = loss.values;
             pb.inc(idx.len() as u64);
             if values.iter().any(|v| !v.is_finite()) {
                 // A non-finite loss never reaches the weights.
@@ -90,6 +94,7 @@ impl Stepper<'_> {
                 continue;
             }
             self.consecutive_bad = 0;
+            objective.commit(&loss, &mut self.geco);
             let grads = GradientsParams::from_grads(loss.total.backward(), &model);
             model = optim.step(tc.lr, model, grads);
             let n = idx.len() as f64;
@@ -114,7 +119,11 @@ impl Stepper<'_> {
             val_ged: 0.0,
             images_per_s: seen as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
             skipped_steps: skipped,
-            beta,
+            // GECO weighs KL against reconstruction by 1 / lambda: the ELBO's beta it amounts to.
+            beta: match objective.kind {
+                LossKind::Elbo => objective.beta,
+                LossKind::Geco => (1.0 / self.geco.lambda()) as f32,
+            },
             seconds: 0.0,
         };
         Ok((m, model))

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 mod epoch;
 pub mod history;
+pub mod objective;
 pub mod validation;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,8 @@ pub use validation::{figure, render_figure};
 
 use crate::data::{AnnotatorChoice, Dataset, split};
 use crate::eval::figures;
-use crate::model::ProbUNet;
+use crate::model::config::HPUNET_FILTERS;
+use crate::model::{ModelConfig, ModelKind, Segmenter};
 
 /// How a training run is asked for.
 pub struct TrainRequest {
@@ -77,11 +79,11 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     let tc = cfg.train.clone();
     let device = req.device.clone().autodiff();
     device.seed(tc.seed);
-    let mut model = ProbUNet::new(&cfg.model, &device);
+    let mut model = Segmenter::new(&cfg.model, &device);
     let mut optim = optimizer(&tc);
     let mut history = read_metrics(&paths.metrics()).unwrap_or_default();
     if state.epoch > 0 {
-        model = checkpoint::load_model(model, &paths.last_model())?;
+        model = checkpoint::load_segmenter(model, &paths.last_model())?;
         if paths.optimizer().exists() {
             optim = checkpoint::load_optimizer(optim, &paths.optimizer())?;
         }
@@ -90,7 +92,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     history.retain(|m| m.epoch <= state.epoch);
     write_metrics(&paths.metrics(), &history)?;
     let epochs_run = tc.epochs.saturating_sub(state.epoch);
-    let mut stepper = epoch::Stepper { tc: &tc, latent: cfg.model.latent_dim, consecutive_bad: 0, quiet: req.quiet };
+    let mut stepper = epoch::Stepper { tc: &tc, consecutive_bad: 0, quiet: req.quiet, geco: state.geco.clone() };
     for epoch in state.epoch + 1..=tc.epochs {
         let started = Instant::now();
         let (batches, mut rng) = epoch::batches(&tc, epoch, &train_idx, &extra_idx);
@@ -101,17 +103,18 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         let (val_loss, val_reconstruction, val_kl, val_ged) = if val_idx.is_empty() {
             (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
         } else {
-            validation::validate(&valid, &data, &val_idx, &tc, cfg.model.latent_dim, m.beta, &inner)?
+            validation::validate(&valid, &data, &val_idx, &tc, m.beta, &inner)?
         };
         let m = EpochMetrics { val_loss, val_reconstruction, val_kl, val_ged, seconds: started.elapsed().as_secs_f64(), ..m };
         if epoch % tc.figure_every == 0 || epoch == tc.epochs {
             let source = if val_idx.is_empty() { &train_idx } else { &val_idx };
             let fig_idx: Vec<usize> = source.iter().copied().take(tc.figure_images).collect();
             let title = format!("epoch {epoch}");
-            let fig = figure(&valid, &data, &fig_idx, tc.figure_samples, cfg.model.latent_dim, tc.seed, &inner, &title)?;
+            let fig = figure(&valid, &data, &fig_idx, tc.figure_samples, tc.seed, &inner, &title)?;
             figures::save_png(&fig, &paths.figure(epoch))?;
         }
         state.skipped_steps += m.skipped_steps;
+        state.geco = stepper.geco.clone();
         let improved = state.best_score.is_none_or(|b| selection_score(&tc, &m) < b);
         if improved {
             state.best_score = Some(selection_score(&tc, &m));
@@ -186,6 +189,7 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
 
 /// Checks the data against the model and records the crop size and preprocessing in `cfg`.
 fn check_data(cfg: &mut RunConfig, data: &Dataset, path: &Path) -> Result<()> {
+    fit_hpunet_depth(cfg, data.height(), data.width());
     cfg.model.check_size(data.height(), data.width())?;
     if let Some(p) = cfg.train.patch {
         if p > data.height() || p > data.width() {
@@ -208,6 +212,28 @@ fn check_data(cfg: &mut RunConfig, data: &Dataset, path: &Path) -> Result<()> {
         bail!("annotator {k} requested but {} has {} annotators", path.display(), data.annotators());
     }
     Ok(())
+}
+
+/// The reference HPU-Net has 8 levels for 128-px crops; with its channels unchanged, keep as
+/// many levels as the crops (or patches) halve into, down to 1 px.
+fn fit_hpunet_depth(cfg: &mut RunConfig, h: usize, w: usize) {
+    let m = &mut cfg.model;
+    if m.kind != ModelKind::Hpunet || !HPUNET_FILTERS.starts_with(&m.filters) {
+        return;
+    }
+    let side = cfg.train.patch.unwrap_or(h.min(w));
+    let mut depth = HPUNET_FILTERS.len();
+    while depth > 2 && (side < 1 << (depth - 1) || h % (1 << (depth - 1)) != 0 || w % (1 << (depth - 1)) != 0) {
+        depth -= 1;
+    }
+    if depth != m.depth() {
+        tracing::info!("HPU-Net: {depth} levels for {h}x{w} crops (the reference's 8 are for 128x128)");
+        m.filters = HPUNET_FILTERS[..depth].to_vec();
+        m.latent_scales = m.latent_scales.min(depth - 1);
+        if m.attention_gates {
+            m.transformer_levels = ModelConfig::hpunet(1 << (depth - 1), true).transformer_levels;
+        }
+    }
 }
 
 fn optimizer(tc: &TrainConfig) -> burn::optim::ModuleOptimizer {

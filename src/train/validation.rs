@@ -8,38 +8,42 @@ use super::{epoch_rng, normal};
 use crate::data::{AnnotatorChoice, Dataset, batch};
 use crate::eval::{figures, metrics};
 use crate::inference;
-use crate::model::{ProbUNet, elbo_loss, to_host};
+use crate::inference::Sampling;
+use crate::model::{Segmenter, to_host};
+use super::objective::bce_with_logits;
 
 /// Validation loss (posterior, each annotator in turn) and GED of prior samples vs all annotators.
 pub fn validate(
-    model: &ProbUNet,
+    model: &Segmenter,
     data: &Dataset,
     idx: &[usize],
     tc: &TrainConfig,
-    latent: usize,
     beta: f32,
     device: &Device,
 ) -> Result<(f64, f64, f64, f64)> {
     let mut rng = epoch_rng(tc.seed, 0, 2);
     let (mut loss, mut rec, mut kl, mut count) = (0f64, 0f64, 0f64, 0usize);
     let a = data.annotators();
+    let latent = model.latent_size(data.height(), data.width());
     for chunk in idx.chunks(tc.batch_size.max(1)) {
         for k in 0..a {
             let b = batch::training_batch(data, chunk, AnnotatorChoice::Fixed(k), false, &mut rng, device)?;
             let eps = Tensor::<2>::from_data(TensorData::new(normal(&mut rng, chunk.len() * latent), [chunk.len(), latent]), device);
             let out = model.forward_train(b.images, b.masks.clone(), eps);
-            let l = elbo_loss(&out, b.masks, beta);
-            let v = to_host(Tensor::cat(vec![l.total, l.reconstruction, l.kl], 0))?;
             let n = chunk.len() as f64;
-            loss += v[0] as f64 * n;
-            rec += v[1] as f64 * n;
-            kl += v[2] as f64 * n;
+            // Every pixel, whatever the training objective: comparable across runs.
+            let r = bce_with_logits(out.logits, b.masks).sum() / n;
+            let v = to_host(Tensor::cat(vec![r, out.kl.mean()], 0))?;
+            loss += (v[0] + beta * v[1]) as f64 * n;
+            rec += v[0] as f64 * n;
+            kl += v[1] as f64 * n;
             count += chunk.len();
         }
     }
     let c = count.max(1) as f64;
     let sub = data.subset(idx);
-    let samples = inference::sample_images(model, &sub.images, tc.val_samples, latent, tc.seed, tc.batch_size, device, |_| {})?;
+    let sampling = Sampling { n: tc.val_samples, seed: tc.seed, batch: tc.batch_size, mean_scales: Vec::new() };
+    let samples = inference::sample_images(model, &sub.images, &sampling, device, |_| {})?;
     let (h, w) = (data.height(), data.width());
     let hw = h * w;
     let mut ged = 0f64;
@@ -58,17 +62,17 @@ pub fn validate(
 /// The seed's figure for images `idx`: CT, annotators, `n` prior samples.
 #[allow(clippy::too_many_arguments)]
 pub fn figure(
-    model: &ProbUNet,
+    model: &Segmenter,
     data: &Dataset,
     idx: &[usize],
     n: usize,
-    latent: usize,
     seed: u64,
     device: &Device,
     title: &str,
 ) -> Result<image::RgbImage> {
     let sub = data.subset(idx);
-    let samples = inference::sample_images(model, &sub.images, n.max(1), latent, seed, 8, device, |_| {})?;
+    let sampling = Sampling { n: n.max(1), seed, batch: 8, mean_scales: Vec::new() };
+    let samples = inference::sample_images(model, &sub.images, &sampling, device, |_| {})?;
     Ok(render_figure(&sub, &samples.masks, n, title))
 }
 

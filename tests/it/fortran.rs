@@ -10,7 +10,7 @@ use apunet::cli::{SamplingArgs, sample_to};
 use apunet::data::Dataset;
 use apunet::data::npz::{self, NpyArray, NpzEntry, parse_header};
 use apunet::data::synth::{SynthConfig, generate};
-use apunet::inference::sample_images;
+use apunet::inference::{Sampling, sample_images};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};
 use burn::prelude::*;
 use ndarray::{Array3, Array4, ShapeBuilder};
@@ -103,10 +103,10 @@ fn sampling_training_and_metrics_agree_on_c_and_fortran_order() {
     // In memory: a Fortran-layout array straight into the sampler.
     let (_, cfg, model) = args.load().unwrap();
     let ds = Dataset::load(&c).unwrap();
-    let latent = cfg.model.latent_dim;
+    let sampling = Sampling { n: 3, ..args.sampling(&cfg).unwrap() };
     let dev = Device::flex();
-    let from_c = sample_images(&model, &ds.images, 3, latent, 0, 8, &dev, |_| {}).unwrap();
-    let from_f = sample_images(&model, &fortran3(&ds.images), 3, latent, 0, 8, &dev, |_| {}).unwrap();
+    let from_c = sample_images(&model, &ds.images, &sampling, &dev, |_| {}).unwrap();
+    let from_f = sample_images(&model, &fortran3(&ds.images), &sampling, &dev, |_| {}).unwrap();
     assert_eq!(from_c.masks, from_f.masks);
     assert_eq!(from_c.mean, from_f.mean);
 

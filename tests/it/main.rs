@@ -9,6 +9,7 @@ mod data;
 mod fortran;
 mod fuzz;
 mod gan;
+mod hpunet;
 mod import;
 mod kernels;
 mod kill;

@@ -5,8 +5,8 @@ use apunet::cli::predict::{PredictArgs, predict_cmd};
 use apunet::data::scan::{self, Geometry, Preprocess, read_scan};
 use apunet::data::synth::{SynthConfig, generate};
 use apunet::data::Dataset;
-use apunet::inference::{image_eps, sample_images};
-use apunet::model::{ProbUNet, to_host};
+use apunet::inference::{Sampling, image_eps, sample_images};
+use apunet::model::{ProbUNet, Segmenter, to_host};
 use apunet::predict::{Windows, gaussian_weights, image_latents, image_prior, predict_image, sliding_window, window_starts};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest};
 use burn::prelude::*;
@@ -173,9 +173,11 @@ fn one_crop_predicts_exactly_what_sample_gives() {
     let ds = Dataset::load(&common::shared_data().join("lidc/lidc-small-train.npz")).unwrap();
     let img = ds.subset(&[7]).images;
     let (n, seed) = (4, 3);
-    let s = sample_images(&model, &img, n, latent, seed, 8, &d, |_| {}).unwrap();
+    let _ = latent;
+    let model = Segmenter::PUNet(model);
+    let s = sample_images(&model, &img, &Sampling { n, seed, batch: 8, mean_scales: vec![] }, &d, |_| {}).unwrap();
     let flat: Vec<f32> = img.iter().copied().collect();
-    let p = predict_image(&model, &flat, 128, 128, (128, 128), n, latent, 0.5, seed, 4, &d, |_| {}).unwrap();
+    let p = predict_image(&model, &flat, 128, 128, (128, 128), &Sampling { n, seed, batch: 4, mean_scales: vec![] }, 0.5, &d, |_| {}).unwrap();
     let err = p.mean.iter().zip(s.mean.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(err < 1e-5, "one patch: predict and sample differ by {err}");
 }
@@ -226,7 +228,8 @@ fn a_large_image_is_sampled_with_one_prior_and_one_latent_per_sample() {
             }
         }
     }
-    let pred = predict_image(&model, &img, h, w, (p, p), n, latent, 0.5, seed, 4, &d, |_| {}).unwrap();
+    let sampling = Sampling { n, seed, batch: 4, mean_scales: vec![] };
+    let pred = predict_image(&Segmenter::PUNet(model), &img, h, w, (p, p), &sampling, 0.5, &d, |_| {}).unwrap();
     for s in 0..n {
         let err = (0..h * w).map(|q| (pred.probs[s][q] - acc[s][q] / wsum[q]).abs()).fold(0f32, f32::max);
         assert!(err < 1e-5, "sample {s}: {err} from the one-latent reference");

@@ -9,8 +9,8 @@ use crate::common;
 
 use apunet::gan::networks::GanConfig;
 use apunet::gan::train::{GanStepper, GanTrainConfig};
-use apunet::inference::sample_images;
-use apunet::model::{ModelConfig, ProbUNet, elbo_loss, to_host};
+use apunet::inference::{Sampling, sample_images};
+use apunet::model::{ModelConfig, ProbUNet, Segmenter, elbo_loss, to_host};
 use apunet::predict::predict_image;
 use apunet::train::checkpoint::{load_model, save_model};
 use burn::module::{ModuleVisitor, Param};
@@ -104,14 +104,16 @@ fn a_tiny_model_trains_on_the_gpu_as_on_the_cpu() {
     }
 
     // Sampling and large-image prediction run on the GPU and agree with the CPU.
-    let (vc, vg) = (on_cpu.valid(), on_gpu.valid());
+    let (vc, vg) = (Segmenter::PUNet(on_cpu.valid()), Segmenter::PUNet(on_gpu.valid()));
     let imgs = Array3::from_shape_fn((3, s, s), |(i, y, x)| ((i + y * x) % 9) as f32 / 9.0);
-    let sc = sample_images(&vc, &imgs, 4, 2, 0, 2, &Device::flex(), |_| {}).unwrap();
-    let sg = sample_images(&vg, &imgs, 4, 2, 0, 2, &gpu(), |_| {}).unwrap();
+    let sampling = |batch| Sampling { n: 4, seed: 0, batch, mean_scales: vec![] };
+    let sc = sample_images(&vc, &imgs, &sampling(2), &Device::flex(), |_| {}).unwrap();
+    let sg = sample_images(&vg, &imgs, &sampling(2), &gpu(), |_| {}).unwrap();
     close(sc.mean.as_slice().unwrap(), sg.mean.as_slice().unwrap(), 1e-3, "sampled mean probability");
     let big: Vec<f32> = (0..40 * 52).map(|q| (q % 52) as f32 / 52.0).collect();
-    let pc = predict_image(&vc, &big, 40, 52, (s, s), 3, 2, 0.5, 0, 4, &Device::flex(), |_| {}).unwrap();
-    let pg = predict_image(&vg, &big, 40, 52, (s, s), 3, 2, 0.5, 0, 4, &gpu(), |_| {}).unwrap();
+    let three = Sampling { n: 3, ..sampling(4) };
+    let pc = predict_image(&vc, &big, 40, 52, (s, s), &three, 0.5, &Device::flex(), |_| {}).unwrap();
+    let pg = predict_image(&vg, &big, 40, 52, (s, s), &three, 0.5, &gpu(), |_| {}).unwrap();
     close(&pc.mean, &pg.mean, 1e-3, "predicted mean probability");
 }
 
