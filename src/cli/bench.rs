@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// With --model hpunet: attention gates and a transformer (the attention variant).
     #[arg(long)]
     pub attention: bool,
+    /// Decoder levels with a transformer: e.g. 2, 0,1,2, all or none [default: the model's].
+    #[arg(long, value_name = "LEVELS")]
+    pub transformer_levels: Option<crate::cli::train::TransformerLevels>,
 }
 
 fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -66,6 +69,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     if let Some(f) = &a.filters {
         cfg.filters = f.clone();
+    }
+    if let Some(l) = &a.transformer_levels {
+        cfg.transformer_levels = Some(l.0.clone());
     }
     cfg.validate()?;
     cfg.check_size(a.size, a.size)?;
@@ -113,6 +119,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "size": s,
         "model": a.model,
         "filters": cfg.filters,
+        "transformer_levels": cfg.transformer_levels(),
         "params": params,
         "train_images_per_s": train_ips,
         "train_step_s_median": median(&step_times),

@@ -58,8 +58,9 @@ pub struct TrainArgs {
     /// Normalisation after each conv: group | batch | none.
     #[arg(long, value_enum)]
     pub norm: Option<NormKind>,
-    /// Decoder levels (0 = full resolution) with a self-attention block, e.g. 2 or 1,2;
-    /// "none" for no transformer [default: the coarsest level].
+    /// Decoder levels (0 = full resolution) with a self-attention block, e.g. 2 or 1,2; "all"
+    /// for every level (windowed above 1,024 tokens); "none" for no transformer
+    /// [default: the coarsest level].
     #[arg(long, value_name = "LEVELS")]
     pub transformer_levels: Option<TransformerLevels>,
     /// Attention heads per transformer block.
@@ -133,6 +134,9 @@ impl std::str::FromStr for TransformerLevels {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         if s.trim().eq_ignore_ascii_case("none") {
             return Ok(Self(Vec::new()));
+        }
+        if s.trim().eq_ignore_ascii_case("all") {
+            return Ok(Self(vec![crate::model::config::ALL_LEVELS]));
         }
         s.split(',')
             .map(|v| v.trim().parse::<usize>().map_err(|_| format!("'{v}' is not a level (use e.g. 2, 1,2 or none)")))

@@ -40,8 +40,9 @@ pub struct ModelConfig {
     pub norm: NormKind,
     /// Additive attention gates on the skip connections (off: a plain U-Net, for ablation).
     pub attention_gates: bool,
-    /// Decoder levels (0 = full resolution) with a self-attention block before them.
+    /// Decoder levels (0 = full resolution) with a self-attention block before them, or "all".
     /// `None` means the coarsest decoder level; an empty list turns transformers off.
+    #[serde(with = "levels_serde")]
     pub transformer_levels: Option<Vec<usize>>,
     pub transformer_heads: usize,
     pub latent_dim: usize,
@@ -103,9 +104,10 @@ impl ModelConfig {
         self.filters.len()
     }
 
-    /// Decoder levels that get a transformer block, resolved from the default.
+    /// Decoder levels that get a transformer block, resolved from the default and "all".
     pub fn transformer_levels(&self) -> Vec<usize> {
         match &self.transformer_levels {
+            Some(v) if v.contains(&ALL_LEVELS) => (0..self.depth().saturating_sub(1)).collect(),
             Some(v) => v.clone(),
             None if self.depth() >= 2 => vec![self.depth() - 2],
             None => vec![],
@@ -177,17 +179,21 @@ impl ModelConfig {
     /// Full self-attention over more tokens than this costs gigabytes (tokens^2 per head).
     pub const TRANSFORMER_TOKEN_WARNING: usize = 2500;
 
-    /// A warning per transformer level whose token count at input size `h` x `w` is large.
+    /// A warning per transformer level whose attention (over the whole map up to 1,024 tokens,
+    /// else over windows) holds more tokens than is sensible at input size `h` x `w`.
     pub fn transformer_warnings(&self, h: usize, w: usize) -> Vec<String> {
+        use super::transformer::{FULL_ATTENTION_TOKENS, window_side};
         self.transformer_levels()
             .into_iter()
             .filter_map(|l| {
-                let tokens = (h >> (l + 1)) * (w >> (l + 1));
+                let (th, tw) = (h >> (l + 1), w >> (l + 1));
+                let tokens = if th * tw <= FULL_ATTENTION_TOKENS { th * tw } else { window_side(th) * window_side(tw) };
                 (tokens > Self::TRANSFORMER_TOKEN_WARNING).then(|| {
                     let gib = (tokens * tokens * 4 * self.transformer_heads) as f64 / (1u64 << 30) as f64;
                     format!(
-                        "the transformer at decoder level {l} attends over {tokens} tokens at {h}x{w}: its attention \
-                         matrix alone is {gib:.1} GiB per image; choose a coarser level (--transformer-levels) or smaller crops"
+                        "the transformer at decoder level {l} attends over {tokens} tokens at a time at {h}x{w} (the map's \
+                         sides have no small divisor for windows): {gib:.1} GiB of attention scores per window; \
+                         choose other levels (--transformer-levels) or crops whose sides are multiples of 8"
                     )
                 })
             })
@@ -205,6 +211,38 @@ impl ModelConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// `transformer_levels` = "all", held as this one-element list so the field stays a list.
+pub const ALL_LEVELS: usize = usize::MAX;
+
+/// `transformer_levels` in TOML: a list of levels or the string "all".
+mod levels_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ALL_LEVELS;
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<usize>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(l) if l.contains(&ALL_LEVELS) => s.serialize_str("all"),
+            other => other.serialize(s),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Levels {
+        List(Vec<usize>),
+        Word(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Error> {
+        match Levels::deserialize(d)? {
+            Levels::List(l) => Ok(Some(l)),
+            Levels::Word(w) if w.eq_ignore_ascii_case("all") => Ok(Some(vec![ALL_LEVELS])),
+            Levels::Word(w) => Err(serde::de::Error::custom(format!("transformer_levels: expected a list of levels or \"all\", got \"{w}\""))),
+        }
     }
 }
 

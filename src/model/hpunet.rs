@@ -41,7 +41,7 @@ impl DecoderStep {
             transformer: cfg
                 .transformer_levels()
                 .contains(&l)
-                .then(|| TransformerBlock::new(g_channels, cfg.transformer_heads, device)),
+                .then(|| TransformerBlock::new(g_channels, cfg.transformer_heads, l % 2 == 1, device)),
             gate: cfg.attention_gates.then(|| AttentionGate::new(f[l], g_channels, device)),
             block: ResStack::new(g_channels + extra + f[l], f[l], cfg.res_blocks, device),
         }

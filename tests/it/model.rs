@@ -272,3 +272,28 @@ fn upsample2x_equals_burns_bilinear_forward_and_backward() {
         assert!(err < 1e-5, "{b}x{c}x{h}x{w}: gradient differs by {err}");
     }
 }
+
+#[test]
+fn transformers_at_every_level_window_the_large_maps() {
+    use apunet::train::RunConfig;
+    let _guard = common::rng_lock();
+    let toml_text = "[model]\nfilters = [4, 8, 8]\ntransformer_levels = \"all\"\ntransformer_heads = 2\n";
+    let cfg: RunConfig = toml::from_str(toml_text).unwrap();
+    assert_eq!(cfg.model.transformer_levels(), vec![0, 1]);
+    // Written back as "all", so a deeper model read from the same file still gets every level.
+    let again: RunConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(again, cfg);
+    assert!(toml::to_string(&cfg).unwrap().contains("transformer_levels = \"all\""));
+    let bad = toml::from_str::<RunConfig>("[model]\ntransformer_levels = \"most\"\n").unwrap_err();
+    assert!(bad.to_string().contains("\"all\""), "{bad}");
+    // At 128 px level 0 attends over 64x64 = 4,096 tokens: windowed, and nothing to warn about.
+    assert!(cfg.model.transformer_warnings(128, 128).is_empty());
+    let d = dev();
+    d.seed(9);
+    let model = ProbUNet::new(&ModelConfig { latent_dim: 2, ..cfg.model }, &d);
+    let x = t4(vec![0.5; 2 * 128 * 128], [2, 1, 128, 128], &d);
+    let out = model.forward_train(x.clone(), x.clone().greater_elem(0.4).float(), Tensor::zeros([2, 2], &d));
+    let v = to_host(out.logits).unwrap();
+    assert_eq!(v.len(), 2 * 128 * 128);
+    assert!(v.iter().all(|x| x.is_finite()));
+}
