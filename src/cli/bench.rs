@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// With --model hpunet: attention gates and a transformer (the attention variant).
     #[arg(long)]
     pub attention: bool,
+    /// A plain U-Net backbone: no attention gates, no transformer.
+    #[arg(long)]
+    pub no_attention: bool,
     /// Decoder levels with a transformer: e.g. 2, 0,1,2, all or none [default: the model's].
     #[arg(long, value_name = "LEVELS")]
     pub transformer_levels: Option<crate::cli::train::TransformerLevels>,
@@ -63,12 +66,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let gpu = a.device != "cpu" && a.device != "flex";
     let b = a.batch_size.unwrap_or(if gpu { 32 } else { 8 });
-    let mut cfg = match a.model {
-        ModelKind::Punet => ModelConfig::default(),
-        ModelKind::Hpunet => ModelConfig::hpunet(a.size, a.attention),
+    let mut cfg = match (a.model, &a.filters) {
+        (ModelKind::Punet, _) => ModelConfig::default(),
+        // The reference with as many levels as --filters lists (a model trained on patches,
+        // timed at the crop size), else as many as --size halves into.
+        (ModelKind::Hpunet, Some(f)) => ModelConfig::hpunet(1 << f.len().saturating_sub(1), a.attention),
+        (ModelKind::Hpunet, None) => ModelConfig::hpunet(a.size, a.attention),
     };
     if let Some(f) = &a.filters {
         cfg.filters = f.clone();
+    }
+    if a.no_attention {
+        cfg.attention_gates = false;
+        cfg.transformer_levels = Some(Vec::new());
     }
     if let Some(l) = &a.transformer_levels {
         cfg.transformer_levels = Some(l.0.clone());
