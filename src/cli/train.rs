@@ -259,6 +259,12 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
         (None, false) => RunConfig::default(),
     };
     apply_overrides(&mut cfg, &a);
+    if a.attention && cfg.model.kind != ModelKind::Hpunet {
+        bail!(
+            "--attention applies to --model hpunet; the Probabilistic U-Net has attention gates and a \
+             transformer by default (--no-attention removes them)"
+        );
+    }
     let data = match (&a.data, resume) {
         (Some(d), _) => d.clone(),
         (None, true) => {

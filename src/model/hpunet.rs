@@ -34,7 +34,7 @@ pub struct DecoderStep {
 
 impl DecoderStep {
     /// Step to decoder level `l` (output `filters[l]` channels) from `g_channels` coarser
-    /// channels of which `extra` are latents concatenated after attention.
+    /// channels, plus `extra` latent channels concatenated after attention and gating.
     fn new(cfg: &ModelConfig, l: usize, g_channels: usize, extra: usize, device: &Device) -> Self {
         let f = &cfg.filters;
         Self {

@@ -214,25 +214,29 @@ fn check_data(cfg: &mut RunConfig, data: &Dataset, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The reference HPU-Net has 8 levels for 128-px crops; with its channels unchanged, keep as
-/// many levels as the crops (or patches) halve into, down to 1 px.
+/// The reference HPU-Net has 8 levels for 128-px crops; with its channels unchanged, drop the
+/// levels the crops (or patches) cannot halve into, down to 1 px. A shallower model asked for
+/// stays as it is.
 fn fit_hpunet_depth(cfg: &mut RunConfig, h: usize, w: usize) {
     let m = &mut cfg.model;
     if m.kind != ModelKind::Hpunet || !HPUNET_FILTERS.starts_with(&m.filters) {
         return;
     }
     let side = cfg.train.patch.unwrap_or(h.min(w));
-    let mut depth = HPUNET_FILTERS.len();
-    while depth > 2 && (side < 1 << (depth - 1) || h % (1 << (depth - 1)) != 0 || w % (1 << (depth - 1)) != 0) {
+    let fits = |d: usize| side >= 1 << (d - 1) && h % (1 << (d - 1)) == 0 && w % (1 << (d - 1)) == 0;
+    let mut depth = m.depth();
+    while depth > 2 && !fits(depth) {
         depth -= 1;
     }
-    if depth != m.depth() {
+    if depth < m.depth() {
         tracing::info!("HPU-Net: {depth} levels for {h}x{w} crops (the reference's 8 are for 128x128)");
-        m.filters = HPUNET_FILTERS[..depth].to_vec();
-        m.latent_scales = m.latent_scales.min(depth - 1);
-        if m.attention_gates {
+        // The attention variant's default transformer level moves with the depth.
+        let default_levels = ModelConfig::hpunet(1 << (m.depth() - 1), true).transformer_levels;
+        if m.transformer_levels == default_levels {
             m.transformer_levels = ModelConfig::hpunet(1 << (depth - 1), true).transformer_levels;
         }
+        m.filters = HPUNET_FILTERS[..depth].to_vec();
+        m.latent_scales = m.latent_scales.min(depth - 1);
     }
 }
 

@@ -237,3 +237,29 @@ fn hpunet_trains_with_geco_resumes_and_serves_every_command() {
     predict_cmd(PredictArgs { sampling: sampling(None), input: big, out: pred.clone(), overlap: 0.5, window: None }).unwrap();
     assert!(std::fs::read_dir(&pred).unwrap().count() > 0);
 }
+
+#[test]
+fn the_command_line_fits_the_reference_to_the_crops_and_keeps_attention_to_the_hpunet() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.npz");
+    generate(&SynthConfig { count: 8, size: 16, seed: 2, ..Default::default() }).unwrap().save(&data).unwrap();
+    let train = |out: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_apunet"))
+            .args(["train", "--data", data.to_str().unwrap(), "--out", dir.path().join(out).to_str().unwrap()])
+            .args(["--epochs", "1", "--batch-size", "4", "--val-fraction", "0", "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let ok = train("hpu", &["--model", "hpunet", "--loss", "geco"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let cfg = RunConfig::load(&dir.path().join("hpu/config.toml")).unwrap();
+    // 16-px crops halve 4 times: 5 of the reference's 8 levels, latents at the 4 coarsest.
+    assert_eq!(cfg.model.filters, vec![24, 48, 96, 192, 192]);
+    assert_eq!((cfg.model.kind, cfg.model.latent_scales), (ModelKind::Hpunet, 4));
+    assert_eq!((cfg.train.loss, cfg.train.topk), (LossKind::Geco, Some(0.02)));
+    let refused = train("pu", &["--attention"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--model hpunet"));
+}
