@@ -229,7 +229,8 @@ fn fit_hpunet_depth(cfg: &mut RunConfig, h: usize, w: usize) {
         depth -= 1;
     }
     if depth < m.depth() {
-        tracing::info!("HPU-Net: {depth} levels for {h}x{w} crops (the reference's 8 are for 128x128)");
+        let what = cfg.train.patch.map_or(format!("{h}x{w} crops"), |p| format!("{p}x{p} patches"));
+        tracing::info!("HPU-Net: {depth} levels for {what} (the reference's 8 are for 128x128 crops)");
         // The attention variant's default transformer level moves with the depth.
         let default_levels = ModelConfig::hpunet(1 << (m.depth() - 1), true).transformer_levels;
         if m.transformer_levels == default_levels {

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The ablation of docs/ablation.md: every model on the real LIDC crops, one series-grouped
+# split, the same training budget for every row, several seeds. Resumable: a row whose run or
+# evaluation is complete is skipped; an interrupted run continues (train --resume).
+#
+#   cargo build --release && scripts/ablation.sh            # EPOCHS=60 SEEDS="1 2 3"
+#   EPOCHS=20 SEEDS=1 OUT=/tmp/abl scripts/ablation.sh       # a quick look
+#
+# Then: python3 scripts/ablation_table.py ablation > table.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/apunet}
+DATA=${DATA:-../shared/data/lidc/lidc-small-train.npz}
+OUT=${OUT:-ablation}
+EPOCHS=${EPOCHS:-60}
+SEEDS=${SEEDS:-"1 2 3"}
+# 64-px patches (a third over a lesion), evaluated on whole 128-px crops of held-out series.
+COMMON=(--patch 64 --batch-size 8 --lr 5e-4 --val-fraction 0 --epochs "$EPOCHS" --figure-every 100000 --quiet)
+PU=(--filters 16,32,64,96)
+declare -A ROWS=(
+    [1_punet]="${PU[*]} --no-attention"
+    [2_gates]="${PU[*]} --transformer-levels none"
+    [3_coarsest]="${PU[*]}"
+    [4_every_level]="${PU[*]} --transformer-levels all"
+    [5_hpunet_elbo]="--model hpunet --loss elbo"
+    [6_hpunet_geco]="--model hpunet --loss geco"
+    [7_hpaunet_geco]="--model hpunet --attention --loss geco"
+)
+mkdir -p "$OUT"
+if [ ! -f "$OUT/test.npz" ]; then
+    "$BIN" split --data "$DATA" --val-fraction 0.25 --seed 0 --train-out "$OUT/train.npz" --val-out "$OUT/test.npz"
+fi
+for seed in $SEEDS; do
+    for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
+        run="$OUT/$row/seed$seed"
+        read -r -a flags <<< "${ROWS[$row]}"
+        done_epochs=$(tail -n +2 "$run/metrics.csv" 2>/dev/null | wc -l || true)
+        if [ "$done_epochs" -lt "$EPOCHS" ]; then
+            start=$(date +%s)
+            if [ -f "$run/checkpoints/state.json" ]; then
+                "$BIN" train --resume "$run" --epochs "$EPOCHS" --quiet
+            else
+                "$BIN" train --data "$OUT/train.npz" --out "$run" --seed "$seed" "${COMMON[@]}" "${flags[@]}"
+            fi
+            echo $(( $(date +%s) - start )) >> "$run/train_seconds"
+        fi
+        if [ ! -f "$run/eval/metrics.json" ]; then
+            "$BIN" eval --run "$run" --data "$OUT/test.npz" --out "$run/eval" --n 16 --checkpoint last --seed "$seed" >/dev/null
+        fi
+        echo "$row seed $seed: $(python3 -c "import json;m=json.load(open('$run/eval/metrics.json'))['metrics'];print('GED %.3f HM-IoU %.3f' % (m['ged']['mean'], m['hm_iou']['mean']))")"
+    done
+done
+# Throughput of each row in one quiet stretch: training at the patch size, sampling at 128 px.
+for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
+    f="$OUT/$row/bench.json"
+    [ -f "$f" ] && continue
+    read -r -a flags <<< "${ROWS[$row]}"
+    bflags=()
+    for x in "${flags[@]}"; do
+        case "$x" in --loss|elbo|geco) ;; *) bflags+=("$x");; esac
+    done
+    # The HPU-Net trained on 64-px patches has 7 levels; time that model at 128 px too.
+    [[ "$row" == *hpu* ]] && bflags+=(--filters 24,48,96,192,192,192,192)
+    train=$("$BIN" bench --device cpu --size 64 --steps 5 --warmup 2 "${bflags[@]}")
+    sample=$("$BIN" bench --device cpu --size 128 --steps 3 --warmup 1 "${bflags[@]}")
+    python3 -c "import json,sys; t=json.loads(sys.argv[1]); s=json.loads(sys.argv[2]); json.dump({'train_images_per_s_64': t['train_images_per_s'], 'sampled_masks_per_s_128': s['sampled_masks_per_s'], 'params': t['params']}, open('$f','w'))" "$train" "$sample"
+done
