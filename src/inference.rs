@@ -77,9 +77,9 @@ pub fn sample_images(
             for k in 0..n {
                 let p = &probs[(bi * n + k) * hw..(bi * n + k + 1) * hw];
                 let mut out = masks.slice_mut(ndarray::s![start + bi, k, .., ..]);
-                for (k, (o, &v)) in out.iter_mut().zip(p).enumerate() {
+                for (px, (o, &v)) in out.iter_mut().zip(p).enumerate() {
                     *o = (v > 0.5) as u8;
-                    m[k] += v / n as f32;
+                    m[px] += v / n as f32;
                 }
             }
         }
