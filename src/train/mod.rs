@@ -29,6 +29,7 @@ pub use validation::{figure, render_figure};
 use crate::data::{AnnotatorChoice, Dataset, split};
 use crate::eval::figures;
 use crate::model::config::HPUNET_FILTERS;
+use objective::LossKind;
 use crate::model::{ModelConfig, ModelKind, Segmenter};
 
 /// How a training run is asked for.
@@ -252,11 +253,16 @@ fn optimizer(tc: &TrainConfig) -> burn::optim::ModuleOptimizer {
     adam.init()
 }
 
-/// What "best" minimises: the selected validation score, else the training loss.
+/// What "best" minimises: the selected validation score, else the training loss. Under GECO
+/// both losses weigh the KL by 1/lambda, which moves from epoch to epoch, so epochs compare by
+/// reconstruction + KL instead.
 fn selection_score(tc: &TrainConfig, m: &EpochMetrics) -> f64 {
+    let geco = tc.loss == LossKind::Geco;
     match tc.select {
+        Select::Loss if m.val_loss.is_finite() && geco => m.val_reconstruction + m.val_kl,
         Select::Loss if m.val_loss.is_finite() => m.val_loss,
         Select::Ged if m.val_ged.is_finite() => m.val_ged,
+        _ if geco => m.reconstruction + m.kl,
         _ => m.loss,
     }
 }
@@ -287,3 +293,35 @@ fn progress_bar(len: u64, quiet: bool, prefix: &str) -> ProgressBar {
     pb
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geco_runs_pick_the_best_epoch_by_reconstruction_and_kl() {
+        let m = |loss: f64, rec: f64, kl: f64| EpochMetrics {
+            epoch: 1,
+            loss,
+            reconstruction: rec,
+            kl,
+            val_loss: f64::NAN,
+            val_reconstruction: f64::NAN,
+            val_kl: f64::NAN,
+            val_ged: f64::NAN,
+            images_per_s: 1.0,
+            skipped_steps: 0,
+            beta: 1.0,
+            seconds: 1.0,
+        };
+        // lambda grew between the epochs: the GECO loss rose though the fit improved.
+        let (early, late) = (m(50.0, 40.0, 5.0), m(300.0, 20.0, 6.0));
+        let geco = TrainConfig { loss: LossKind::Geco, ..Default::default() };
+        assert!(selection_score(&geco, &late) < selection_score(&geco, &early));
+        let elbo = TrainConfig::default();
+        assert!(selection_score(&elbo, &late) > selection_score(&elbo, &early));
+        let with_val = EpochMetrics { val_loss: 9.0, val_reconstruction: 3.0, val_kl: 2.0, ..late };
+        assert_eq!(selection_score(&geco, &with_val), 5.0);
+        assert_eq!(selection_score(&elbo, &with_val), 9.0);
+    }
+}
