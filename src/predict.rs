@@ -193,7 +193,8 @@ pub fn predict_image(
     let (n, batch) = (s.n, s.batch);
     let win = Windows::new(img, h, w, ph, pw, overlap)?;
     let latent = model.latent_size(ph, pw);
-    let shared = match model.as_punet() {
+    let punet = model.as_punet();
+    let shared = match punet {
         Some(m) => {
             let (mu, log_sigma) = image_prior(m, &win, batch, device)?;
             image_latents(&mu, &log_sigma, &image_eps(s.seed, 0, n, latent))
@@ -211,7 +212,7 @@ pub fn predict_image(
             let x = Tensor::<4>::from_data(TensorData::new(patches.to_vec(), [b, 1, ph, pw]), device);
             let per_patch: Vec<f32> = (0..b).flat_map(|_| shared.iter().copied()).collect();
             let per_patch = Tensor::<2>::from_data(TensorData::new(per_patch, [b * n, latent]), device);
-            let logits = match model.as_punet() {
+            let logits = match punet {
                 Some(m) => m.decode_latents(m.unet.forward(x), per_patch),
                 None => model.sample_from(&model.encode(x), per_patch, &s.mean_scales),
             };

@@ -211,10 +211,8 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     } else if a.model == Some(ModelKind::Punet) && cfg.model.kind != ModelKind::Punet {
         cfg.model = ModelConfig { in_channels: cfg.model.in_channels, ..ModelConfig::default() };
     } else if a.attention && cfg.model.kind == ModelKind::Hpunet {
-        let depth = cfg.model.depth();
-        let attn = ModelConfig::hpunet(1 << (depth - 1), true);
         cfg.model.attention_gates = true;
-        cfg.model.transformer_levels = attn.transformer_levels;
+        cfg.model.transformer_levels = ModelConfig::hpunet_transformer_levels(cfg.model.depth(), true);
     }
     let m = &mut cfg.model;
     if let Some(v) = a.latent_scales {

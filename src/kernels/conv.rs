@@ -178,8 +178,9 @@ fn per_image(
     }
 }
 
-/// `[batch, c_out, ho, wo]`. Not on the training path: flex's own forward measured as fast
-/// (docs/benchmarks.md); kept, and tested against burn, as the baseline for the next kernel.
+/// `[batch, c_out, ho, wo]`. Not on the training path: the forward runs on the direct kernel,
+/// or without AVX2 on flex's own conv2d, which measured as fast as this; kept, and tested
+/// against burn, as the GEMM baseline.
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (hw, k, img) = (g.hw_out(), g.k(), g.c_in * g.h * g.w);
     let mut out = vec![0f32; g.batch * g.c_out * hw];

@@ -25,6 +25,22 @@ const PX: usize = 6;
 /// Output rows per weight-gradient work item.
 const ROWS: usize = 8;
 
+/// `$f::<P>(args)` with the const block width `P` = `$n` (1 to [`PX`]): the micro-kernels keep
+/// their P accumulators in registers, so each width is its own instance.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_width {
+    ($n:expr, $f:ident($($arg:expr),*)) => {
+        match $n {
+            6 => $f::<6>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            _ => $f::<1>($($arg),*),
+        }
+    };
+}
+
 /// Whether this CPU runs the direct kernels.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -155,14 +171,7 @@ unsafe fn forward_row(img: &[f32], wp: usize, ci: usize, packed: &[f32], cop: us
             while ox < f.wo {
                 let n = (f.wo - ox).min(PX);
                 let ctx = (img, wp, ci, packed, cop, f);
-                match n {
-                    6 => fwd_block::<6>(ctx, oy, ox, ob, row),
-                    5 => fwd_block::<5>(ctx, oy, ox, ob, row),
-                    4 => fwd_block::<4>(ctx, oy, ox, ob, row),
-                    3 => fwd_block::<3>(ctx, oy, ox, ob, row),
-                    2 => fwd_block::<2>(ctx, oy, ox, ob, row),
-                    _ => fwd_block::<1>(ctx, oy, ox, ob, row),
-                }
+                with_width!(n, fwd_block(ctx, oy, ox, ob, row));
                 ox += n;
             }
         }
@@ -270,14 +279,7 @@ unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, grad: &[f32], cop: usiz
                 let n = (ci - c0).min(PX);
                 for ob in 0..cop / OC {
                     let (ctx, oy) = ((img, wp, ci, grad, cop, f), oy.clone());
-                    match n {
-                        6 => wgt_block::<6>(ctx, oy, k, c0, ob, acc),
-                        5 => wgt_block::<5>(ctx, oy, k, c0, ob, acc),
-                        4 => wgt_block::<4>(ctx, oy, k, c0, ob, acc),
-                        3 => wgt_block::<3>(ctx, oy, k, c0, ob, acc),
-                        2 => wgt_block::<2>(ctx, oy, k, c0, ob, acc),
-                        _ => wgt_block::<1>(ctx, oy, k, c0, ob, acc),
-                    }
+                    with_width!(n, wgt_block(ctx, oy, k, c0, ob, acc));
                 }
                 c0 += n;
             }

@@ -72,6 +72,20 @@ pub fn downsample(x: Tensor<4>) -> Tensor<4> {
     avg_pool2d(x, AvgPoolOptions::new([2, 2]))
 }
 
+/// `level` applied to `x` at every level, average-pooling down between levels; every level's
+/// output, finest first. The U-Net's and the HPU-Net's encoders both contract this way.
+pub fn contracting_path<L>(mut x: Tensor<4>, levels: &[L], level: impl Fn(&L, Tensor<4>) -> Tensor<4>) -> Vec<Tensor<4>> {
+    let mut out = Vec::with_capacity(levels.len());
+    for (i, l) in levels.iter().enumerate() {
+        if i > 0 {
+            x = downsample(x);
+        }
+        x = level(l, x);
+        out.push(x.clone());
+    }
+    out
+}
+
 /// The contracting path: level 0 at full resolution, then average-pool down before each level.
 #[derive(Module, Debug)]
 pub struct Encoder {
@@ -93,16 +107,8 @@ impl Encoder {
     }
 
     /// Features at every level, finest first.
-    pub fn forward(&self, mut x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut out = Vec::with_capacity(self.blocks.len());
-        for (i, block) in self.blocks.iter().enumerate() {
-            if i > 0 {
-                x = downsample(x);
-            }
-            x = block.forward(x);
-            out.push(x.clone());
-        }
-        out
+    pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        contracting_path(x, &self.blocks, ConvBlock::forward)
     }
 
     /// Only the coarsest features.

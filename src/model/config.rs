@@ -84,7 +84,8 @@ impl Default for ModelConfig {
 impl ModelConfig {
     /// The reference HPU-Net for `size`-pixel crops: as many of its 8 levels as halve down to
     /// 1 px, no attention gates, no transformers. `attention` makes it the Hierarchical
-    /// Probabilistic Attention U-Net (gates on every skip, a transformer at the coarsest level).
+    /// Probabilistic Attention U-Net (gates on every skip, a transformer as
+    /// [`Self::hpunet_transformer_levels`] places it).
     pub fn hpunet(size: usize, attention: bool) -> Self {
         let depth = (size.max(1).ilog2() as usize + 1).clamp(2, HPUNET_FILTERS.len());
         Self {
@@ -92,12 +93,17 @@ impl ModelConfig {
             filters: HPUNET_FILTERS[..depth].to_vec(),
             norm: NormKind::None,
             attention_gates: attention,
-            // Self-attention over the 8x8 features before the finest latent scale (64 tokens):
-            // the coarser levels hold 1 to 16 tokens.
-            transformer_levels: Some(if attention { vec![depth - 1 - 4.min(depth - 1)] } else { vec![] }),
+            transformer_levels: Self::hpunet_transformer_levels(depth, attention),
             latent_scales: 4.min(depth - 1),
             ..Self::default()
         }
+    }
+
+    /// The reference HPU-Net's transformer levels at `depth`: with `attention`, self-attention
+    /// over the features before the finest of its 4 latent scales (8x8, 64 tokens, at 128 px;
+    /// the coarser levels hold 1 to 16 tokens); none without.
+    pub fn hpunet_transformer_levels(depth: usize, attention: bool) -> Option<Vec<usize>> {
+        Some(if attention { vec![depth - 1 - 4.min(depth - 1)] } else { vec![] })
     }
 
     pub fn depth(&self) -> usize {

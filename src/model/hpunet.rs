@@ -10,7 +10,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 
 use super::attention_gate::AttentionGate;
-use super::blocks::downsample;
+use super::blocks::contracting_path;
 use super::config::ModelConfig;
 use super::fcomb::OUTPUT_PRIOR_LOGIT;
 use super::residual::ResStack;
@@ -120,16 +120,8 @@ impl HierarchicalCore {
     }
 
     /// Encoder features at every level, finest first.
-    pub fn encode(&self, mut x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut out = Vec::with_capacity(self.encoder.len());
-        for (i, stack) in self.encoder.iter().enumerate() {
-            if i > 0 {
-                x = downsample(x);
-            }
-            x = stack.forward(x);
-            out.push(x.clone());
-        }
-        out
+    pub fn encode(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        contracting_path(x, &self.encoder, ResStack::forward)
     }
 
     /// Runs the latent scales on `skips` (from [`Self::encode`]); `pick(scale, dist)` gives
@@ -243,12 +235,25 @@ impl HPUNet {
     pub fn forward_train(&self, x: Tensor<4>, y: Tensor<4>, eps: Tensor<2>) -> (Tensor<4>, Tensor<1>) {
         let [_, _, h, w] = x.dims();
         let eps = self.split_eps(eps, h, w);
+        let (q, p, logits) = self.posterior_driven(x, y, |s, d| d.mu.clone() + d.log_sigma.clone().exp() * eps[s].clone());
+        let kl = q.dists.iter().zip(&p.dists).map(|(q, p)| q.kl(p)).reduce(|a, b| a + b).expect("at least one latent scale");
+        (logits, kl)
+    }
+
+    /// The posterior's latents (chosen by `pick` from its distributions) driving the prior's
+    /// decoder: both nets' outputs and the logits.
+    fn posterior_driven(
+        &self,
+        x: Tensor<4>,
+        y: Tensor<4>,
+        pick: impl FnMut(usize, &PixelGaussian) -> Tensor<4>,
+    ) -> (CoreOut, CoreOut, Tensor<4>) {
         let q_skips = self.posterior.encode(Tensor::cat(vec![x.clone(), y], 1));
-        let q = self.posterior.decode(&q_skips, |s, d| d.mu.clone() + d.log_sigma.clone().exp() * eps[s].clone());
+        let q = self.posterior.decode(&q_skips, pick);
         let p_skips = self.prior.encode(x);
         let p = self.prior.decode(&p_skips, |s, _| q.latents[s].clone());
-        let kl = q.dists.iter().zip(&p.dists).map(|(q, p)| q.kl(p)).reduce(|a, b| a + b).expect("at least one latent scale");
-        (self.stitcher.forward(p.features, &p_skips), kl)
+        let logits = self.stitcher.forward(p.features.clone(), &p_skips);
+        (q, p, logits)
     }
 
     pub fn encode(&self, x: Tensor<4>) -> HEncoded {
@@ -285,10 +290,6 @@ impl HPUNet {
 
     /// Posterior-mean reconstruction of `y`: the posterior's means drive the prior's decoder.
     pub fn reconstruct(&self, x: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
-        let q_skips = self.posterior.encode(Tensor::cat(vec![x.clone(), y], 1));
-        let q = self.posterior.decode(&q_skips, |_, d| d.mu.clone());
-        let p_skips = self.prior.encode(x);
-        let p = self.prior.decode(&p_skips, |s, _| q.latents[s].clone());
-        self.stitcher.forward(p.features, &p_skips)
+        self.posterior_driven(x, y, |_, d| d.mu.clone()).2
     }
 }

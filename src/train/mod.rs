@@ -233,9 +233,8 @@ fn fit_hpunet_depth(cfg: &mut RunConfig, h: usize, w: usize) {
         let what = cfg.train.patch.map_or(format!("{h}x{w} crops"), |p| format!("{p}x{p} patches"));
         tracing::info!("HPU-Net: {depth} levels for {what} (the reference's 8 are for 128x128 crops)");
         // The attention variant's default transformer level moves with the depth.
-        let default_levels = ModelConfig::hpunet(1 << (m.depth() - 1), true).transformer_levels;
-        if m.transformer_levels == default_levels {
-            m.transformer_levels = ModelConfig::hpunet(1 << (depth - 1), true).transformer_levels;
+        if m.transformer_levels == ModelConfig::hpunet_transformer_levels(m.depth(), true) {
+            m.transformer_levels = ModelConfig::hpunet_transformer_levels(depth, true);
         }
         m.filters = HPUNET_FILTERS[..depth].to_vec();
         m.latent_scales = m.latent_scales.min(depth - 1);
