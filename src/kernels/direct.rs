@@ -185,6 +185,23 @@ unsafe fn forward_row(img: &[f32], wp: usize, ci: usize, packed: &[f32], cop: us
 
 type Ctx<'a> = (&'a [f32], usize, usize, &'a [f32], usize, Fwd);
 
+/// The micro-kernel's step, shared by the forward and the weight gradient: `acc[p] +=
+/// v[p * stride] * w[0..16]` for p < P, the 16 values of `w` in two registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn rank1<const P: usize>(acc: &mut [[std::arch::x86_64::__m256; 2]; P], w: *const f32, v: *const f32, stride: usize) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let (w0, w1) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
+        for (p, a) in acc.iter_mut().enumerate() {
+            let x = _mm256_broadcast_ss(&*v.add(p * stride));
+            a[0] = _mm256_fmadd_ps(x, w0, a[0]);
+            a[1] = _mm256_fmadd_ps(x, w1, a[1]);
+        }
+    }
+}
+
 /// P output pixels from `ox` times 16 output channels of block `ob`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -198,13 +215,7 @@ unsafe fn fwd_block<const P: usize>((img, wp, ci, packed, cop, f): Ctx, oy: usiz
                 let src = img.as_ptr().add(((oy * f.stride[0] + ki) * wp + ox * f.stride[1] + kj) * ci);
                 let ws = packed.as_ptr().add((ki * f.kw + kj) * ci * cop + ob * OC);
                 for c in 0..ci {
-                    let w0 = _mm256_loadu_ps(ws.add(c * cop));
-                    let w1 = _mm256_loadu_ps(ws.add(c * cop + 8));
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        let v = _mm256_broadcast_ss(&*src.add(p * step + c));
-                        a[0] = _mm256_fmadd_ps(v, w0, a[0]);
-                        a[1] = _mm256_fmadd_ps(v, w1, a[1]);
-                    }
+                    rank1(&mut acc, ws.add(c * cop), src.add(c), step);
                 }
             }
         }
@@ -311,13 +322,7 @@ unsafe fn wgt_block<const P: usize>((img, wp, ci, grad, cop, f): Ctx, rows: Rang
             let src = img.as_ptr().add(((oy * f.stride[0] + ki) * wp + kj) * ci + c0);
             let gr = grad.as_ptr().add(oy * f.wo * cop + ob * OC);
             for ox in 0..f.wo {
-                let g0 = _mm256_loadu_ps(gr.add(ox * cop));
-                let g1 = _mm256_loadu_ps(gr.add(ox * cop + 8));
-                for (p, a) in a.iter_mut().enumerate() {
-                    let v = _mm256_broadcast_ss(&*src.add(ox * step + p));
-                    a[0] = _mm256_fmadd_ps(v, g0, a[0]);
-                    a[1] = _mm256_fmadd_ps(v, g1, a[1]);
-                }
+                rank1(&mut a, gr.add(ox * cop), src.add(ox * step), 1);
             }
         }
         for (p, a) in a.iter().enumerate() {
