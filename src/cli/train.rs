@@ -139,7 +139,7 @@ impl std::str::FromStr for TransformerLevels {
             return Ok(Self(vec![crate::model::config::ALL_LEVELS]));
         }
         s.split(',')
-            .map(|v| v.trim().parse::<usize>().map_err(|_| format!("'{v}' is not a level (use e.g. 2, 1,2 or none)")))
+            .map(|v| v.trim().parse::<usize>().map_err(|_| format!("'{v}' is not a level (use e.g. 2, 1,2, all or none)")))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map(Self)
     }

@@ -87,7 +87,7 @@ impl ModelConfig {
     /// Probabilistic Attention U-Net (gates on every skip, a transformer as
     /// [`Self::hpunet_transformer_levels`] places it).
     pub fn hpunet(size: usize, attention: bool) -> Self {
-        let depth = (size.max(1).ilog2() as usize + 1).clamp(2, HPUNET_FILTERS.len());
+        let depth = Self::hpunet_depth(size, size, size);
         Self {
             kind: ModelKind::Hpunet,
             filters: HPUNET_FILTERS[..depth].to_vec(),
@@ -97,6 +97,13 @@ impl ModelConfig {
             latent_scales: 4.min(depth - 1),
             ..Self::default()
         }
+    }
+
+    /// The reference HPU-Net's depth (2 to 8) for `h` x `w` inputs trained on `side`-px crops or
+    /// patches: the most levels whose coarsest still holds a pixel and that h and w halve into.
+    pub fn hpunet_depth(h: usize, w: usize, side: usize) -> usize {
+        let fits = |d: usize| side >= 1 << (d - 1) && h % (1 << (d - 1)) == 0 && w % (1 << (d - 1)) == 0;
+        (2..=HPUNET_FILTERS.len()).rev().find(|&d| fits(d)).unwrap_or(2)
     }
 
     /// The reference HPU-Net's transformer levels at `depth`: with `attention`, self-attention

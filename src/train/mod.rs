@@ -223,12 +223,7 @@ fn fit_hpunet_depth(cfg: &mut RunConfig, h: usize, w: usize) {
     if m.kind != ModelKind::Hpunet || !HPUNET_FILTERS.starts_with(&m.filters) {
         return;
     }
-    let side = cfg.train.patch.unwrap_or(h.min(w));
-    let fits = |d: usize| side >= 1 << (d - 1) && h % (1 << (d - 1)) == 0 && w % (1 << (d - 1)) == 0;
-    let mut depth = m.depth();
-    while depth > 2 && !fits(depth) {
-        depth -= 1;
-    }
+    let depth = ModelConfig::hpunet_depth(h, w, cfg.train.patch.unwrap_or(h.min(w)));
     if depth < m.depth() {
         let what = cfg.train.patch.map_or(format!("{h}x{w} crops"), |p| format!("{p}x{p} patches"));
         tracing::info!("HPU-Net: {depth} levels for {what} (the reference's 8 are for 128x128 crops)");

@@ -42,6 +42,12 @@ fn the_reference_configuration_and_shapes() {
     assert_eq!(reference.filters, vec![24, 48, 96, 192, 192, 192, 192, 192]);
     assert_eq!((reference.latent_scales, reference.latent_channels, reference.norm), (4, 1, NormKind::None));
     reference.validate().unwrap();
+    // Depth: as many levels as the input halves into, the coarsest at least 1 px.
+    assert_eq!(ModelConfig::hpunet_depth(128, 128, 128), 8);
+    assert_eq!(ModelConfig::hpunet_depth(128, 128, 64), 7);
+    assert_eq!(ModelConfig::hpunet_depth(24, 24, 24), 4);
+    assert_eq!(ModelConfig::hpunet_depth(40, 28, 28), 3);
+    assert_eq!(ModelConfig::hpunet(24, false).filters, vec![24, 48, 96, 192]);
     let bad = ModelConfig { latent_scales: 8, ..reference.clone() };
     assert!(format!("{:#}", bad.validate().unwrap_err()).contains("latent_scales"));
 
