@@ -95,9 +95,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
         out: eval_dir.clone(),
         images: None,
         overlay: false,
+        no_review: false,
+        open: false,
     })?;
     super::evaluate::plot_cmd(super::evaluate::PlotArgs { run: run_dir.clone(), out: None })?;
-    crate::say!("4/4 evaluated on the held-out images: {}/report.md", eval_dir.display());
+    crate::say!("4/4 evaluated on the held-out images: {}/report.md; look through every case: {}/review.html", eval_dir.display(), eval_dir.display());
     let last = summary.history.last();
     if let Some(m) = last {
         crate::say!(

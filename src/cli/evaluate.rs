@@ -15,6 +15,7 @@ use crate::inference;
 use crate::train;
 
 use super::SamplingArgs;
+use super::review;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -31,6 +32,12 @@ pub struct EvalArgs {
     /// Draw masks as contours over the CT.
     #[arg(long)]
     pub overlay: bool,
+    /// Do not write review.html, the page to look through every case [default: write it].
+    #[arg(long)]
+    pub no_review: bool,
+    /// Open review.html in the default browser when done.
+    #[arg(long)]
+    pub open: bool,
 }
 
 #[derive(Args, Debug)]
@@ -143,6 +150,29 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     npz::write_npz(&a.out.join("samples.npz"), &[("samples", NpzEntry::U8(&masks)), ("mean", NpzEntry::F32(&mean))])?;
     let report = report::evaluate(samples.masks.view(), ds.masks.view(), s.seed)?;
     write_outputs(&report, &a.out, &format!("apunet eval: {} on {}", s.run.display(), a.data.display()))?;
+    let record = review::ReviewRecord {
+        kind: "eval".into(),
+        run: s.run.clone(),
+        data: a.data.clone(),
+        seed: s.seed,
+        units: review::dataset_units(ds.preprocess.as_ref()),
+        volume: false,
+    };
+    let arrays = review::Arrays {
+        images: ds.images.clone(),
+        masks: ds.masks.clone(),
+        samples: samples.masks.clone(),
+        mean: samples.mean.clone(),
+    };
+    review::record_inputs(&a.out, &arrays, &record)?;
+    if !a.no_review {
+        let page = a.out.join("review.html");
+        review::write_review(&page, &record, &arrays, Some(&report))?;
+        if a.open {
+            review::open_in_browser(&page);
+        }
+    }
+    drop(arrays);
 
     let idx: Vec<usize> = match &a.images {
         Some(v) => {
@@ -181,8 +211,9 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     figures::save_png(&fig, &a.out.join("samples.png"))?;
     print_summary(&report);
     crate::say!(
-        "wrote {}: metrics.json, per_image.csv, report.md, samples.npz, samples.png, ged_histogram.png",
-        a.out.display()
+        "wrote {}: metrics.json, per_image.csv, report.md, samples.npz, samples.png, ged_histogram.png, inputs.npz{}",
+        a.out.display(),
+        if a.no_review { "" } else { ", review.html" }
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod gan;
 pub mod import;
 pub mod predict;
+pub mod review;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Training and sampling throughput as JSON.
     Bench(bench::BenchArgs),
+    /// The review page (one HTML file) for a folder `eval` wrote: every case's CT, expert
+    /// contours, samples as a flip-book, uncertainty, sortable by GED and more.
+    Review(review::ReviewArgs),
 }
 
 #[derive(Args, Debug)]
@@ -236,6 +240,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gan(c) => gan::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Review(a) => review::review_cmd(a),
     }
 }
 

@@ -9,12 +9,17 @@ use clap::Args;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use ndarray::{Array3, Array4};
+
 use crate::data::intensity::Window;
+use crate::data::npz::{self, NpzEntry};
+use crate::eval::review::Units;
 use crate::data::scan::{self, Scan};
 use crate::eval::{figures, metrics};
 use crate::predict::{Prediction, predict_image, window_starts};
 
 use super::SamplingArgs;
+use super::review;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -32,6 +37,12 @@ pub struct PredictArgs {
     /// Override the run's window: lung, mediastinum, file, percentile or WIDTH,LEVEL.
     #[arg(long)]
     pub window: Option<Window>,
+    /// Do not write review.html (the page to look through the samples over the scan).
+    #[arg(long)]
+    pub no_review: bool,
+    /// Open each scan's review.html in the default browser when done.
+    #[arg(long)]
+    pub open: bool,
 }
 
 /// A folder of DICOM files is one series; any other folder is a set of scans.
@@ -106,6 +117,18 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
         pb.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         write_outputs(&scan, &preds, &inputs01, &dir)?;
+        let record = review::ReviewRecord {
+            kind: "predict".into(),
+            run: s.run.clone(),
+            data: input.clone(),
+            seed: s.seed,
+            units: match scan.slices[0].hounsfield {
+                true => Units::Hounsfield { file_window: scan.slices[0].file_window.map(|(c, w)| (w, c)) },
+                false => Units::Intensity,
+            },
+            volume: scan.slices.len() > 1,
+        };
+        write_review_files(&scan, &preds, &dir, &record, !a.no_review, a.open)?;
         let (h, w) = (scan.slices[0].height, scan.slices[0].width);
         crate::say!(
             "{name}: {} slice(s) {h}x{w}, {total} patches of {ph}x{pw}, {} samples in {secs:.1} s ({:.2} slices/s) -> {}",
@@ -114,6 +137,31 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
             scan.slices.len() as f64 / secs.max(1e-9),
             dir.display()
         );
+    }
+    Ok(())
+}
+
+/// inputs.npz, samples.npz and review.json (what `apunet review` reads), and the page.
+fn write_review_files(scan: &Scan, preds: &[Prediction], dir: &Path, record: &review::ReviewRecord, page: bool, open: bool) -> Result<()> {
+    let (h, w, n) = (preds[0].height, preds[0].width, preds[0].probs.len());
+    let d = preds.len();
+    if preds.iter().zip(&scan.slices).any(|(p, sl)| p.height != h || p.width != w || sl.values.len() != h * w) {
+        tracing::warn!("{}: slices of different sizes; no review page", dir.display());
+        return Ok(());
+    }
+    let images = Array3::from_shape_fn((d, h, w), |(z, y, x)| scan.slices[z].values[y * w + x]);
+    let samples = Array4::from_shape_fn((d, n, h, w), |(z, k, y, x)| (preds[z].probs[k][y * w + x] > 0.5) as u8);
+    let mean = Array3::from_shape_fn((d, h, w), |(z, y, x)| preds[z].mean[y * w + x]);
+    let (sd, md) = (samples.clone().into_dyn(), mean.clone().into_dyn());
+    npz::write_npz(&dir.join("samples.npz"), &[("samples", NpzEntry::U8(&sd)), ("mean", NpzEntry::F32(&md))])?;
+    let arrays = review::Arrays { images, masks: Array4::zeros((d, 0, h, w)), samples, mean };
+    review::record_inputs(dir, &arrays, record)?;
+    if page {
+        let out = dir.join("review.html");
+        review::write_review(&out, record, &arrays, None)?;
+        if open {
+            review::open_in_browser(&out);
+        }
     }
     Ok(())
 }

@@ -9,7 +9,8 @@ use crate::data::AnnotatorChoice;
 use crate::device::parse_device;
 use crate::model::{ModelConfig, ModelKind, NormKind};
 use crate::train::objective::LossKind;
-use crate::train::{self, RunConfig, Select, TrainRequest};
+use crate::train::distributed::Alone;
+use crate::train::{self, Collective, RunConfig, Select, TrainRequest};
 
 /// Flags left out take their value from --config, else from the defaults shown; on --resume,
 /// from the run's own config.toml.
@@ -117,12 +118,21 @@ pub struct TrainArgs {
     /// GECO's tolerated reconstruction loss per pixel kept.
     #[arg(long)]
     pub geco_kappa: Option<f64>,
-    /// cpu | wgpu | cuda
+    /// cpu | wgpu | cuda, or wgpu:N / cuda:N for the N-th GPU. Under --distributed, a GPU
+    /// without an index is the rank's local rank on its machine.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// No progress bars or per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Data-parallel training over processes: `mpi`, one process per device under `mpirun -np N`
+    /// or SLURM's `srun` (cargo feature `mpi`). --batch-size is then the global batch.
+    #[arg(long, value_enum, default_value = "none")]
+    pub distributed: Distributed,
+    /// Seconds a rank waits for the others (a step, or rank 0's validation and checkpoint
+    /// between epochs) before it ends the job as hung.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub dist_timeout: u64,
 }
 
 /// `--transformer-levels 1,2` or `none`.
@@ -242,13 +252,52 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
 }
 
+/// `--distributed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distributed {
+    None,
+    Mpi,
+}
+
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
-    let device = parse_device(&a.device)?;
+    match a.distributed {
+        Distributed::None => run(a, &Alone),
+        Distributed::Mpi => mpi_run(a),
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_run(a: TrainArgs) -> Result<()> {
+    let comm = train::mpi::Mpi::init(std::time::Duration::from_secs(a.dist_timeout.max(1)))?;
+    match run(a, &comm) {
+        // A rank that stops alone would leave the others waiting: end them all.
+        Err(e) if comm.size() > 1 => comm.abort(&format!("rank {}: {e:#}", comm.rank())),
+        other => other,
+    }
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_run(_: TrainArgs) -> Result<()> {
+    bail!(
+        "this apunet was built without MPI: rebuild with `cargo build --release --features mpi` \
+         (needs an MPI library and libclang; Debian: libopenmpi-dev openmpi-bin libclang-dev)"
+    )
+}
+
+fn run(a: TrainArgs, comm: &dyn Collective) -> Result<()> {
+    let lead = comm.rank() == 0;
+    let device = parse_device(&rank_device(&a.device, comm))?;
     let (out, resume) = match (&a.resume, &a.out) {
         (Some(r), _) => (r.clone(), true),
         (None, Some(o)) => (o.clone(), false),
         (None, None) => bail!("give --out RUN_DIR for a new run, or --resume RUN_DIR"),
     };
+    if !lead {
+        // Rank 0 resolves the run (config, data, resume) and hands it to the others, which
+        // may not see its files.
+        let req = TrainRequest { data: PathBuf::new(), out, config: RunConfig::default(), device, resume, quiet: true };
+        return train::train_with(req, comm).map(|_| ());
+    }
     let mut cfg = match (&a.config, resume) {
         (Some(p), _) => RunConfig::load(p)?,
         // Resuming keeps the run's own settings unless a flag overrides them.
@@ -279,7 +328,7 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
             out.display()
         );
     }
-    let summary = train::train(TrainRequest { data, out: out.clone(), config: cfg, device, resume, quiet: a.quiet })?;
+    let summary = train::train_with(TrainRequest { data, out: out.clone(), config: cfg, device, resume, quiet: a.quiet }, comm)?;
     if summary.epochs_run == 0 {
         crate::say!(
             "nothing to train: {} already finished epoch {} of {}; give --epochs N (more than {}) to train further",
@@ -301,3 +350,11 @@ pub fn train_cmd(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+
+/// `--device` for this rank: a GPU named without an index is the rank's local rank.
+fn rank_device(name: &str, comm: &dyn Collective) -> String {
+    match name {
+        "cuda" | "wgpu" if comm.size() > 1 => format!("{name}:{}", comm.local_rank()),
+        other => other.to_string(),
+    }
+}

@@ -4,3 +4,4 @@ pub mod figures;
 pub mod metrics;
 pub mod plots;
 pub mod report;
+pub mod review;

@@ -5,13 +5,14 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::config::TrainConfig;
 use super::history::EpochMetrics;
-use super::objective::{GecoState, LossKind};
+use super::distributed::{self, Collective};
+use super::objective::{GecoState, LossKind, Objective};
 use super::{epoch_rng, normal, progress_bar};
 use crate::data::{Dataset, batch};
 use crate::model::Segmenter;
@@ -48,6 +49,10 @@ pub struct Stepper<'a> {
     pub quiet: bool,
     /// GECO's state, carried across epochs and saved with the run.
     pub geco: GecoState,
+    /// The ranks sharing each step (one process alone: [`distributed::Alone`]).
+    pub comm: &'a dyn Collective,
+    /// Seconds this epoch spent exchanging losses and gradients with the other ranks.
+    pub exchange_seconds: f64,
 }
 
 impl Stepper<'_> {
@@ -71,32 +76,14 @@ impl Stepper<'_> {
         let (mut sum, mut rec, mut kl, mut seen, mut skipped) = (0f64, 0f64, 0f64, 0usize, 0usize);
         let step_start = Instant::now();
         for idx in batches {
-            let b = batch::training_patches(data, idx, tc.annotator, tc.augment, patch, rng, device)?;
-            let [n, _, h, w] = b.images.dims();
-            let latent = model.latent_size(h, w);
-            let eps = Tensor::<2>::from_data(TensorData::new(normal(rng, n * latent), [n, latent]), device);
-            let out = model.forward_train(b.images, b.masks.clone(), eps);
-            let loss = objective.loss(&out, b.masks, &self.geco, rng)?;
-            let values = loss.values;
-            pb.inc(idx.len() as u64);
-            if values.iter().any(|v| !v.is_finite()) {
-                // A non-finite loss never reaches the weights.
+            let (trained, values) = self.step(model, optim, &objective, data, idx, patch, rng, device)?;
+            model = trained;
+            let Some(values) = values else {
                 skipped += 1;
-                self.consecutive_bad += 1;
-                tracing::warn!("epoch {epoch}: non-finite loss {values:?}, step skipped");
-                if self.consecutive_bad >= tc.max_bad_steps {
-                    bail!(
-                        "{} non-finite losses in a row: training diverged. \
-                         Lower --lr, set --grad-clip-norm, or check the data for extreme values",
-                        self.consecutive_bad
-                    );
-                }
+                pb.inc(idx.len() as u64);
                 continue;
-            }
-            self.consecutive_bad = 0;
-            objective.commit(&loss, &mut self.geco);
-            let grads = GradientsParams::from_grads(loss.total.backward(), &model);
-            model = optim.step(tc.lr, model, grads);
+            };
+            pb.inc(idx.len() as u64);
             let n = idx.len() as f64;
             sum += values[0] as f64 * n;
             rec += values[1] as f64 * n;
@@ -107,6 +94,15 @@ impl Stepper<'_> {
             pb.set_message(format!("loss {:.2} rec {:.2} kl {:.3} {ips:.1} img/s", sum / s, rec / s, kl / s));
         }
         pb.finish_and_clear();
+        if self.comm.size() > 1 {
+            let took = step_start.elapsed().as_secs_f64();
+            tracing::info!(
+                "rank {}, epoch {epoch}: {:.2} s of the {took:.2} s of steps in the all-reduce (waiting for the other ranks included)",
+                self.comm.rank(),
+                self.exchange_seconds
+            );
+            self.exchange_seconds = 0.0;
+        }
         let seen_f = seen.max(1) as f64;
         let m = EpochMetrics {
             epoch,
@@ -127,5 +123,68 @@ impl Stepper<'_> {
             seconds: 0.0,
         };
         Ok((m, model))
+    }
+
+    /// One step on the global batch `idx`: this rank's rows forward and backward, the loss and
+    /// gradients averaged over the ranks. Returns the batch's loss values, or None when the
+    /// loss was not finite and the step was skipped (on every rank alike).
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        model: Segmenter,
+        optim: &mut ModuleOptimizer,
+        objective: &Objective,
+        data: &Dataset,
+        idx: &[usize],
+        patch: Option<batch::PatchSampling>,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<(Segmenter, Option<[f32; 3]>)> {
+        let tc = self.tc;
+        let comm = self.comm;
+        // Every rank draws the whole batch's random choices, so that a run does not depend on
+        // how many ranks share it, then keeps its own rows.
+        let b = batch::training_patches(data, idx, tc.annotator, tc.augment, patch, rng, device)?;
+        let [n, _, h, w] = b.images.dims();
+        let latent = model.latent_size(h, w);
+        let eps = normal(rng, n * latent);
+        let loss_seed: u64 = rng.r#gen();
+        let rows = distributed::shard(comm, n);
+        let local = if rows.is_empty() {
+            None
+        } else {
+            let eps = TensorData::new(eps[rows.start * latent..rows.end * latent].to_vec(), [rows.len(), latent]);
+            let (images, masks) = (b.images.narrow(0, rows.start, rows.len()), b.masks.narrow(0, rows.start, rows.len()));
+            let out = model.forward_train(images, masks.clone(), Tensor::<2>::from_data(eps, device));
+            let mut loss_rng = StdRng::seed_from_u64(loss_seed.wrapping_add(comm.rank() as u64));
+            Some(objective.loss(&out, masks, &self.geco, &mut loss_rng)?)
+        };
+        let parts = local.as_ref().map_or([0.0; 3], |l| l.parts);
+        let exchange = Instant::now();
+        let mean = distributed::batch_mean(comm, &parts, rows.len(), "the loss all-reduce")?;
+        self.exchange_seconds += exchange.elapsed().as_secs_f64();
+        let parts = [mean[0], mean[1], mean[2]];
+        let settled = objective.settle(parts, &self.geco);
+        let values = settled.values;
+        if values.iter().any(|v| !v.is_finite()) {
+            // A non-finite loss never reaches the weights.
+            self.consecutive_bad += 1;
+            tracing::warn!("non-finite loss {values:?}, step skipped");
+            if self.consecutive_bad >= tc.max_bad_steps {
+                bail!(
+                    "{} non-finite losses in a row: training diverged. \
+                     Lower --lr, set --grad-clip-norm, or check the data for extreme values",
+                    self.consecutive_bad
+                );
+            }
+            return Ok((model, None));
+        }
+        self.consecutive_bad = 0;
+        objective.commit(&settled, &mut self.geco);
+        let grads = local.map(|l| GradientsParams::from_grads(l.total.backward(), &model));
+        let exchange = Instant::now();
+        let grads = distributed::average_gradients(comm, grads, &model, rows.len() as f32 / n as f32)?;
+        self.exchange_seconds += exchange.elapsed().as_secs_f64();
+        Ok((optim.step(tc.lr, model, grads), Some(values)))
     }
 }

@@ -3,8 +3,11 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 mod epoch;
 pub mod history;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod objective;
 pub mod validation;
 
@@ -22,6 +25,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 pub use checkpoint::{RunPaths, TrainState, Which, load_run};
+pub use distributed::Collective;
 pub use config::{DataConfig, RunConfig, Select, TrainConfig};
 pub use history::{EpochMetrics, read_metrics, write_metrics};
 pub use validation::{figure, render_figure};
@@ -30,7 +34,7 @@ use crate::data::{AnnotatorChoice, Dataset, split};
 use crate::eval::figures;
 use crate::model::config::HPUNET_FILTERS;
 use objective::LossKind;
-use crate::model::{ModelConfig, ModelKind, Segmenter};
+use crate::model::{ModelConfig, ModelKind, NormKind, Segmenter};
 
 /// How a training run is asked for.
 pub struct TrainRequest {
@@ -74,31 +78,64 @@ struct Setup {
 
 /// Trains (or resumes) a run in `req.out`.
 pub fn train(req: TrainRequest) -> Result<TrainSummary> {
+    train_with(req, &distributed::Alone)
+}
+
+/// Trains as one rank of a data-parallel run: every rank steps on its rows of each global
+/// batch; rank 0 alone validates and writes the run (checkpoints, metrics, figures).
+pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSummary> {
+    let lead = comm.rank() == 0;
     let paths = RunPaths::new(&req.out);
-    let setup = prepare(&req, &paths)?;
-    let Setup { cfg, mut state, data, train_idx, val_idx, extra_idx } = setup;
+    let Setup { cfg, mut state, data, train_idx, val_idx, extra_idx } = prepare_ranks(&req, &paths, comm)?;
     let tc = cfg.train.clone();
+    if comm.size() > 1 && cfg.model.norm == NormKind::Batch && cfg.model.kind == ModelKind::Punet {
+        bail!("--norm batch cannot train data-parallel: each rank's batch statistics would drift apart. Use --norm group (the default)");
+    }
+    if comm.size() > tc.batch_size {
+        bail!("{} ranks cannot share batches of {}: give --batch-size {} or more (the global batch)", comm.size(), tc.batch_size, comm.size());
+    }
     let device = req.device.clone().autodiff();
     device.seed(tc.seed);
     let mut model = Segmenter::new(&cfg.model, &device);
     let mut optim = optimizer(&tc);
-    let mut history = read_metrics(&paths.metrics()).unwrap_or_default();
-    if state.epoch > 0 {
+    let mut history = if lead { read_metrics(&paths.metrics()).unwrap_or_default() } else { Vec::new() };
+    if state.epoch > 0 && lead {
         model = checkpoint::load_segmenter(model, &paths.last_model())?;
         if paths.optimizer().exists() {
             optim = checkpoint::load_optimizer(optim, &paths.optimizer())?;
         }
         tracing::info!("resuming {} after epoch {}", req.out.display(), state.epoch);
     }
+    // Every rank starts from rank 0's weights and optimizer state.
+    let mut model = distributed::broadcast_module(comm, model)?;
+    let mut optim = distributed::broadcast_optimizer(comm, optim)?;
+    if comm.size() > 1 && lead {
+        let params = model.num_params();
+        tracing::info!(
+            "data-parallel over {} ranks: global batch {}, {params} parameters, {:.1} MB of gradients summed per step",
+            comm.size(),
+            tc.batch_size,
+            params as f64 * 4.0 / 1e6
+        );
+    }
     history.retain(|m| m.epoch <= state.epoch);
-    write_metrics(&paths.metrics(), &history)?;
+    if lead {
+        write_metrics(&paths.metrics(), &history)?;
+    }
     let epochs_run = tc.epochs.saturating_sub(state.epoch);
-    let mut stepper = epoch::Stepper { tc: &tc, consecutive_bad: 0, quiet: req.quiet, geco: state.geco.clone() };
+    let quiet = req.quiet || !lead;
+    let mut stepper = epoch::Stepper { tc: &tc, consecutive_bad: 0, quiet, geco: state.geco.clone(), comm, exchange_seconds: 0.0 };
     for epoch in state.epoch + 1..=tc.epochs {
         let started = Instant::now();
         let (batches, mut rng) = epoch::batches(&tc, epoch, &train_idx, &extra_idx);
         let (m, trained) = stepper.epoch(model, &mut optim, &data, &batches, epoch, &mut rng, &device)?;
         model = trained;
+        state.skipped_steps += m.skipped_steps;
+        state.geco = stepper.geco.clone();
+        state.epoch = epoch;
+        if !lead {
+            continue;
+        }
         let valid = model.valid();
         let inner = req.device.clone();
         let (val_loss, val_reconstruction, val_kl, val_ged) = if val_idx.is_empty() {
@@ -114,8 +151,6 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             let fig = figure(&valid, &data, &fig_idx, tc.figure_samples, tc.seed, &inner, &title)?;
             figures::save_png(&fig, &paths.figure(epoch))?;
         }
-        state.skipped_steps += m.skipped_steps;
-        state.geco = stepper.geco.clone();
         let improved = state.best_score.is_none_or(|b| selection_score(&tc, &m) < b);
         if improved {
             state.best_score = Some(selection_score(&tc, &m));
@@ -123,13 +158,34 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         }
         history.push(m.clone());
         write_metrics(&paths.metrics(), &history)?;
-        state.epoch = epoch;
         checkpoint::commit_epoch(&paths, &model, &optim, improved, &state)?;
         if !req.quiet {
             eprintln!("{}", epoch_line(&m, val_idx.is_empty()));
         }
     }
     Ok(TrainSummary { history, best_epoch: state.best_epoch, skipped_steps: state.skipped_steps, epochs_run, target_epochs: tc.epochs })
+}
+
+/// [`prepare`] on rank 0, which alone reads and writes the run directory; the other ranks take
+/// its resolved config, state and data path and load the data themselves.
+fn prepare_ranks(req: &TrainRequest, paths: &RunPaths, comm: &dyn Collective) -> Result<Setup> {
+    if comm.size() == 1 {
+        return prepare(req, paths);
+    }
+    let lead = if comm.rank() == 0 { Some(prepare(req, paths)?) } else { None };
+    // The config travels as the TOML it is saved as (its custom serde is written for TOML).
+    let resolved = match &lead {
+        Some(s) => Some((toml::to_string(&s.cfg)?, s.state.clone(), req.data.clone())),
+        None => None,
+    };
+    let (cfg, state, data_path): (String, TrainState, PathBuf) = distributed::broadcast_json(comm, resolved.as_ref(), "the run's config")?;
+    let cfg: RunConfig = toml::from_str(&cfg).with_context(|| format!("rank {}: reading rank 0's config", comm.rank()))?;
+    if let Some(setup) = lead {
+        return Ok(setup);
+    }
+    let data = Dataset::load(&data_path).with_context(|| format!("rank {}", comm.rank()))?;
+    let (data, train_idx, val_idx, extra_idx) = split_data(&cfg, data)?;
+    Ok(Setup { cfg, state, data, train_idx, val_idx, extra_idx })
 }
 
 /// Resolves the config (checking what a resume may change), loads the data and splits it.
@@ -160,6 +216,23 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
     cfg.validate()?;
     let data = Dataset::load(&req.data)?;
     check_data(&mut cfg, &data, &req.data)?;
+    let (data, train_idx, val_idx, extra_idx) = split_data(&cfg, data)?;
+    std::fs::create_dir_all(req.out.join("checkpoints"))
+        .with_context(|| format!("creating run directory {}", req.out.display()))?;
+    cfg.save(&paths.config())?;
+    state.data = req.data.display().to_string();
+    // Saved before the first step: a run killed during epoch 1 resumes from the start.
+    if state.epoch == 0 {
+        checkpoint::save_state(&state, &paths.state())?;
+    }
+    Ok(Setup { cfg, state, data, train_idx, val_idx, extra_idx })
+}
+
+/// The data (synthetic extras appended) and its training, validation and extra indices.
+type Split = (Dataset, Vec<usize>, Vec<usize>, Vec<usize>);
+
+/// The split of `data` by series, with `[train] extra`'s synthetic examples appended.
+fn split_data(cfg: &RunConfig, data: Dataset) -> Result<Split> {
     let tc = &cfg.train;
     let sp = split::split_by_series(&data.series, tc.val_fraction, tc.seed)?;
     // Synthetic examples never validate.
@@ -177,15 +250,7 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
     if train_idx.is_empty() {
         bail!("no training examples left after the split");
     }
-    std::fs::create_dir_all(req.out.join("checkpoints"))
-        .with_context(|| format!("creating run directory {}", req.out.display()))?;
-    cfg.save(&paths.config())?;
-    state.data = req.data.display().to_string();
-    // Saved before the first step: a run killed during epoch 1 resumes from the start.
-    if state.epoch == 0 {
-        checkpoint::save_state(&state, &paths.state())?;
-    }
-    Ok(Setup { cfg, state, data, train_idx, val_idx, extra_idx })
+    Ok((data, train_idx, val_idx, extra_idx))
 }
 
 /// Checks the data against the model and records the crop size and preprocessing in `cfg`.
@@ -291,6 +356,19 @@ fn progress_bar(len: u64, quiet: bool, prefix: &str) -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_config_survives_the_trip_to_the_other_ranks() {
+        let mut hp = RunConfig::default();
+        hp.model.kind = ModelKind::Hpunet;
+        hp.model.transformer_levels = Some(vec![crate::model::config::ALL_LEVELS]);
+        for cfg in [RunConfig::default(), hp] {
+            let text = toml::to_string(&cfg).unwrap();
+            let sent = serde_json::to_vec(&(text, TrainState::default(), PathBuf::from("d.npz"))).unwrap();
+            let (text, _, _): (String, TrainState, PathBuf) = serde_json::from_slice(&sent).unwrap();
+            assert_eq!(toml::from_str::<RunConfig>(&text).unwrap(), cfg);
+        }
+    }
 
     #[test]
     fn geco_runs_pick_the_best_epoch_by_reconstruction_and_kl() {

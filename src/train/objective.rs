@@ -80,6 +80,14 @@ pub struct Objective {
 /// One step's loss and the host values reported for it.
 pub struct StepLoss {
     pub total: Tensor<1>,
+    /// This batch's reconstruction, KL and pixels kept per image, as host values.
+    pub parts: [f64; 3],
+    pub settled: Settled,
+}
+
+/// What a step reports and commits, from the batch's parts (or their mean over every rank).
+#[derive(Debug, Clone, Copy)]
+pub struct Settled {
     /// [total, reconstruction, kl], averaged over the batch.
     pub values: [f32; 3],
     /// GECO's constraint value for [`Objective::commit`] once the step is taken.
@@ -127,28 +135,39 @@ impl Objective {
         };
         let kl = out.kl.clone().mean();
         let host = to_host(Tensor::cat(vec![rec.clone(), kl.clone()], 0))?;
-        let (rec_v, kl_v) = (host[0] as f64, host[1] as f64);
+        let parts = [host[0] as f64, host[1] as f64, kept];
+        let total = match self.kind {
+            LossKind::Elbo => rec + kl * self.beta,
+            // The forward value is lambda * C + KL once settled; the gradient goes to this
+            // step's reconstruction, weighted by lambda.
+            LossKind::Geco => rec * geco.lambda() + kl,
+        };
+        Ok(StepLoss { total, parts, settled: self.settle(parts, geco) })
+    }
+
+    /// Sets the reported values (and GECO's constraint) from `parts`: the batch's own, or, in a
+    /// data-parallel step, the mean over every rank's rows, so that every rank reports, skips
+    /// and moves GECO's state alike.
+    pub fn settle(&self, parts: [f64; 3], geco: &GecoState) -> Settled {
+        let [rec_v, kl_v, kept] = parts;
         match self.kind {
             LossKind::Elbo => {
-                let total = rec + kl * self.beta;
                 let t = rec_v + self.beta as f64 * kl_v;
-                Ok(StepLoss { total, values: [t as f32, rec_v as f32, kl_v as f32], constraint: None })
+                Settled { values: [t as f32, rec_v as f32, kl_v as f32], constraint: None }
             }
             LossKind::Geco => {
-                // The forward value uses the EMA, the gradient goes to this step's term.
+                // The constraint uses the EMA; the gradient goes to this step's term.
                 let ema = geco.ema.map_or(rec_v, |e| 0.99 * e + 0.01 * rec_v);
                 let c = ema - self.kappa * kept;
-                let lambda = geco.lambda();
-                let total = rec * lambda + kl + (lambda * (c - rec_v));
-                let t = lambda * c + kl_v;
-                Ok(StepLoss { total, values: [t as f32, rec_v as f32, kl_v as f32], constraint: Some((ema, c)) })
+                let t = geco.lambda() * c + kl_v;
+                Settled { values: [t as f32, rec_v as f32, kl_v as f32], constraint: Some((ema, c)) }
             }
         }
     }
 
     /// After a step is taken: GECO's EMA and lambda move on.
-    pub fn commit(&self, loss: &StepLoss, geco: &mut GecoState) {
-        if let Some((ema, c)) = loss.constraint {
+    pub fn commit(&self, settled: &Settled, geco: &mut GecoState) {
+        if let Some((ema, c)) = settled.constraint {
             geco.ema = Some(ema);
             geco.ascend(c, self.rate);
         }

@@ -138,14 +138,14 @@ fn geco_raises_lambda_while_the_constraint_is_violated_and_topk_keeps_k_pixels()
     let mut rng = StdRng::seed_from_u64(0);
     let loss = obj.loss(&out, target.clone(), &g, &mut rng).unwrap();
     // 10% of 200 pixels: 20 kept, each at most the largest per-pixel loss (softplus(3)).
-    let rec = loss.values[1] as f64;
+    let rec = loss.settled.values[1] as f64;
     let max_xe = (1.0 + 3f64.exp()).ln();
     assert!(rec > 0.0 && rec <= 10.0 * max_xe + 1e-4, "top-k reconstruction {rec}");
-    assert!((loss.values[2] - 1.0).abs() < 1e-6);
+    assert!((loss.settled.values[2] - 1.0).abs() < 1e-6);
     let before = g.lambda();
     for _ in 0..5 {
         let l = obj.loss(&out, target.clone(), &g, &mut rng).unwrap();
-        obj.commit(&l, &mut g);
+        obj.commit(&l.settled, &mut g);
     }
     assert!(g.ema.is_some());
     assert!(g.lambda() > before, "reconstruction above kappa per pixel: lambda must rise");
@@ -154,7 +154,7 @@ fn geco_raises_lambda_while_the_constraint_is_violated_and_topk_keeps_k_pixels()
     let mut met = GecoState::default();
     for _ in 0..5 {
         let l = obj.loss(&good, target.clone(), &met, &mut rng).unwrap();
-        obj.commit(&l, &mut met);
+        obj.commit(&l.settled, &mut met);
     }
     assert!(met.lambda() < 1.0);
     // The ELBO with top-k 1.0 is the plain sum over pixels per image.
@@ -162,7 +162,7 @@ fn geco_raises_lambda_while_the_constraint_is_violated_and_topk_keeps_k_pixels()
     let full = elbo.loss(&out, target, &GecoState::default(), &mut rng).unwrap();
     let xe = to_host(apunet::train::objective::bce_with_logits(logits, Tensor::zeros([2, 1, 10, 10], &d))).unwrap();
     let want = xe.iter().map(|&v| v as f64).sum::<f64>() / 2.0;
-    assert!((full.values[1] as f64 - want).abs() < 1e-3, "{} vs {want}", full.values[1]);
+    assert!((full.settled.values[1] as f64 - want).abs() < 1e-3, "{} vs {want}", full.settled.values[1]);
 }
 
 #[test]
@@ -234,13 +234,13 @@ fn hpunet_trains_with_geco_resumes_and_serves_every_command() {
 
     // eval and predict on an image larger than the crops.
     let ev = dir.path().join("eval");
-    eval_cmd(EvalArgs { sampling: sampling(None), data: data.clone(), out: ev.clone(), images: None, overlay: false }).unwrap();
+    eval_cmd(EvalArgs { sampling: sampling(None), data: data.clone(), out: ev.clone(), images: None, overlay: false, no_review: false, open: false }).unwrap();
     assert!(ev.join("metrics.json").exists());
     let big = dir.path().join("big.png");
     let img = image::GrayImage::from_fn(40, 28, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
     img.save(&big).unwrap();
     let pred = dir.path().join("pred");
-    predict_cmd(PredictArgs { sampling: sampling(None), input: big, out: pred.clone(), overlap: 0.5, window: None }).unwrap();
+    predict_cmd(PredictArgs { sampling: sampling(None), input: big, out: pred.clone(), overlap: 0.5, window: None, no_review: false, open: false }).unwrap();
     assert!(std::fs::read_dir(&pred).unwrap().count() > 0);
 }
 

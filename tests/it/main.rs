@@ -15,6 +15,9 @@ mod kernels;
 mod kill;
 mod metrics;
 mod model;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod predict;
+mod review;
 mod train;
 mod wgpu;

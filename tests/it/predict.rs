@@ -140,7 +140,7 @@ fn predict_writes_png_and_nifti_for_any_size() {
     image::GrayImage::from_fn(52, 40, |x, y| image::Luma([((x * 3 + y) % 256) as u8])).save(&png).unwrap();
     let out = dir.path().join("pred");
     let sampling = SamplingArgs { n: 3, checkpoint: train::Which::Last, batch_size: 4, ..SamplingArgs::for_run(&run) };
-    predict_cmd(PredictArgs { sampling: sampling.clone(), input: png, out: out.clone(), overlap: 0.5, window: None })
+    predict_cmd(PredictArgs { sampling: sampling.clone(), input: png, out: out.clone(), overlap: 0.5, window: None, no_review: false, open: false })
     .unwrap();
     let d = out.join("scan");
     for f in ["sample_00.png", "sample_02.png", "mean.png", "entropy.png", "overlay.png", "samples.nii.gz", "mean.nii.gz", "entropy.nii.gz"] {
@@ -152,8 +152,22 @@ fn predict_writes_png_and_nifti_for_any_size() {
     assert_eq!(&nii.header().dim[..5], &[4, 52, 40, 1, 3]);
     let v = nii.into_volume().into_ndarray::<f32>().unwrap();
     assert!(v.iter().all(|&x| x == 0.0 || x == 1.0));
+    // The review page's arrays are the NIfTI's samples, and `review` rebuilds the page.
+    for f in ["review.html", "review.json", "inputs.npz", "samples.npz"] {
+        assert!(d.join(f).exists(), "missing {f}");
+    }
+    let npz = apunet::data::npz::read_npz(&d.join("samples.npz")).unwrap();
+    let Some(apunet::data::npz::NpyArray::U8(s)) = npz.get("samples") else { panic!("no samples") };
+    assert_eq!(s.shape(), &[1, 3, 40, 52]);
+    for ((_, k, y, x), &m) in s.view().into_dimensionality::<ndarray::Ix4>().unwrap().indexed_iter() {
+        assert_eq!(m as f32, v[[x, y, 0, k]], "sample {k} at ({y}, {x})");
+    }
+    let page = std::fs::read_to_string(d.join("review.html")).unwrap();
+    std::fs::remove_file(d.join("review.html")).unwrap();
+    apunet::cli::review::review_cmd(apunet::cli::review::ReviewArgs { dir: d.clone(), out: None, open: false }).unwrap();
+    assert_eq!(std::fs::read_to_string(d.join("review.html")).unwrap(), page);
 
-    let missing = predict_cmd(PredictArgs { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None })
+    let missing = predict_cmd(PredictArgs { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None, no_review: false, open: false })
     .unwrap_err();
     assert!(format!("{missing:#}").contains("does not exist"));
 }

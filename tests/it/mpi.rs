@@ -1,0 +1,219 @@
+//! `apunet train --distributed mpi` under `mpirun -np 2` on the CPU: the ranks reproduce one
+//! process with the same global batch (losses per step and final weights, to 1e-5), resume
+//! after a kill, and a rank that dies or hangs ends the job with a message, never a silent hang.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use apunet::model::to_host;
+use apunet::train::{self, read_metrics};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+
+const TINY: [&str; 12] = [
+    "--filters", "4,8", "--transformer-levels", "none", "--latent-dim", "2", "--val-fraction", "0", "--seed", "3",
+    "--figure-every", "1000",
+];
+
+fn apunet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_apunet"))
+}
+
+/// `mpirun -np 2 apunet train ARGS --distributed mpi`, one thread per rank.
+fn mpirun(args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-np", "2", "--oversubscribe", "--allow-run-as-root"])
+        // Containers often forbid the cross-memory attach OpenMPI tries first.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("RAYON_NUM_THREADS", "1")
+        .arg(env!("CARGO_BIN_EXE_apunet"))
+        .arg("train")
+        .args(args)
+        .args(["--distributed", "mpi", "--quiet"]);
+    c
+}
+
+fn single(args: &[&str]) -> Command {
+    let mut c = apunet();
+    c.env("RAYON_NUM_THREADS", "1").arg("train").args(args).arg("--quiet");
+    c
+}
+
+fn run_ok(mut c: Command, what: &str) -> Output {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot start ({e}); is OpenMPI installed (mpirun)?"));
+    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn synth(dir: &Path, count: usize) -> String {
+    let data = dir.join(format!("d{count}.npz"));
+    let n = count.to_string();
+    run_ok(
+        {
+            let mut c = apunet();
+            c.args(["synth", "--out", data.to_str().unwrap(), "--count", &n, "--size", "16", "--seed", "4"]);
+            c
+        },
+        "synth",
+    );
+    data.to_str().unwrap().to_string()
+}
+
+struct AllParams(Vec<f32>);
+impl ModuleVisitor for AllParams {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        self.0.extend(to_host(p.val()).unwrap());
+    }
+}
+
+fn weights(run: &Path) -> Vec<f32> {
+    let (_, model) = train::load_run(run, train::Which::Last, &Device::flex()).unwrap();
+    let mut all = AllParams(Vec::new());
+    model.visit(&mut all);
+    all.0
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    read_metrics(&run.join("metrics.csv")).unwrap().iter().map(|m| m.loss).collect()
+}
+
+fn assert_close(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1.0), "{what}[{i}]: {x} vs {y}");
+    }
+}
+
+fn assert_same_run(a: &Path, b: &Path) {
+    assert_close(&losses(a), &losses(b), "loss per step");
+    let (wa, wb) = (weights(a), weights(b));
+    let wa: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
+    let wb: Vec<f64> = wb.iter().map(|&v| v as f64).collect();
+    assert_close(&wa, &wb, "final weights");
+}
+
+#[test]
+fn two_ranks_reproduce_one_process_with_the_same_global_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 crops, batch 8: one step per epoch, so metrics.csv holds the loss of each step.
+    let data = synth(dir.path(), 8);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let common = |out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = ["--data", &data, "--out", out.to_str().unwrap(), "--epochs", "5", "--batch-size", "8"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(TINY.iter().map(|s| s.to_string()));
+        v
+    };
+    let args = |out: &Path| common(out);
+    let a1 = args(&one);
+    run_ok(single(&a1.iter().map(String::as_str).collect::<Vec<_>>()), "one process");
+    let a2 = args(&two);
+    run_ok(mpirun(&a2.iter().map(String::as_str).collect::<Vec<_>>()), "mpirun -np 2");
+    assert_eq!(losses(&two).len(), 5);
+    assert_same_run(&one, &two);
+}
+
+#[test]
+fn uneven_shards_and_a_resume_under_mpi_match_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    // 11 crops in batches of 8 and 3: the second splits 2 + 1 across the ranks.
+    let data = synth(dir.path(), 11);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    // The default transformer level this time: every config must reach rank 1 intact.
+    let args = |out: &Path, epochs: &str| -> Vec<String> {
+        let mut v: Vec<String> = ["--data", &data, "--out", out.to_str().unwrap(), "--epochs", epochs, "--batch-size", "8"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(TINY.iter().filter(|s| !s.starts_with("--transformer") && **s != "none").map(|s| s.to_string()));
+        v
+    };
+    let strs = |v: &[String]| v.iter().map(String::clone).collect::<Vec<_>>();
+    let a1 = strs(&args(&one, "4"));
+    run_ok(single(&a1.iter().map(String::as_str).collect::<Vec<_>>()), "one process");
+    // Two epochs under MPI, then a resume to four: rank 0 hands its checkpoint and Adam's
+    // state to rank 1.
+    let a2 = strs(&args(&two, "2"));
+    run_ok(mpirun(&a2.iter().map(String::as_str).collect::<Vec<_>>()), "mpirun, 2 epochs");
+    run_ok(mpirun(&["--resume", two.to_str().unwrap(), "--epochs", "4"]), "mpirun --resume");
+    assert_same_run(&one, &two);
+}
+
+/// The PIDs of the two ranks of the job writing `run`.
+fn rank_pids(run: &Path) -> Vec<u32> {
+    // Anchored at the binary: mpirun's own command line holds the same words.
+    let pattern = format!("^{} train .*--out {}", env!("CARGO_BIN_EXE_apunet"), run.display());
+    let out = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Waits (at most `limit`) for the job to end; kills it and fails if it does not.
+fn ends_within(mut job: Child, limit: Duration, what: &str) -> (bool, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            job.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (status.success(), err);
+        }
+        if start.elapsed() > limit {
+            let _ = job.kill();
+            panic!("{what}: the job still runs after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_long_job(dir: &Path, run: &Path, timeout: &str) -> Child {
+    let data = synth(dir, 24);
+    let mut args: Vec<&str> =
+        vec!["--data", &data, "--out", run.to_str().unwrap(), "--epochs", "400", "--batch-size", "4", "--dist-timeout", timeout];
+    args.extend(TINY);
+    let job = mpirun(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("mpirun");
+    // Until a first epoch is committed and both ranks run.
+    let start = Instant::now();
+    while !(run.join("checkpoints/last.bpk").exists() && rank_pids(run).len() == 2) {
+        assert!(start.elapsed() < Duration::from_secs(120), "the job did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    job
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_with_an_error_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let job = start_long_job(dir.path(), &run, "60");
+    let pids = rank_pids(&run);
+    // The second rank started: kill it outright.
+    let victim = *pids.iter().max().unwrap();
+    Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+    let (ok, err) = ends_within(job, Duration::from_secs(60), "after a rank was killed");
+    assert!(!ok, "a job that lost a rank exited 0:\n{err}");
+    assert!(!err.trim().is_empty(), "no message after a rank was killed");
+    let done = train::checkpoint::load_state(&run.join("checkpoints/state.json")).unwrap().epoch;
+    assert!((1..400).contains(&done), "killed after epoch {done}");
+    let target = (done + 2).to_string();
+    run_ok(mpirun(&["--resume", run.to_str().unwrap(), "--epochs", &target]), "mpirun --resume after a kill");
+    let epochs: Vec<usize> = read_metrics(&run.join("metrics.csv")).unwrap().iter().map(|m| m.epoch).collect();
+    assert_eq!(epochs, (1..=done + 2).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_hung_rank_ends_the_job_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let job = start_long_job(dir.path(), &run, "3");
+    let pids = rank_pids(&run);
+    let stopped = *pids.iter().max().unwrap();
+    // SIGSTOP: the rank neither works nor dies.
+    Command::new("kill").args(["-STOP", &stopped.to_string()]).status().unwrap();
+    let (ok, err) = ends_within(job, Duration::from_secs(60), "after a rank hung");
+    Command::new("kill").args(["-9", &stopped.to_string()]).status().ok();
+    assert!(!ok, "a job with a hung rank exited 0:\n{err}");
+    assert!(err.contains("a rank has died or hangs"), "stderr:\n{err}");
+}
