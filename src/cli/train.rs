@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
 use clap::Args;
 
 use crate::data::AnnotatorChoice;
@@ -129,6 +130,10 @@ pub struct TrainArgs {
     /// or SLURM's `srun` (cargo feature `mpi`). --batch-size is then the global batch.
     #[arg(long, value_enum, default_value = "none")]
     pub distributed: Distributed,
+    /// Data-parallel training over several devices of this machine, one thread each, e.g.
+    /// cuda:0,cuda:1 (or cpu,cpu). --batch-size is then the global batch.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["distributed", "device"])]
+    pub devices: Option<Vec<String>>,
     /// Seconds a rank waits for the others (a step, or rank 0's validation and checkpoint
     /// between epochs) before it ends the job as hung.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
@@ -260,16 +265,49 @@ pub enum Distributed {
 }
 
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
-    match a.distributed {
-        Distributed::None => run(a, &Alone),
-        Distributed::Mpi => mpi_run(a),
+    match (a.distributed, &a.devices) {
+        (Distributed::None, Some(names)) => devices_run(&a, names),
+        (Distributed::None, None) => run(&a, &Alone, parse_device(&a.device)?),
+        (Distributed::Mpi, _) => mpi_run(a),
+    }
+}
+
+/// `--devices`: one rank per device, each on its own thread.
+fn devices_run(a: &TrainArgs, names: &[String]) -> Result<()> {
+    if names.len() < 2 {
+        bail!("--devices takes two or more devices (for one, use --device)");
+    }
+    let devices = names.iter().map(|n| parse_device(n)).collect::<Result<Vec<_>>>()?;
+    let ranks = train::threads::group(devices.len(), std::time::Duration::from_secs(a.dist_timeout.max(1)));
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .iter()
+            .zip(devices)
+            .map(|(rank, device)| {
+                s.spawn(move || {
+                    let res = run(a, rank, device);
+                    if let Err(e) = &res {
+                        rank.fail(&format!("{e:#}"));
+                    }
+                    res
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a device's thread panicked")))).collect()
+    });
+    // The first rank's own error, rather than another rank's report of it.
+    let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+    match errors.iter().position(|e| !format!("{e:#}").contains(" failed: ")) {
+        Some(i) => Err(errors.swap_remove(i)),
+        None => errors.into_iter().next().map_or(Ok(()), Err),
     }
 }
 
 #[cfg(feature = "mpi")]
 fn mpi_run(a: TrainArgs) -> Result<()> {
     let comm = train::mpi::Mpi::init(std::time::Duration::from_secs(a.dist_timeout.max(1)))?;
-    match run(a, &comm) {
+    let device = parse_device(&rank_device(&a.device, &comm))?;
+    match run(&a, &comm, device) {
         // A rank that stops alone would leave the others waiting: end them all.
         Err(e) if comm.size() > 1 => comm.abort(&format!("rank {}: {e:#}", comm.rank())),
         other => other,
@@ -284,9 +322,8 @@ fn mpi_run(_: TrainArgs) -> Result<()> {
     )
 }
 
-fn run(a: TrainArgs, comm: &dyn Collective) -> Result<()> {
+fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
     let lead = comm.rank() == 0;
-    let device = parse_device(&rank_device(&a.device, comm))?;
     let (out, resume) = match (&a.resume, &a.out) {
         (Some(r), _) => (r.clone(), true),
         (None, Some(o)) => (o.clone(), false),
@@ -305,7 +342,7 @@ fn run(a: TrainArgs, comm: &dyn Collective) -> Result<()> {
             .with_context(|| format!("--resume: {} holds no run to resume", out.display()))?,
         (None, false) => RunConfig::default(),
     };
-    apply_overrides(&mut cfg, &a);
+    apply_overrides(&mut cfg, a);
     if a.attention && cfg.model.kind != ModelKind::Hpunet {
         bail!(
             "--attention applies to --model hpunet; the Probabilistic U-Net has attention gates and a \

@@ -153,6 +153,18 @@ pub fn broadcast_optimizer(c: &dyn Collective, optim: ModuleOptimizer) -> Result
     optim.from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| anyhow!("rank {}: reading rank 0's optimizer state: {e:?}", c.rank()))
 }
 
+/// Draws every parameter's initial value now: burn initialises parameters lazily, on first
+/// use, and ranks that share a device must not interleave their draws.
+pub fn initialize<M: Module>(model: &M) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Touch);
+}
+
 /// Every float parameter's gradient (or, without gradients, its value) into one buffer, in
 /// the module's visiting order, which is the same on every rank.
 struct Flatten<'a> {

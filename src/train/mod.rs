@@ -9,6 +9,7 @@ pub mod history;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod objective;
+pub mod threads;
 pub mod validation;
 
 use std::path::{Path, PathBuf};
@@ -95,8 +96,19 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
         bail!("{} ranks cannot share batches of {}: give --batch-size {} or more (the global batch)", comm.size(), tc.batch_size, comm.size());
     }
     let device = req.device.clone().autodiff();
+    // Ranks that share a device (--devices cpu,cpu) share its RNG: the others seed and build
+    // after rank 0, whose weights they then receive, so rank 0 starts as one process would.
+    if !lead {
+        comm.broadcast(&mut Vec::new(), "rank 0's model")?;
+    }
     device.seed(tc.seed);
     let mut model = Segmenter::new(&cfg.model, &device);
+    if comm.size() > 1 {
+        distributed::initialize(&model);
+    }
+    if lead {
+        comm.broadcast(&mut Vec::new(), "rank 0's model")?;
+    }
     let mut optim = optimizer(&tc);
     let mut history = if lead { read_metrics(&paths.metrics()).unwrap_or_default() } else { Vec::new() };
     if state.epoch > 0 && lead {

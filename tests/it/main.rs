@@ -17,6 +17,7 @@ mod metrics;
 mod model;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod parallel;
 mod predict;
 mod review;
 mod train;

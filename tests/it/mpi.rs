@@ -3,22 +3,12 @@
 //! after a kill, and a rank that dies or hangs ends the job with a message, never a silent hang.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use apunet::model::to_host;
 use apunet::train::{self, read_metrics};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::prelude::*;
 
-const TINY: [&str; 12] = [
-    "--filters", "4,8", "--transformer-levels", "none", "--latent-dim", "2", "--val-fraction", "0", "--seed", "3",
-    "--figure-every", "1000",
-];
-
-fn apunet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_apunet"))
-}
+use super::parallel::{TINY, assert_same_run, losses, run_ok, single, synth};
 
 /// `mpirun -np 2 apunet train ARGS --distributed mpi`, one thread per rank.
 fn mpirun(args: &[&str]) -> Command {
@@ -32,65 +22,6 @@ fn mpirun(args: &[&str]) -> Command {
         .args(args)
         .args(["--distributed", "mpi", "--quiet"]);
     c
-}
-
-fn single(args: &[&str]) -> Command {
-    let mut c = apunet();
-    c.env("RAYON_NUM_THREADS", "1").arg("train").args(args).arg("--quiet");
-    c
-}
-
-fn run_ok(mut c: Command, what: &str) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot start ({e}); is OpenMPI installed (mpirun)?"));
-    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn synth(dir: &Path, count: usize) -> String {
-    let data = dir.join(format!("d{count}.npz"));
-    let n = count.to_string();
-    run_ok(
-        {
-            let mut c = apunet();
-            c.args(["synth", "--out", data.to_str().unwrap(), "--count", &n, "--size", "16", "--seed", "4"]);
-            c
-        },
-        "synth",
-    );
-    data.to_str().unwrap().to_string()
-}
-
-struct AllParams(Vec<f32>);
-impl ModuleVisitor for AllParams {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        self.0.extend(to_host(p.val()).unwrap());
-    }
-}
-
-fn weights(run: &Path) -> Vec<f32> {
-    let (_, model) = train::load_run(run, train::Which::Last, &Device::flex()).unwrap();
-    let mut all = AllParams(Vec::new());
-    model.visit(&mut all);
-    all.0
-}
-
-fn losses(run: &Path) -> Vec<f64> {
-    read_metrics(&run.join("metrics.csv")).unwrap().iter().map(|m| m.loss).collect()
-}
-
-fn assert_close(a: &[f64], b: &[f64], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1.0), "{what}[{i}]: {x} vs {y}");
-    }
-}
-
-fn assert_same_run(a: &Path, b: &Path) {
-    assert_close(&losses(a), &losses(b), "loss per step");
-    let (wa, wb) = (weights(a), weights(b));
-    let wa: Vec<f64> = wa.iter().map(|&v| v as f64).collect();
-    let wb: Vec<f64> = wb.iter().map(|&v| v as f64).collect();
-    assert_close(&wa, &wb, "final weights");
 }
 
 #[test]
