@@ -131,7 +131,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "none")]
     pub distributed: Distributed,
     /// Data-parallel training over several devices of this machine, one thread each, e.g.
-    /// cuda:0,cuda:1 (or cpu,cpu). --batch-size is then the global batch.
+    /// cuda:0,cuda:1 (or cpu,cpu). --batch-size is then the global batch [default: off, one
+    /// --device].
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["distributed", "device"])]
     pub devices: Option<Vec<String>>,
     /// Seconds a rank waits for the others (a step, or rank 0's validation and checkpoint

@@ -31,6 +31,10 @@ fn cases(n: usize, s: usize, size: usize) -> (Array3<f32>, Array4<u8>, Array4<u8
 }
 
 fn page(dir: &Path, n: usize, s: usize, size: usize) -> (PathBuf, report::Report) {
+    page_of(dir, n, s, size, false)
+}
+
+fn page_of(dir: &Path, n: usize, s: usize, size: usize, volume: bool) -> (PathBuf, report::Report) {
     let (images, experts, samples, mean) = cases(n, s, size);
     let rep = report::evaluate(samples.view(), experts.view(), 0).unwrap();
     let input = ReviewInput {
@@ -41,10 +45,10 @@ fn page(dir: &Path, n: usize, s: usize, size: usize) -> (PathBuf, report::Report
         mean: mean.view(),
         report: Some(&rep),
         units: apunet::eval::review::Units::Mapped { width: 1500.0, level: -600.0 },
-        volume: false,
+        volume,
         run: None,
     };
-    let path = dir.join(format!("review{n}.html"));
+    let path = dir.join(format!("review{n}{}.html", if volume { "v" } else { "" }));
     write_page(&input, &path).unwrap();
     (path, rep)
 }
@@ -229,6 +233,23 @@ fn the_page_works_in_headless_chromium() {
     std::fs::write(&out, &png).unwrap();
     let errors = b.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
+    // A volume: the slice slider moves through the slices, and zoom redraws.
+    let (volume, _) = page_of(dir.path(), 4, 4, 32, true);
+    b.open(&volume);
+    assert_eq!(b.js("return document.getElementById('sliceBox').hidden"), json!(false));
+    let first = b.js(CANVAS_HASH);
+    b.js("const s = document.getElementById('slice'); s.value = 2; s.dispatchEvent(new Event('input'));");
+    assert_eq!(b.js("return review.S.current"), json!(2));
+    // (The slice decodes asynchronously.)
+    let start = Instant::now();
+    while b.js(CANVAS_HASH) == first {
+        assert!(start.elapsed() < Duration::from_secs(10), "slice 2 drew the same picture as slice 0");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.js("document.getElementById('stage').dispatchEvent(new WheelEvent('wheel', {deltaY: -100, clientX: 100, clientY: 100}));");
+    assert!(b.js("return review.S.zoom").as_f64().unwrap() > 1.0);
+    let errors = b.console_errors();
+    assert!(errors.is_empty(), "console errors on the volume page: {errors:?}");
 }
 
 /// Not run by CI: how long 1,000 cases of 128 px with 16 samples take to open

@@ -13,7 +13,7 @@ const ALL_COLUMNS = [
 const COLUMNS = ALL_COLUMNS.filter(([k]) => k === "index" || M.cases.some((c) => c[k] != null));
 const S = {
   sort: { key: "index", dir: 1 }, filter: { disagree: false, unsure: false }, current: null, data: null,
-  sample: 0, showSample: true, overlay: "none", opacity: 0.5, experts: M.cases.length ? [] : [],
+  sample: 0, showSample: true, overlay: "none", opacity: 0.5, experts: [],
   window: { ...M.default_window }, zoom: 1, pan: [0, 0], cache: new Map(),
 };
 const $ = (id) => document.getElementById(id);
