@@ -16,6 +16,7 @@ use crate::device::parse_device;
 use crate::gan::networks::GanConfig;
 use crate::gan::train::{CycleGan, GanStepper, GanTrainConfig};
 use crate::model::{ModelConfig, ModelKind, Segmenter, to_host};
+use crate::train::distributed::Collective;
 use crate::train::objective::bce_with_logits;
 
 #[derive(Args, Debug)]
@@ -48,6 +49,10 @@ pub struct BenchArgs {
     /// Decoder levels with a transformer: e.g. 2, 0,1,2, all or none [default: the model's].
     #[arg(long, value_name = "LEVELS")]
     pub transformer_levels: Option<crate::cli::train::TransformerLevels>,
+    /// Time training as `train --devices` does with this many ranks on --device, one thread
+    /// each, every rank stepping on its rows of the batch [default: 1, one rank].
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
 }
 
 fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -92,27 +97,44 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model = Segmenter::new(&cfg, &ad);
     let l = model.latent_size(s, s);
     let params = model.num_params();
-    // An Option lets the step closure move the model through the optimizer without a clone.
-    let mut slot = Some(model);
-    let mut optim = AdamConfig::new().init();
     let x: Vec<f32> = randn(&mut rng, b * s * s).into_iter().map(|v| 0.1 + 0.05 * v).collect();
     let y: Vec<f32> = (0..b * s * s).map(|i| ((i % s) > s / 2) as u8 as f32).collect();
-    let step_times = timed("train", a.warmup, a.steps, || {
-        let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, 1, s, s]), &ad);
-        let yi = Tensor::<4>::from_data(TensorData::new(y.clone(), [b, 1, s, s]), &ad);
-        let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, b * l), [b, l]), &ad);
-        let model = slot.take().expect("model is put back after every step");
-        let out = model.forward_train(xi, yi.clone(), eps);
-        let loss = bce_with_logits(out.logits, yi).sum() / b as f64 + out.kl.mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        slot = Some(optim.step(1e-4, model, grads));
-        // Reading a value back waits for the device, so the step is fully timed.
-        to_host(loss).map(|_| ())
-    })?;
+    let ranks = a.ranks.clamp(1, b);
+    let group = crate::train::threads::group(ranks, std::time::Duration::from_secs(600));
+    let train = TrainBench { x: &x, y: &y, b, s, l, warmup: a.warmup, steps: a.steps };
+    let results: Vec<Result<(Vec<f64>, Segmenter)>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = group
+            .iter()
+            .map(|rank| {
+                // Each rank its own parameters (autodiff leaves must not be shared between
+                // threads' graphs); rank 0's values reach the others in `run`.
+                let model = if rank.rank() == 0 { model.clone() } else { Segmenter::new(&cfg, &ad) };
+                let (ad, train) = (ad.clone(), &train);
+                sc.spawn(move || {
+                    let res = train.run(rank, model, &ad);
+                    if let Err(e) = &res {
+                        rank.fail(&format!("{e:#}"));
+                    }
+                    res
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a rank panicked")))).collect()
+    });
+    let mut step_times = Vec::new();
+    let mut trained = None;
+    for r in results {
+        let (times, m) = r?;
+        if trained.is_none() {
+            step_times = times;
+            trained = Some(m);
+        }
+    }
     let train_s: f64 = step_times.iter().sum();
     let train_ips = (a.steps * b) as f64 / train_s.max(1e-9);
+    let slot = trained;
 
-    let valid = slot.take().expect("model after training").valid();
+    let valid = slot.expect("model after training").valid();
     let n = a.samples;
     let sample_times = timed("sample", a.warmup, a.steps, || {
         let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, 1, s, s]), &device);
@@ -131,6 +153,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "filters": cfg.filters,
         "transformer_levels": cfg.transformer_levels(),
         "params": params,
+        "train_ranks": ranks,
         "train_images_per_s": train_ips,
         "train_step_s_median": median(&step_times),
         "samples_per_image": n,
@@ -141,6 +164,46 @@ pub fn run(a: BenchArgs) -> Result<()> {
     });
     crate::say!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// The training half of `bench`: the same step on every rank, timed on each.
+struct TrainBench<'a> {
+    x: &'a [f32],
+    y: &'a [f32],
+    b: usize,
+    s: usize,
+    l: usize,
+    warmup: usize,
+    steps: usize,
+}
+
+impl TrainBench<'_> {
+    /// One rank's steps on its rows of the batch, gradients summed over the ranks as in
+    /// `train --devices`; returns its step times and its trained model.
+    fn run(&self, rank: &crate::train::threads::ThreadRank, model: Segmenter, ad: &Device) -> Result<(Vec<f64>, Segmenter)> {
+        use crate::train::distributed;
+        let (b, s, l) = (self.b, self.s, self.l);
+        let rows = distributed::shard(rank, b);
+        let (n, px) = (rows.len(), s * s);
+        let mut rng = StdRng::seed_from_u64(rank.rank() as u64);
+        let mut optim = AdamConfig::new().init();
+        let mut slot = Some(distributed::broadcast_module(rank, model)?);
+        let label = if rank.rank() == 0 { "train" } else { "" };
+        let times = timed(label, self.warmup, self.steps, || {
+            let xi = Tensor::<4>::from_data(TensorData::new(self.x[rows.start * px..rows.end * px].to_vec(), [n, 1, s, s]), ad);
+            let yi = Tensor::<4>::from_data(TensorData::new(self.y[rows.start * px..rows.end * px].to_vec(), [n, 1, s, s]), ad);
+            let eps = Tensor::<2>::from_data(TensorData::new(randn(&mut rng, n * l), [n, l]), ad);
+            let model = slot.take().expect("model is put back after every step");
+            let out = model.forward_train(xi, yi.clone(), eps);
+            let loss = bce_with_logits(out.logits, yi).sum() / n as f64 + out.kl.mean();
+            let grads = GradientsParams::from_grads(loss.clone().backward(), &model);
+            let grads = distributed::average_gradients(rank, Some(grads), &model, n as f32 / b as f32)?;
+            slot = Some(optim.step(1e-4, model, grads));
+            // Reading a value back waits for the device, so the step is fully timed.
+            to_host(loss).map(|_| ())
+        })?;
+        Ok((times, slot.expect("model after training")))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -212,7 +275,9 @@ fn timed(label: &str, warmup: usize, steps: usize, mut step: impl FnMut() -> Res
         let t = Instant::now();
         step()?;
         let dt = t.elapsed().as_secs_f64();
-        eprintln!("{label} step {i}: {dt:.3} s{}", if i < warmup { " (warm-up)" } else { "" });
+        if !label.is_empty() {
+            eprintln!("{label} step {i}: {dt:.3} s{}", if i < warmup { " (warm-up)" } else { "" });
+        }
         if i >= warmup {
             times.push(dt);
         }

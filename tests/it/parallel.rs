@@ -103,3 +103,19 @@ fn two_devices_in_one_process_reproduce_one_device() {
     let out = single(&["--data", &data, "--out", dir.path().join("y").to_str().unwrap(), "--devices", "cpu,tpu"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("tpu"));
 }
+
+#[test]
+fn bench_times_training_with_several_ranks() {
+    for ranks in ["1", "2"] {
+        let out = apunet()
+            .args(["bench", "--filters", "4,8", "--size", "16", "--steps", "1", "--warmup", "0", "--samples", "2", "--ranks", ranks])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let report: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+        assert_eq!(report["train_ranks"].to_string(), ranks);
+        assert!(report["train_images_per_s"].as_f64().unwrap() > 0.0);
+        assert!(report["sampled_masks_per_s"].as_f64().unwrap() > 0.0);
+    }
+}
