@@ -250,6 +250,29 @@ fn the_page_works_in_headless_chromium() {
     assert!(b.js("return review.S.zoom").as_f64().unwrap() > 1.0);
     let errors = b.console_errors();
     assert!(errors.is_empty(), "console errors on the volume page: {errors:?}");
+    // A predict page: raw HU, no experts, no metrics.
+    let (images, _, samples, mean) = cases(2, 4, 24);
+    let hu = images.mapv(|v| v * 1400.0 - 1000.0);
+    let none = ndarray::Array4::<u8>::zeros((2, 0, 24, 24));
+    let input = ReviewInput {
+        title: "predict".into(),
+        images: hu.view(),
+        experts: none.view(),
+        samples: samples.view(),
+        mean: mean.view(),
+        report: None,
+        units: apunet::eval::review::Units::Hounsfield { file_window: Some((400.0, 40.0)) },
+        volume: false,
+        run: None,
+    };
+    let predict = dir.path().join("predict.html");
+    write_page(&input, &predict).unwrap();
+    b.open(&predict);
+    assert_eq!(b.js("return document.getElementById('expertsBox').hidden"), json!(true));
+    assert_eq!(b.js("return document.querySelector('#presets button').textContent"), json!("file's window"));
+    assert_eq!(b.js("return [review.S.window.width, review.S.window.level]"), json!([400, 40]));
+    let errors = b.console_errors();
+    assert!(errors.is_empty(), "console errors on the predict page: {errors:?}");
 }
 
 /// Not run by CI: how long 1,000 cases of 128 px with 16 samples take to open

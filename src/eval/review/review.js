@@ -159,6 +159,11 @@ function buildControls() {
   $("overlay").onchange = () => { S.overlay = $("overlay").value; draw(); };
   $("opacity").oninput = () => { S.opacity = +$("opacity").value; draw(); };
   S.experts = Array.from({ length: M.annotators }, () => true);
+  // Pages without expert masks (predict) have nothing to filter or outline.
+  if (!M.annotators) {
+    $("expertsBox").hidden = true;
+    $("disagree").parentElement.hidden = true;
+  }
   $("experts").innerHTML = S.experts.map((_, e) =>
     `<label><input type="checkbox" data-e="${e}" checked><span class="swatch" style="background:${EXPERT_COLORS[e % EXPERT_COLORS.length]}"></span>expert ${e + 1}</label>`).join("");
   $("experts").onchange = (e) => { S.experts[e.target.dataset.e] = e.target.checked; draw(); };
@@ -211,7 +216,7 @@ function curves() {
     const sx = (x) => 30 + ((x - x0) / Math.max(x1 - x0, 1e-9)) * 250, sy = (y) => 90 - ((y - y0) / Math.max(y1 - y0, 1e-9)) * 75;
     const d = pts.map(([x, y], j) => `${j ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join("");
     return `<svg width="290" height="105"><text x="30" y="10">${name}</text><text x="0" y="18">${y1.toPrecision(3)}</text>` +
-      `<text x="0" y="92">${y0.toPrecision(3)}</text><text x="255" y="103">epoch ${x1}</text>` +
+      `<text x="0" y="92">${y0.toPrecision(3)}</text><text x="280" y="103" text-anchor="end">epoch ${x1}</text>` +
       `<path d="${d}" fill="none" stroke="#7bf" stroke-width="1.5"/></svg>`;
   }).join("");
 }
