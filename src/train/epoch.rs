@@ -148,7 +148,9 @@ impl Stepper<'_> {
         let [n, _, h, w] = b.images.dims();
         let latent = model.latent_size(h, w);
         let eps = normal(rng, n * latent);
-        let loss_seed: u64 = rng.r#gen();
+        // Only top-k draws noise; without it the stream stays as it was before ranks existed,
+        // so single-device runs reproduce earlier results.
+        let loss_seed: u64 = if objective.topk.is_some_and(|k| k < 1.0) { rng.r#gen() } else { 0 };
         let rows = distributed::shard(comm, n);
         let local = if rows.is_empty() {
             None
