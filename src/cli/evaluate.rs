@@ -164,14 +164,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
         samples: samples.masks.clone(),
         mean: samples.mean.clone(),
     };
-    review::record_inputs(&a.out, &arrays, &record)?;
-    if !a.no_review {
-        let page = a.out.join("review.html");
-        review::write_review(&page, &record, &arrays, Some(&report))?;
-        if a.open {
-            review::open_in_browser(&page);
-        }
-    }
+    review::publish(&a.out, &arrays, &record, Some(&report), !a.no_review, a.open)?;
     drop(arrays);
 
     let idx: Vec<usize> = match &a.images {

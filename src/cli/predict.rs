@@ -155,15 +155,7 @@ fn write_review_files(scan: &Scan, preds: &[Prediction], dir: &Path, record: &re
     let (sd, md) = (samples.clone().into_dyn(), mean.clone().into_dyn());
     npz::write_npz(&dir.join("samples.npz"), &[("samples", NpzEntry::U8(&sd)), ("mean", NpzEntry::F32(&md))])?;
     let arrays = review::Arrays { images, masks: Array4::zeros((d, 0, h, w)), samples, mean };
-    review::record_inputs(dir, &arrays, record)?;
-    if page {
-        let out = dir.join("review.html");
-        review::write_review(&out, record, &arrays, None)?;
-        if open {
-            review::open_in_browser(&out);
-        }
-    }
-    Ok(())
+    review::publish(dir, &arrays, record, None, page, open)
 }
 
 fn gray_png(values: &[f32], h: usize, w: usize, path: &Path) -> Result<()> {

@@ -65,7 +65,7 @@ pub struct Arrays {
 
 /// Writes inputs.npz and review.json into `dir` (samples.npz is the command's own output):
 /// what [`review_cmd`] reads.
-pub fn record_inputs(dir: &Path, a: &Arrays, record: &ReviewRecord) -> Result<()> {
+fn record_inputs(dir: &Path, a: &Arrays, record: &ReviewRecord) -> Result<()> {
     let (i, m) = (a.images.clone().into_dyn(), a.masks.clone().into_dyn());
     let mut entries = vec![("images", NpzEntry::F32(&i))];
     if a.masks.dim().1 > 0 {
@@ -73,6 +73,20 @@ pub fn record_inputs(dir: &Path, a: &Arrays, record: &ReviewRecord) -> Result<()
     }
     npz::write_npz(&dir.join("inputs.npz"), &entries)?;
     fsio::write_atomic(&dir.join("review.json"), serde_json::to_string_pretty(record)?.as_bytes())
+}
+
+/// What `eval` and `predict` leave for the review: the inputs, the record, and (unless
+/// `page` is false) review.html, opened when `open`.
+pub fn publish(dir: &Path, a: &Arrays, record: &ReviewRecord, report: Option<&Report>, page: bool, open: bool) -> Result<()> {
+    record_inputs(dir, a, record)?;
+    if page {
+        let out = dir.join("review.html");
+        write_review(&out, record, a, report)?;
+        if open {
+            open_in_browser(&out);
+        }
+    }
+    Ok(())
 }
 
 /// Writes the page.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use apunet::train::{self, read_metrics};
 
-use super::parallel::{TINY, assert_same_run, losses, run_ok, single, synth};
+use super::parallel::{TINY, assert_same_run, losses, run_ok, single, synth, train_args};
 
 /// `mpirun -np 2 apunet train ARGS --distributed mpi`, one thread per rank.
 fn mpirun(args: &[&str]) -> Command {
@@ -30,19 +30,8 @@ fn two_ranks_reproduce_one_process_with_the_same_global_batch() {
     // 8 crops, batch 8: one step per epoch, so metrics.csv holds the loss of each step.
     let data = synth(dir.path(), 8);
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-    let common = |out: &Path| -> Vec<String> {
-        let mut v: Vec<String> = ["--data", &data, "--out", out.to_str().unwrap(), "--epochs", "5", "--batch-size", "8"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.extend(TINY.iter().map(|s| s.to_string()));
-        v
-    };
-    let args = |out: &Path| common(out);
-    let a1 = args(&one);
-    run_ok(single(&a1.iter().map(String::as_str).collect::<Vec<_>>()), "one process");
-    let a2 = args(&two);
-    run_ok(mpirun(&a2.iter().map(String::as_str).collect::<Vec<_>>()), "mpirun -np 2");
+    run_ok(single(&train_args(&data, &one, "5", &TINY)), "one process");
+    run_ok(mpirun(&train_args(&data, &two, "5", &TINY)), "mpirun -np 2");
     assert_eq!(losses(&two).len(), 5);
     assert_same_run(&one, &two);
 }
@@ -54,21 +43,11 @@ fn uneven_shards_and_a_resume_under_mpi_match_one_process() {
     let data = synth(dir.path(), 11);
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     // The default transformer level this time: every config must reach rank 1 intact.
-    let args = |out: &Path, epochs: &str| -> Vec<String> {
-        let mut v: Vec<String> = ["--data", &data, "--out", out.to_str().unwrap(), "--epochs", epochs, "--batch-size", "8"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.extend(TINY.iter().filter(|s| !s.starts_with("--transformer") && **s != "none").map(|s| s.to_string()));
-        v
-    };
-    let strs = |v: &[String]| v.iter().map(String::clone).collect::<Vec<_>>();
-    let a1 = strs(&args(&one, "4"));
-    run_ok(single(&a1.iter().map(String::as_str).collect::<Vec<_>>()), "one process");
+    let tiny: Vec<&str> = TINY.iter().copied().filter(|s| !s.starts_with("--transformer") && *s != "none").collect();
+    run_ok(single(&train_args(&data, &one, "4", &tiny)), "one process");
     // Two epochs under MPI, then a resume to four: rank 0 hands its checkpoint and Adam's
     // state to rank 1.
-    let a2 = strs(&args(&two, "2"));
-    run_ok(mpirun(&a2.iter().map(String::as_str).collect::<Vec<_>>()), "mpirun, 2 epochs");
+    run_ok(mpirun(&train_args(&data, &two, "2", &tiny)), "mpirun, 2 epochs");
     run_ok(mpirun(&["--resume", two.to_str().unwrap(), "--epochs", "4"]), "mpirun --resume");
     assert_same_run(&one, &two);
 }
@@ -114,15 +93,20 @@ fn start_long_job(dir: &Path, run: &Path, timeout: &str) -> Child {
     job
 }
 
+/// Sends `signal` to the rank started last; returns its PID.
+fn signal_a_rank(run: &Path, signal: &str) -> u32 {
+    let pid = *rank_pids(run).iter().max().unwrap();
+    Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+    pid
+}
+
 #[test]
 fn a_killed_rank_ends_the_job_with_an_error_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let job = start_long_job(dir.path(), &run, "60");
-    let pids = rank_pids(&run);
-    // The second rank started: kill it outright.
-    let victim = *pids.iter().max().unwrap();
-    Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap();
+    // Killed outright.
+    signal_a_rank(&run, "-9");
     let (ok, err) = ends_within(job, Duration::from_secs(60), "after a rank was killed");
     assert!(!ok, "a job that lost a rank exited 0:\n{err}");
     assert!(!err.trim().is_empty(), "no message after a rank was killed");
@@ -139,10 +123,8 @@ fn a_hung_rank_ends_the_job_within_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let job = start_long_job(dir.path(), &run, "3");
-    let pids = rank_pids(&run);
-    let stopped = *pids.iter().max().unwrap();
     // SIGSTOP: the rank neither works nor dies.
-    Command::new("kill").args(["-STOP", &stopped.to_string()]).status().unwrap();
+    let stopped = signal_a_rank(&run, "-STOP");
     let (ok, err) = ends_within(job, Duration::from_secs(60), "after a rank hung");
     Command::new("kill").args(["-9", &stopped.to_string()]).status().ok();
     assert!(!ok, "a job with a hung rank exited 0:\n{err}");

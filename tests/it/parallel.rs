@@ -18,6 +18,13 @@ pub fn apunet() -> Command {
     Command::new(env!("CARGO_BIN_EXE_apunet"))
 }
 
+/// A new run's flags: `data`, `out`, `epochs` of global batches of 8, and the model `tiny`.
+pub fn train_args<'a>(data: &'a str, out: &'a Path, epochs: &'a str, tiny: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--data", data, "--out", out.to_str().unwrap(), "--epochs", epochs, "--batch-size", "8"];
+    v.extend(tiny);
+    v
+}
+
 pub fn single(args: &[&str]) -> Command {
     let mut c = apunet();
     c.env("RAYON_NUM_THREADS", "1").arg("train").args(args).arg("--quiet");
@@ -84,17 +91,10 @@ fn two_devices_in_one_process_reproduce_one_device() {
     // 11 crops, batches of 8 and 3: the second splits 2 + 1 across the two threads.
     let data = synth(dir.path(), 11);
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-    let args = |out: &Path| -> Vec<String> {
-        let mut v: Vec<String> =
-            ["--data", &data, "--out", out.to_str().unwrap(), "--epochs", "3", "--batch-size", "8"].iter().map(|s| s.to_string()).collect();
-        v.extend(TINY.iter().map(|s| s.to_string()));
-        v
-    };
-    let a1 = args(&one);
-    run_ok(single(&a1.iter().map(String::as_str).collect::<Vec<_>>()), "one device");
-    let mut a2 = args(&two);
-    a2.extend(["--devices".to_string(), "cpu,cpu".to_string()]);
-    run_ok(single(&a2.iter().map(String::as_str).collect::<Vec<_>>()), "--devices cpu,cpu");
+    run_ok(single(&train_args(&data, &one, "3", &TINY)), "one device");
+    let mut devices = train_args(&data, &two, "3", &TINY);
+    devices.extend(["--devices", "cpu,cpu"]);
+    run_ok(single(&devices), "--devices cpu,cpu");
     assert_eq!(losses(&two).len(), 3);
     assert_same_run(&one, &two);
     // One device is not a group; an unknown one is named.
