@@ -17,6 +17,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
+use super::layout::{par_filled, transpose};
 
 /// Output channels per micro-kernel call: two AVX vectors.
 const OC: usize = 16;
@@ -71,17 +72,14 @@ impl Nhwc {
     /// `x` NCHW `[batch, c, h, w]`; `pad` top, left, bottom, right; `cp >= c`.
     fn from_nchw(x: &[f32], batch: usize, (c, h, w): (usize, usize, usize), pad: [usize; 4], cp: usize) -> Self {
         let (hp, wp) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
-        let mut data = vec![0f32; batch * hp * wp * cp];
-        data.par_chunks_mut(hp * wp * cp).enumerate().for_each(|(n, img)| {
-            for ch in 0..c {
-                let plane = &x[(n * c + ch) * h * w..][..h * w];
-                for (y, row) in plane.chunks_exact(w).enumerate() {
-                    let dst = &mut img[((y + pad[0]) * wp + pad[1]) * cp + ch..];
-                    for (i, v) in row.iter().enumerate() {
-                        dst[i * cp] = *v;
-                    }
-                }
+        // One padded row per work item; border rows stay zero.
+        let data = par_filled(batch * hp * wp * cp, wp * cp, |r, row| {
+            let (n, y) = (r / hp, r % hp);
+            if y < pad[0] || y >= pad[0] + h {
+                return;
             }
+            let src = &x[(n * c * h + y - pad[0]) * w..];
+            transpose(src, h * w, &mut row[pad[1] * cp..], cp, c, w);
         });
         Self { data, h: hp, w: wp, c: cp }
     }
@@ -134,8 +132,7 @@ fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [us
     assert!(packed.len() == f.kh * f.kw * ci * cop);
     assert!((f.ho - 1) * f.stride[0] + f.kh <= input.h && (f.wo - 1) * f.stride[1] + f.kw <= input.w);
     let plane = f.ho * f.wo;
-    let mut out = vec![0f32; batch * co * plane];
-    out.par_chunks_mut(co * plane).enumerate().for_each(|(n, o)| {
+    par_filled(batch * co * plane, co * plane, |n, o| {
         let img = input.image(n);
         // Output rows in parallel into one NHWC row buffer each, then back to NCHW.
         let rows: Vec<Vec<f32>> = (0..f.ho)
@@ -148,16 +145,14 @@ fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [us
             })
             .collect();
         for (oy, row) in rows.iter().enumerate() {
-            for c in 0..co {
-                let b = bias.map_or(0.0, |b| b[c]);
-                let dst = &mut o[c * plane + oy * f.wo..][..f.wo];
-                for (ox, d) in dst.iter_mut().enumerate() {
-                    *d = row[ox * cop + c] + b;
-                }
+            transpose(row, cop, &mut o[oy * f.wo..], plane, f.wo, co);
+        }
+        if let Some(b) = bias {
+            for (c, plane) in o.chunks_exact_mut(plane).enumerate() {
+                plane.iter_mut().for_each(|v| *v += b[c]);
             }
         }
-    });
-    out
+    })
 }
 
 /// One output row, all channels, NHWC: `row[ox * cop + c]`.

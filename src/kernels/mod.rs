@@ -5,6 +5,7 @@
 
 pub mod conv;
 pub mod direct;
+pub mod layout;
 pub mod norm;
 
 use std::borrow::Cow;

@@ -1,0 +1,128 @@
+//! Layout changes between NCHW and channels-last. An element-wise strided copy walks the whole
+//! destination once per channel and misses the cache on nearly every store: profiled at 16% of
+//! a default-model training step. Here the copy goes through 8x8 tiles transposed in AVX
+//! registers, so both sides are read and written in whole cache lines.
+
+use std::mem::{ManuallyDrop, MaybeUninit};
+
+use rayon::prelude::*;
+
+/// `len` floats written in parallel, chunk `i` by `fill(i, chunk)`. Each chunk is zeroed just
+/// before, in cache on the thread that fills it: zeroing the whole buffer up front (`vec![0;
+/// n]`, a memset of memory glibc reuses) measured 5% of a training step.
+pub fn par_filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    let mut buf: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation.
+    unsafe { buf.set_len(len) };
+    buf.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| {
+        c.fill(MaybeUninit::new(0.0));
+        // SAFETY: every element of `c` was just written; MaybeUninit<f32> has f32's layout.
+        let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        fill(i, c);
+    });
+    let mut buf = ManuallyDrop::new(buf);
+    // SAFETY: every element is initialised, and the allocation is handed over whole.
+    unsafe { Vec::from_raw_parts(buf.as_mut_ptr().cast::<f32>(), len, buf.capacity()) }
+}
+
+/// `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i < rows`, `j < cols`.
+pub fn transpose(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize, rows: usize, cols: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!((rows - 1) * src_stride + cols <= src.len(), "transpose reads past its source");
+    assert!((cols - 1) * dst_stride + rows <= dst.len(), "transpose writes past its destination");
+    let (full_r, full_c) = (rows / 8 * 8, cols / 8 * 8);
+    #[cfg(target_arch = "x86_64")]
+    if super::direct::available() {
+        for i in (0..full_r).step_by(8) {
+            for j in (0..full_c).step_by(8) {
+                // SAFETY: the asserts above bound the 8x8 tile at (i, j) on both sides.
+                unsafe { tile8(src.as_ptr().add(i * src_stride + j), src_stride, dst.as_mut_ptr().add(j * dst_stride + i), dst_stride) };
+            }
+        }
+        scalar(src, src_stride, dst, dst_stride, (0..full_r, full_c..cols));
+        scalar(src, src_stride, dst, dst_stride, (full_r..rows, 0..cols));
+        return;
+    }
+    scalar(src, src_stride, dst, dst_stride, (0..rows, 0..cols));
+}
+
+type Block = (std::ops::Range<usize>, std::ops::Range<usize>);
+
+fn scalar(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize, (rows, cols): Block) {
+    // Small blocks keep the strided side in cache.
+    for i0 in rows.clone().step_by(8) {
+        for j0 in cols.clone().step_by(8) {
+            for i in i0..(i0 + 8).min(rows.end) {
+                for j in j0..(j0 + 8).min(cols.end) {
+                    dst[j * dst_stride + i] = src[i * src_stride + j];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(src.add(k * ss)));
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let s = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        for k in 0..4 {
+            _mm256_storeu_ps(dst.add(k * ds), _mm256_permute2f128_ps::<0x20>(s[k], s[k + 4]));
+            _mm256_storeu_ps(dst.add((k + 4) * ds), _mm256_permute2f128_ps::<0x31>(s[k], s[k + 4]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_plain_copy_on_odd_shapes_and_strides() {
+        for &(rows, cols, extra_s, extra_d) in &[(1, 1, 0, 0), (8, 8, 0, 0), (9, 17, 3, 1), (16, 5, 0, 7), (33, 40, 1, 0), (3, 64, 5, 2)] {
+            let (ss, ds) = (cols + extra_s, rows + extra_d);
+            let src: Vec<f32> = (0..rows * ss).map(|v| v as f32).collect();
+            let mut got = vec![-1f32; cols * ds];
+            transpose(&src, ss, &mut got, ds, rows, cols);
+            let mut want = vec![-1f32; cols * ds];
+            for i in 0..rows {
+                for j in 0..cols {
+                    want[j * ds + i] = src[i * ss + j];
+                }
+            }
+            assert_eq!(got, want, "{rows}x{cols}");
+        }
+    }
+
+    #[test]
+    fn par_filled_hands_out_zeroed_chunks_in_order() {
+        let v = par_filled(10, 4, |i, c| {
+            assert!(c.iter().all(|&x| x == 0.0));
+            c[0] = i as f32 + 1.0;
+        });
+        assert_eq!(v, [1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 0.0]);
+    }
+}
