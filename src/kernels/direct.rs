@@ -17,7 +17,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::layout::{par_filled, transpose};
+use std::mem::MaybeUninit;
+
+use super::layout::{par_init, transpose, zero};
 
 /// Output channels per micro-kernel call: two AVX vectors.
 const OC: usize = 16;
@@ -72,15 +74,22 @@ impl Nhwc {
     /// `x` NCHW `[batch, c, h, w]`; `pad` top, left, bottom, right; `cp >= c`.
     fn from_nchw(x: &[f32], batch: usize, (c, h, w): (usize, usize, usize), pad: [usize; 4], cp: usize) -> Self {
         let (hp, wp) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
-        // One padded row per work item; border rows stay zero.
-        let data = par_filled(batch * hp * wp * cp, wp * cp, |r, row| {
+        let row_len = wp * cp;
+        let fill = |r: usize, row: &mut [MaybeUninit<f32>]| {
             let (n, y) = (r / hp, r % hp);
             if y < pad[0] || y >= pad[0] + h {
-                return;
+                return zero(row);
             }
-            let src = &x[(n * c * h + y - pad[0]) * w..];
-            transpose(src, h * w, &mut row[pad[1] * cp..], cp, c, w);
-        });
+            if cp > c {
+                zero(row); // the channel padding of every pixel
+            } else {
+                zero(&mut row[..pad[1] * cp]);
+                zero(&mut row[(pad[1] + w) * cp..]);
+            }
+            transpose(&x[(n * c * h + y - pad[0]) * w..], h * w, &mut row[pad[1] * cp..], cp, c, w);
+        };
+        // SAFETY: `fill` writes the whole row: zeros, then the image's pixels.
+        let data = unsafe { par_init(batch * hp * row_len, row_len, fill) };
         Self { data, h: hp, w: wp, c: cp }
     }
 
@@ -132,7 +141,7 @@ fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [us
     assert!(packed.len() == f.kh * f.kw * ci * cop);
     assert!((f.ho - 1) * f.stride[0] + f.kh <= input.h && (f.wo - 1) * f.stride[1] + f.kw <= input.w);
     let plane = f.ho * f.wo;
-    par_filled(batch * co * plane, co * plane, |n, o| {
+    let fill = |n: usize, o: &mut [MaybeUninit<f32>]| {
         let img = input.image(n);
         // Output rows in parallel into one NHWC row buffer each, then back to NCHW.
         let rows: Vec<Vec<f32>> = (0..f.ho)
@@ -147,12 +156,13 @@ fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [us
         for (oy, row) in rows.iter().enumerate() {
             transpose(row, cop, &mut o[oy * f.wo..], plane, f.wo, co);
         }
-        if let Some(b) = bias {
-            for (c, plane) in o.chunks_exact_mut(plane).enumerate() {
-                plane.iter_mut().for_each(|v| *v += b[c]);
-            }
-        }
-    })
+    };
+    // SAFETY: the transposes write every channel of every output pixel.
+    let mut out = unsafe { par_init(batch * co * plane, co * plane, fill) };
+    if let Some(b) = bias {
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, plane)| plane.iter_mut().for_each(|v| *v += b[i % co]));
+    }
+    out
 }
 
 /// One output row, all channels, NHWC: `row[ox * cop + c]`.
