@@ -101,21 +101,19 @@ impl Nhwc {
 
 /// `[kh][kw][c_in][cop]` from `[c_out][c_in][kh][kw]`, flipped and with the channel roles
 /// swapped when `transpose` (the input gradient's kernel); output channels padded with zeros.
+/// Written in its own order, in parallel: the paper-size CycleGAN's 256x256x3x3 kernels made a
+/// scattered serial copy 3.5% of an iteration.
 fn pack_weight(w: &[f32], (c_out, c_in, kh, kw): (usize, usize, usize, usize), transpose: bool, cop: usize) -> Vec<f32> {
     let (ci, co) = if transpose { (c_out, c_in) } else { (c_in, c_out) };
+    assert!(co <= cop && w.len() == c_out * c_in * kh * kw);
     let mut packed = vec![0f32; kh * kw * ci * cop];
-    for o in 0..c_out {
-        for i in 0..c_in {
-            for ki in 0..kh {
-                for kj in 0..kw {
-                    let v = w[((o * c_in + i) * kh + ki) * kw + kj];
-                    let (a, b, ki, kj) = if transpose { (o, i, kh - 1 - ki, kw - 1 - kj) } else { (i, o, ki, kj) };
-                    packed[((ki * kw + kj) * ci + a) * cop + b] = v;
-                }
-            }
+    packed.par_chunks_mut(cop).with_min_len(64).enumerate().for_each(|(r, lanes)| {
+        let (k, a) = (r / ci, r % ci);
+        let (ki, kj) = (k / kw, k % kw);
+        for (b, lane) in lanes[..co].iter_mut().enumerate() {
+            *lane = if transpose { w[((a * c_in + b) * kh + kh - 1 - ki) * kw + kw - 1 - kj] } else { w[((b * c_in + a) * kh + ki) * kw + kj] };
         }
-    }
-    debug_assert!(co <= cop);
+    });
     packed
 }
 
@@ -269,18 +267,22 @@ pub fn backward_weight(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
             acc
         })
         .collect();
+    // Summed in parallel over the elements, each in the fixed order of the chunks.
     let mut sum = vec![0f32; len];
-    for p in &partials {
-        sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
-    }
-    let mut dw = vec![0f32; g.c_out * g.c_in * g.kh * g.kw];
-    for o in 0..g.c_out {
+    sum.par_chunks_mut(4096).enumerate().for_each(|(i, s)| {
+        for p in &partials {
+            s.iter_mut().zip(&p[i * 4096..]).for_each(|(s, v)| *s += v);
+        }
+    });
+    let taps = g.kh * g.kw;
+    let mut dw = vec![0f32; g.c_out * g.c_in * taps];
+    dw.par_chunks_mut(g.c_in * taps).enumerate().for_each(|(o, dw)| {
         for i in 0..g.c_in {
-            for k in 0..g.kh * g.kw {
-                dw[(o * g.c_in + i) * g.kh * g.kw + k] = sum[(k * g.c_in + i) * cop + o];
+            for k in 0..taps {
+                dw[i * taps + k] = sum[(k * g.c_in + i) * cop + o];
             }
         }
-    }
+    });
     dw
 }
 
