@@ -16,7 +16,7 @@ fn main() {
 
 /// glibc hands a freed buffer above a moving threshold (at most 32 MiB) back to the kernel, so
 /// each sampling step faulted its large tensors in afresh, zeroed page by page: keeping them
-/// in the heap measured 1.4x the sampled masks/s (docs/benchmarks.md). Set before any thread
+/// in the heap measured 1.4x-1.9x the sampled masks/s (docs/benchmarks.md). Set before any thread
 /// starts; memory then stays with the process until it exits.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -12,13 +12,12 @@
 //!
 //! Available on x86-64 CPUs with AVX2 and FMA; elsewhere the callers use the GEMM path.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use std::mem::MaybeUninit;
-
 use super::layout::{par_init, transpose, zero};
 
 /// Output channels per micro-kernel call: two AVX vectors.
