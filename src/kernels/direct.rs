@@ -147,6 +147,10 @@ fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [us
                 let mut row = vec![0f32; f.wo * cop];
                 // SAFETY: the asserts above bound every read of `img` and `packed`.
                 unsafe { forward_row(img, input.w, ci, packed, cop, f, oy, &mut row) };
+                // The bias goes on while the row is in cache, not in a pass over the output.
+                if let Some(b) = bias {
+                    row.chunks_exact_mut(cop).for_each(|px| px.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+                }
                 row
             })
             .collect();
@@ -155,11 +159,7 @@ fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [us
         }
     };
     // SAFETY: the transposes write every channel of every output pixel.
-    let mut out = unsafe { par_init(batch * co * plane, co * plane, fill) };
-    if let Some(b) = bias {
-        out.par_chunks_mut(plane).enumerate().for_each(|(i, plane)| plane.iter_mut().for_each(|v| *v += b[i % co]));
-    }
-    out
+    unsafe { par_init(batch * co * plane, co * plane, fill) }
 }
 
 /// One output row, all channels, NHWC: `row[ox * cop + c]`.
@@ -267,10 +267,11 @@ pub fn backward_weight(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
         })
         .collect();
     // Summed in parallel over the elements, each in the fixed order of the chunks.
+    const SPAN: usize = 4096;
     let mut sum = vec![0f32; len];
-    sum.par_chunks_mut(4096).enumerate().for_each(|(i, s)| {
+    sum.par_chunks_mut(SPAN).enumerate().for_each(|(i, s)| {
         for p in &partials {
-            s.iter_mut().zip(&p[i * 4096..]).for_each(|(s, v)| *s += v);
+            s.iter_mut().zip(&p[i * SPAN..]).for_each(|(s, v)| *s += v);
         }
     });
     let taps = g.kh * g.kw;
