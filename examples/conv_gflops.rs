@@ -1,0 +1,59 @@
+//! GFLOP/s of the direct convolution kernels (`src/kernels/direct.rs`) on the default model's
+//! 3x3 layers at batch 8, forward, input gradient and weight gradient, layout copies included,
+//! on one thread unless told otherwise. Also prints a hash of each result's bits, so that a
+//! change meant to reorder memory traffic only can be checked to give the same bits.
+//!
+//!     cargo run --release --example conv_gflops [-- THREADS]
+
+use std::time::Instant;
+
+use apunet::kernels::{ConvGeom, direct};
+
+fn bits_hash(v: &[f32]) -> u64 {
+    v.iter().fold(0u64, |a, x| a.wrapping_mul(31).wrapping_add(u64::from(x.to_bits())))
+}
+
+/// Seconds per call, the best of 5 after one warm-up call.
+fn best_of_5(f: impl Fn() -> Vec<f32>) -> f64 {
+    std::hint::black_box(f());
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    // As the apunet binary does (src/main.rs): freed buffers stay in the heap.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's parameters; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+    if !direct::available() {
+        eprintln!("this CPU lacks AVX2/FMA: the direct kernels do not run here");
+        return;
+    }
+    let threads = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("the first rayon pool");
+    // (c_in, c_out, size): the default model's encoder levels and a decoder block's first conv.
+    for (ci, co, hw) in [(32, 32, 128), (64, 64, 64), (128, 128, 32), (192, 192, 16), (96, 32, 128)] {
+        let g = ConvGeom { batch: 8, c_in: ci, h: hw, w: hw, c_out: co, kh: 3, kw: 3, stride: [1, 1], pad: [1; 4] };
+        let x: Vec<f32> = (0..8 * ci * hw * hw).map(|i| (i % 7) as f32 * 0.1).collect();
+        let w: Vec<f32> = (0..co * ci * 9).map(|i| (i % 5) as f32 * 0.1).collect();
+        let grad: Vec<f32> = (0..8 * co * hw * hw).map(|i| (i % 3) as f32 * 0.1).collect();
+        let gflop = 2.0 * 8.0 * (hw * hw * ci * co * 9) as f64 / 1e9;
+        let fwd = best_of_5(|| direct::forward(&g, &x, &w, None));
+        let bx = best_of_5(|| direct::backward_x(&g, &w, &grad));
+        let bw = best_of_5(|| direct::backward_weight(&g, &x, &grad));
+        println!(
+            "{ci:>3}->{co:<3} @{hw:<3}  forward {:6.1} ms {:5.1} GFLOP/s | input grad {:6.1} ms {:5.1} | weight grad {:6.1} ms {:5.1}",
+            fwd * 1e3, gflop / fwd, bx * 1e3, gflop / bx, bw * 1e3, gflop / bw
+        );
+        let (a, b, c) = (direct::forward(&g, &x, &w, None), direct::backward_x(&g, &w, &grad), direct::backward_weight(&g, &x, &grad));
+        println!("             bits: {:016x} {:016x} {:016x}", bits_hash(&a), bits_hash(&b), bits_hash(&c));
+    }
+}
