@@ -239,6 +239,35 @@ unsafe fn fwd_block<const P: usize>((img, wp, ci, packed, cop, f): Ctx, oy: usiz
     }
 }
 
+/// A dense layer `out[p][o] = sum_i x[p * ci_stride + i] * w[o][i]` over pixel-major rows, on
+/// the forward micro-kernel (a 1x1 convolution of a one-row image); `out` is `[px][cop]`, the
+/// padded channels zero. For fcomb's per-sample layers (`kernels/head.rs`).
+pub(crate) struct Dense {
+    packed: Vec<f32>,
+    ci_stride: usize,
+    pub cop: usize,
+}
+
+impl Dense {
+    /// `w` `[co][ci]`; input rows `ci_stride >= ci` floats apart, the extra inputs weighted 0.
+    pub fn new(w: &[f32], co: usize, ci: usize, ci_stride: usize) -> Self {
+        assert!(w.len() == co * ci && ci_stride >= ci);
+        let mut padded = vec![0f32; co * ci_stride];
+        for (dst, src) in padded.chunks_exact_mut(ci_stride).zip(w.chunks_exact(ci)) {
+            dst[..ci].copy_from_slice(src);
+        }
+        let cop = round_up(co);
+        Self { packed: pack_weight(&padded, (co, ci_stride, 1, 1), false, cop), ci_stride, cop }
+    }
+
+    pub fn apply(&self, x: &[f32], px: usize, out: &mut [f32]) {
+        assert!(available() && x.len() >= px * self.ci_stride && out.len() >= px * self.cop);
+        let f = Fwd { kh: 1, kw: 1, stride: [1, 1], ho: 1, wo: px };
+        // SAFETY: the assert bounds every read of `x` (px rows of ci_stride) and write of `out`.
+        unsafe { forward_row(x, px, self.ci_stride, &self.packed, self.cop, f, 0, out) };
+    }
+}
+
 /// `[batch, c_out, ho, wo]`.
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (ho, wo) = g.out_hw().expect("geometry checked by the caller");

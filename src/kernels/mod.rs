@@ -5,6 +5,7 @@
 
 pub mod conv;
 pub mod direct;
+pub mod head;
 pub mod layout;
 pub mod norm;
 
@@ -291,4 +292,47 @@ pub fn group_norm(layer: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
 pub fn instance_norm(layer: &InstanceNorm, x: Tensor<4>) -> Tensor<4> {
     let (gamma, beta) = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
     norm(x, gamma, beta, layer.affine, layer.num_channels, layer.epsilon).unwrap_or_else(|x| layer.forward(x))
+}
+
+/// fcomb's layers after the first, fused (`head.rs`): logits `[b * n, 1, h, w]` from the first
+/// layer's feature part `feat` `[b, c, h, w]` and its per-sample part (latent and bias)
+/// `per_sample` `[b * n, c]`. None where the kernel does not apply: another device or dtype,
+/// an autodiff device (the kernel has no backward pass; no parameter is read then), or shapes
+/// it does not take.
+pub fn fcomb_tail(feat: &Tensor<4>, per_sample: &Tensor<2>, hidden: &[Conv2d], out: &Conv2d) -> Option<Tensor<4>> {
+    // Decided before any parameter is read: reading one initialises it, and out of burn's order
+    // that would change a seeded model's initial weights.
+    if feat.is_autodiff() || per_sample.is_autodiff() || !direct::available() || !on_kernels(&feat.device(), feat.dtype()) {
+        return None;
+    }
+    let [b, c, h, w] = feat.dims();
+    let [bn, pc] = per_sample.dims();
+    if pc != c || b == 0 || bn % b != 0 {
+        return None;
+    }
+    // Weight before bias, layer by layer, as burn's forward reads them.
+    let layers: Vec<(Tensor<4>, Option<Tensor<1>>)> = hidden.iter().chain([out]).map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val()))).collect();
+    let shape_ok = |(i, (weight, bias)): (usize, &(Tensor<4>, Option<Tensor<1>>))| {
+        let co = if i < hidden.len() { c } else { 1 };
+        weight.dims() == [co, c, 1, 1] && bias.as_ref().is_none_or(|b| b.dims() == [co])
+    };
+    if !layers.iter().enumerate().all(shape_ok) {
+        return None;
+    }
+    let host = |t: Tensor<1>| t.into_data().convert::<f32>().try_into_vec::<f32>().ok();
+    let mut params = Vec::new();
+    for (weight, bias) in layers {
+        let co = weight.dims()[0];
+        let bias = match bias {
+            Some(b) => host(b)?,
+            None => vec![0.0; co],
+        };
+        params.push((host(weight.reshape([co * c]))?, bias));
+    }
+    let (out_w, out_b) = params.pop()?;
+    let layers: Vec<head::Layer> = params.iter().map(|(weight, bias)| head::Layer { weight, bias }).collect();
+    let feat_host = host(feat.clone().reshape([b * c * h * w]))?;
+    let ps = host(per_sample.clone().reshape([bn * c]))?;
+    let logits = head::fcomb_tail(&feat_host, (b, c, h * w), &ps, bn / b, &layers, (&out_w, out_b[0]));
+    Some(Tensor::from_data(TensorData::new(logits, [bn, 1, h, w]), &feat.device()))
 }

@@ -51,6 +51,12 @@ impl Fcomb {
         if let Some(bias) = &first.bias {
             per_sample = per_sample + bias.val().unsqueeze_dim::<2>(0);
         }
+        if !self.layers.is_empty() {
+            let first_out = feat.clone().reshape([b, c_out, h, w]);
+            if let Some(logits) = crate::kernels::fcomb_tail(&first_out, &per_sample, &self.layers[1..], &self.out) {
+                return logits;
+            }
+        }
         let per_sample = per_sample.reshape([b, n, c_out, 1, 1]);
         let x = (feat.expand([b, n, c_out, h, w]) + per_sample).reshape([bn, c_out, h, w]);
         if self.layers.is_empty() {
@@ -99,5 +105,45 @@ mod tests {
             assert_eq!(got.dims(), [b * n, 1, h, w]);
             got.into_data().assert_approx_eq::<f32>(&reference(&f, features, z).into_data(), Tolerance::relative(1e-4));
         }
+    }
+
+    /// The fused per-sample layers (`kernels/head.rs`, where the CPU has them) against burn's ops:
+    /// channels that fill the micro-kernel's 16 lanes or not, images of several pixel tiles with
+    /// a partial last one, and the autodiff device, which must keep burn's ops.
+    #[test]
+    fn fused_sampling_layers_match_burns_ops() {
+        let device = Device::flex();
+        for (c, hidden, b, n, h, w) in [(32, 3, 2, 4, 13, 11), (6, 2, 1, 3, 20, 9), (24, 1, 2, 2, 5, 5), (16, 4, 1, 2, 1, 1)] {
+            let f = Fcomb::new(c, 6, hidden, &device);
+            let features = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let z = Tensor::<2>::random([b * n, 6], Distribution::Normal(0.0, 1.0), &device);
+            let fused = f.forward(features.clone(), z.clone());
+            crate::kernels::set_enabled(false);
+            let plain = f.forward(features.clone(), z.clone());
+            crate::kernels::set_enabled(true);
+            assert_eq!(fused.dims(), [b * n, 1, h, w]);
+            fused.into_data().assert_approx_eq::<f32>(&plain.into_data(), Tolerance::relative(1e-4));
+        }
+        // A fresh seeded model initialises its weights lazily on first read: the fused path must
+        // read them in burn's order, or the same seed would give other weights.
+        let fresh = |fused: bool| {
+            device.seed(7);
+            let f = Fcomb::new(16, 3, 3, &device);
+            let features = Tensor::<4>::ones([1, 16, 3, 3], &device);
+            crate::kernels::set_enabled(fused);
+            let _ = f.forward(features, Tensor::<2>::ones([2, 3], &device));
+            crate::kernels::set_enabled(true);
+            let weights: Vec<Tensor<4>> = f.layers.iter().chain([&f.out]).map(|l| l.weight.val()).collect();
+            Tensor::cat(weights.into_iter().map(|w| w.flatten::<1>(0, 3)).collect(), 0).into_data()
+        };
+        assert_eq!(fresh(true), fresh(false));
+        // With gradients tracked, the fused path (which has no backward) must stand aside.
+        let ad = device.autodiff();
+        let f = Fcomb::new(8, 2, 2, &ad);
+        let features = Tensor::<4>::random([1, 8, 4, 4], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        let z = Tensor::<2>::random([2, 2], Distribution::Normal(0.0, 1.0), &ad);
+        let grads = f.forward(features.clone(), z).sum().backward();
+        let g = features.grad(&grads).expect("a gradient through fcomb");
+        assert!(g.abs().sum().into_scalar::<f32>() > 0.0);
     }
 }
