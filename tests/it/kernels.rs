@@ -313,3 +313,25 @@ fn gemm_and_direct_slice_kernels_match_burn() {
         assert!(rel_err(&direct::backward_weight(&g, &x, &r), &burn[2]) < 1e-4, "direct weight gradient, {what}");
     }
 }
+
+/// A fresh seeded model draws its weights lazily, on first read. The fused sampling head
+/// (`kernels/head.rs`) reads fcomb's parameters itself, so it must read them in burn's order,
+/// or one seed would give two models: the first forward of a fresh fcomb, fused or not, must
+/// give the same logits.
+#[test]
+fn the_fused_sampling_head_keeps_a_seeded_models_weights() {
+    use apunet::model::fcomb::Fcomb;
+    let _guard = common::rng_lock();
+    let device = Device::flex();
+    let fresh = |fused: bool| {
+        device.seed(7);
+        let f = Fcomb::new(16, 3, 3, &device);
+        let features = Tensor::<4>::ones([1, 16, 3, 3], &device);
+        kernels::set_enabled(fused);
+        let out = f.forward(features, Tensor::<2>::ones([2, 3], &device));
+        kernels::set_enabled(true);
+        to_host(out).unwrap()
+    };
+    let (fused, plain) = (fresh(true), fresh(false));
+    assert!(rel_err(&fused, &plain) < 1e-4, "{fused:?} vs {plain:?}");
+}
