@@ -306,11 +306,11 @@ pub fn backward_weight(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
         })
         .collect();
     // Summed in parallel over the elements, each in the fixed order of the chunks.
-    const SPAN: usize = 4096;
+    const SUM_CHUNK: usize = 4096;
     let mut sum = vec![0f32; len];
-    sum.par_chunks_mut(SPAN).enumerate().for_each(|(i, s)| {
+    sum.par_chunks_mut(SUM_CHUNK).enumerate().for_each(|(i, s)| {
         for p in &partials {
-            s.iter_mut().zip(&p[i * SPAN..]).for_each(|(s, v)| *s += v);
+            s.iter_mut().zip(&p[i * SUM_CHUNK..]).for_each(|(s, v)| *s += v);
         }
     });
     let taps = g.kh * g.kw;

@@ -37,6 +37,8 @@ pub fn fcomb_tail(feat: &[f32], (b, c, hw): (usize, usize, usize), per_sample: &
         })
         .collect();
     let width = dense.iter().map(|d| d.cop).max().unwrap_or(c).max(c);
+    // The last layer's input rows: as wide as the last hidden layer's padded output.
+    let last_stride = dense.last().map_or(c, |d| d.cop);
     let mut logits = vec![0f32; b * n * hw];
     logits.par_chunks_mut(hw.max(1)).enumerate().for_each_init(
         || (vec![0f32; TILE * width], vec![0f32; TILE * width]),
@@ -51,7 +53,6 @@ pub fn fcomb_tail(feat: &[f32], (b, c, hw): (usize, usize, usize), per_sample: &
                         x[p * c + ch] = (v + bias[ch]).max(0.0);
                     }
                 }
-                let mut stride = c;
                 for (d, l) in dense.iter().zip(hidden) {
                     d.apply(x, px, y);
                     for pixel in y.chunks_exact_mut(d.cop).take(px) {
@@ -59,10 +60,9 @@ pub fn fcomb_tail(feat: &[f32], (b, c, hw): (usize, usize, usize), per_sample: &
                         // The padded channels stay 0 (no weights, no bias).
                     }
                     std::mem::swap(x, y);
-                    stride = d.cop;
                 }
                 for (p, l) in logit[t0..t0 + px].iter_mut().enumerate() {
-                    *l = out.1 + x[p * stride..][..c].iter().zip(out.0).map(|(v, w)| v * w).sum::<f32>();
+                    *l = out.1 + x[p * last_stride..][..c].iter().zip(out.0).map(|(v, w)| v * w).sum::<f32>();
                 }
             }
         },

@@ -28,6 +28,8 @@ use burn::nn::{GroupNorm, InstanceNorm};
 use burn::prelude::*;
 use burn::tensor::DType;
 
+use crate::model::to_host;
+
 pub use conv::ConvGeom;
 pub use norm::NormGeom;
 
@@ -319,20 +321,18 @@ pub fn fcomb_tail(feat: &Tensor<4>, per_sample: &Tensor<2>, hidden: &[Conv2d], o
     if !layers.iter().enumerate().all(shape_ok) {
         return None;
     }
-    let host = |t: Tensor<1>| t.into_data().convert::<f32>().try_into_vec::<f32>().ok();
     let mut params = Vec::new();
     for (weight, bias) in layers {
         let co = weight.dims()[0];
         let bias = match bias {
-            Some(b) => host(b)?,
+            Some(b) => to_host(b).ok()?,
             None => vec![0.0; co],
         };
-        params.push((host(weight.reshape([co * c]))?, bias));
+        params.push((to_host(weight).ok()?, bias));
     }
     let (out_w, out_b) = params.pop()?;
     let layers: Vec<head::Layer> = params.iter().map(|(weight, bias)| head::Layer { weight, bias }).collect();
-    let feat_host = host(feat.clone().reshape([b * c * h * w]))?;
-    let ps = host(per_sample.clone().reshape([bn * c]))?;
+    let (feat_host, ps) = (to_host(feat.clone()).ok()?, to_host(per_sample.clone()).ok()?);
     let logits = head::fcomb_tail(&feat_host, (b, c, h * w), &ps, bn / b, &layers, (&out_w, out_b[0]));
     Some(Tensor::from_data(TensorData::new(logits, [bn, 1, h, w]), &feat.device()))
 }
