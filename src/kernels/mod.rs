@@ -8,6 +8,7 @@ pub mod direct;
 pub mod head;
 pub mod layout;
 pub mod norm;
+pub mod resize;
 
 use std::borrow::Cow;
 use std::cell::Cell;

@@ -43,8 +43,9 @@ pub fn resample(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
 /// Bilinear x2 upsampling with align_corners = false, built from slices so that every backend
 /// can differentiate it (burn-cubecl 0.22.1 has no bilinear interpolate backward): along each
 /// axis out[2i] = 3/4 x[i] + 1/4 x[i-1] and out[2i+1] = 3/4 x[i] + 1/4 x[i+1], edges clamped.
+/// On the CPU kernels, one pass (`kernels::resize`, the same bits).
 pub fn upsample2x(x: Tensor<4>) -> Tensor<4> {
-    upsample2x_axis(upsample2x_axis(x, 2), 3)
+    crate::kernels::resize::upsample2x_on_kernel(x).unwrap_or_else(|x| upsample2x_axis(upsample2x_axis(x, 2), 3))
 }
 
 fn upsample2x_axis(x: Tensor<4>, dim: usize) -> Tensor<4> {

@@ -262,6 +262,44 @@ fn group_and_instance_norm_kernels_match_burn() {
 
 
 
+/// Bilinear x2 upsampling on the kernel against the same op composed of burn's ops (kernels
+/// off): the forward the same bits, the input gradient to 1e-5, single rows, columns and
+/// pixels included.
+#[test]
+fn the_upsampling_kernel_matches_the_composed_op() {
+    use apunet::model::upsample2x;
+    let device = Device::flex().autodiff();
+    let mut rng = StdRng::seed_from_u64(11);
+    for dims in [[2, 3, 5, 7], [1, 1, 1, 1], [1, 2, 1, 6], [3, 1, 4, 1], [2, 16, 8, 8], [1, 2, 2, 3]] {
+        let n: usize = dims.iter().product();
+        let x = values(&mut rng, n);
+        let r = values(&mut rng, 4 * n);
+        let run = |on: bool| {
+            kernels::set_enabled(on);
+            let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), dims), &device).require_grad();
+            let out = upsample2x(xt.clone());
+            let rt = Tensor::<4>::from_data(TensorData::new(r.clone(), out.dims()), &device);
+            let grads = (out.clone() * rt).sum().backward();
+            kernels::set_enabled(true);
+            (out.dims(), to_host(out).unwrap(), to_host(xt.grad(&grads).unwrap()).unwrap())
+        };
+        let (ours, burn) = (run(true), run(false));
+        assert_eq!(ours.0, [dims[0], dims[1], 2 * dims[2], 2 * dims[3]]);
+        assert_eq!(ours.1, burn.1, "{dims:?}: forward");
+        let e = rel_err(&ours.2, &burn.2);
+        assert!(e < 1e-5, "{dims:?}: input gradient relative error {e}");
+    }
+    // Without autodiff too (sampling and predict run there).
+    let x = values(&mut rng, 2 * 3 * 4 * 5);
+    let on_plain = |on: bool| {
+        kernels::set_enabled(on);
+        let out = to_host(upsample2x(Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 3, 4, 5]), &Device::flex()))).unwrap();
+        kernels::set_enabled(true);
+        out
+    };
+    assert_eq!(on_plain(true), on_plain(false));
+}
+
 /// Both slice-kernel paths, whichever the router would pick: the GEMM path (im2col) and the
 /// direct AVX2 path (where this CPU has it), on every fixed geometry, random shapes and
 /// single images, against burn's op.
