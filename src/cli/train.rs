@@ -388,8 +388,8 @@ fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
     Ok(())
 }
 
-
 /// `--device` for this rank: a GPU named without an index is the rank's local rank.
+#[cfg(feature = "mpi")]
 fn rank_device(name: &str, comm: &dyn Collective) -> String {
     match name {
         "cuda" | "wgpu" if comm.size() > 1 => format!("{name}:{}", comm.local_rank()),

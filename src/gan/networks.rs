@@ -6,11 +6,11 @@ use anyhow::{Result, bail};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Initializer, InstanceNorm, InstanceNormConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::{leaky_relu, relu, tanh};
+use burn::tensor::activation::{leaky_relu, tanh};
 use burn::tensor::ops::PadMode;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{conv2d, instance_norm};
+use crate::kernels::{conv2d, instance_norm, instance_norm_relu};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -64,7 +64,7 @@ impl ResidualBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = relu(instance_norm(&self.norm1, conv2d(&self.conv1, reflect(x.clone(), 1))));
+        let y = instance_norm_relu(&self.norm1, conv2d(&self.conv1, reflect(x.clone(), 1)));
         let y = instance_norm(&self.norm2, conv2d(&self.conv2, reflect(y, 1)));
         x + y
     }
@@ -114,15 +114,15 @@ impl Generator {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(instance_norm(&self.stem_norm, conv2d(&self.stem, reflect(x, 3))));
+        let mut x = instance_norm_relu(&self.stem_norm, conv2d(&self.stem, reflect(x, 3)));
         for (c, n) in self.down.iter().zip(&self.down_norm) {
-            x = relu(instance_norm(n, conv2d(c, x)));
+            x = instance_norm_relu(n, conv2d(c, x));
         }
         for b in &self.blocks {
             x = b.forward(x);
         }
         for (c, n) in self.up.iter().zip(&self.up_norm) {
-            x = relu(instance_norm(n, c.forward(x)));
+            x = instance_norm_relu(n, c.forward(x));
         }
         tanh(conv2d(&self.head, reflect(x, 3)))
     }

@@ -18,7 +18,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::layout::{par_init, transpose, zero};
+use super::layout::{SharedOut, assume_init, par_init, transpose, transpose_to, uninit, zero};
 
 /// Output channels per micro-kernel call: two AVX vectors.
 const OC: usize = 16;
@@ -148,28 +148,27 @@ fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [us
     assert!(packed.len() == f.kh * f.kw * ci * cop);
     assert!((f.ho - 1) * f.stride[0] + f.kh <= input.h && (f.wo - 1) * f.stride[1] + f.kw <= input.w);
     let plane = f.ho * f.wo;
-    let fill = |n: usize, o: &mut [MaybeUninit<f32>]| {
-        let img = input.image(n);
-        // Output rows in parallel into one NHWC row buffer each, then back to NCHW.
-        let rows: Vec<Vec<f32>> = (0..f.ho)
-            .into_par_iter()
-            .map(|oy| {
-                let mut row = vec![0f32; f.wo * cop];
-                // SAFETY: the asserts above bound every read of `img` and `packed`.
-                unsafe { forward_row(img, input.w, ci, packed, cop, f, oy, &mut row) };
-                // The bias goes on while the row is in cache, not in a pass over the output.
-                if let Some(b) = bias {
-                    row.chunks_exact_mut(cop).for_each(|px| px.iter_mut().zip(b).for_each(|(v, b)| *v += b));
-                }
-                row
-            })
-            .collect();
-        for (oy, row) in rows.iter().enumerate() {
-            transpose(row, cop, &mut o[oy * f.wo..], plane, f.wo, co);
-        }
-    };
-    // SAFETY: the transposes write every channel of every output pixel.
-    unsafe { par_init(batch * co * plane, co * plane, fill) }
+    let mut out = uninit(batch * co * plane);
+    let dst = SharedOut(out.as_mut_ptr().cast());
+    // Every output row of every image in parallel, through one NHWC row buffer per thread, then
+    // straight into NCHW: one image (the CycleGAN's batch) shares out as well as eight.
+    (0..batch * f.ho).into_par_iter().for_each_init(
+        || vec![0f32; f.wo * cop],
+        |row, r| {
+            let (n, oy) = (r / f.ho, r % f.ho);
+            // SAFETY: the asserts above bound every read of the image and `packed`.
+            unsafe { forward_row(input.image(n), input.w, ci, packed, cop, f, oy, row) };
+            // The bias goes on while the row is in cache, not in a pass over the output.
+            if let Some(b) = bias {
+                row.chunks_exact_mut(cop).for_each(|px| px.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+            }
+            // SAFETY: row oy of image n in each of its co planes: inside `out`, and written by
+            // this task alone.
+            unsafe { transpose_to(row, cop, dst.add(n * co * plane + oy * f.wo), plane, f.wo, co) };
+        },
+    );
+    // SAFETY: the tasks wrote every row of every channel of every image.
+    unsafe { assume_init(out) }
 }
 
 /// One output row, all channels, NHWC: `row[ox * cop + c]`.

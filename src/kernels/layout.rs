@@ -13,14 +13,47 @@ use rayon::prelude::*;
 /// # Safety
 /// `fill` must write every element of the chunk it is given.
 pub unsafe fn par_init(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
+    let mut buf = uninit(len);
+    buf.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    // SAFETY: `fill` initialised every element (the caller's contract).
+    unsafe { assume_init(buf) }
+}
+
+/// `len` floats, not initialised.
+pub fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
     let mut buf: Vec<MaybeUninit<f32>> = Vec::with_capacity(len);
     // SAFETY: MaybeUninit needs no initialisation.
     unsafe { buf.set_len(len) };
-    buf.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    buf
+}
+
+/// # Safety
+/// Every element of `buf` must have been written.
+pub unsafe fn assume_init(buf: Vec<MaybeUninit<f32>>) -> Vec<f32> {
     let mut buf = ManuallyDrop::new(buf);
-    // SAFETY: `fill` initialised every element (the caller's contract); MaybeUninit<f32> has
-    // f32's layout, and the allocation is handed over whole.
-    unsafe { Vec::from_raw_parts(buf.as_mut_ptr().cast::<f32>(), len, buf.capacity()) }
+    // SAFETY: initialised (the caller's contract); MaybeUninit<f32> has f32's layout, and the
+    // allocation is handed over whole.
+    unsafe { Vec::from_raw_parts(buf.as_mut_ptr().cast::<f32>(), buf.len(), buf.capacity()) }
+}
+
+/// A pointer into an output buffer that parallel tasks write at disjoint positions which no
+/// slice can cover (one NCHW output row spans every channel's plane).
+#[derive(Clone, Copy)]
+pub struct SharedOut(pub *mut f32);
+
+// SAFETY: the users write disjoint elements only (their contract, stated where they write).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// `k` floats further.
+    ///
+    /// # Safety
+    /// As `pointer::add`: the result must stay inside the buffer.
+    pub unsafe fn add(self, k: usize) -> Self {
+        // SAFETY: the caller's contract.
+        Self(unsafe { self.0.add(k) })
+    }
 }
 
 /// Zeros `dst`.
@@ -49,6 +82,44 @@ pub fn transpose(src: &[f32], src_stride: usize, dst: &mut [MaybeUninit<f32>], d
         return;
     }
     scalar(src, src_stride, dst, dst_stride, (0..rows, 0..cols));
+}
+
+/// [`transpose`] into a raw destination, for tasks that fill disjoint parts of one buffer.
+///
+/// # Safety
+/// `dst` must be valid for writes at `j * dst_stride + i` for `i < rows`, `j < cols`, and no
+/// other thread may access those elements meanwhile.
+pub unsafe fn transpose_to(src: &[f32], src_stride: usize, dst: SharedOut, dst_stride: usize, rows: usize, cols: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!((rows - 1) * src_stride + cols <= src.len(), "transpose reads past its source");
+    let (full_r, full_c) = (rows / 8 * 8, cols / 8 * 8);
+    let mut done_c = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::direct::available() {
+        for i in (0..full_r).step_by(8) {
+            for j in (0..full_c).step_by(8) {
+                // SAFETY: the tile lies inside both sides (the assert; the caller's contract).
+                unsafe { tile8(src.as_ptr().add(i * src_stride + j), src_stride, dst.0.add(j * dst_stride + i), dst_stride) };
+            }
+        }
+        done_c = full_c;
+    }
+    let rest = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+        for i in rows {
+            for j in cols.clone() {
+                // SAFETY: inside the destination (the caller's contract).
+                unsafe { *dst.0.add(j * dst_stride + i) = src[i * src_stride + j] };
+            }
+        }
+    };
+    if done_c > 0 {
+        rest(0..full_r, full_c..cols);
+        rest(full_r..rows, 0..cols);
+    } else {
+        rest(0..rows, 0..cols);
+    }
 }
 
 type Block = (std::ops::Range<usize>, std::ops::Range<usize>);

@@ -28,6 +28,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, InstanceNorm};
 use burn::prelude::*;
 use burn::tensor::DType;
+use burn::tensor::activation::relu;
 
 use crate::model::to_host;
 
@@ -75,6 +76,7 @@ pub trait CpuKernels: Backend {
     fn group_norm_fused_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         geom: NormGeom,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
@@ -136,11 +138,13 @@ impl CpuKernels for Flex {
     fn group_norm_fused_backward(
         x: FlexTensor,
         gamma: FlexTensor,
+        beta: FlexTensor,
         grad: FlexTensor,
         g: NormGeom,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (x, grad, gamma) = (x.to_contiguous(), grad.to_contiguous(), gamma.to_contiguous());
-        let (dx, dgamma, dbeta) = norm::backward(&g, &values(&x), &values(&gamma), &values(&grad));
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let (gamma, beta) = (gamma.to_contiguous(), beta.to_contiguous());
+        let (dx, dgamma, dbeta) = norm::backward(&g, &values(&x), &values(&gamma), &values(&beta), &values(&grad));
         let dtype = grad.dtype();
         (flex_out(dx, &x.shape().to_vec(), dtype), flex_out(dgamma, &[g.channels], dtype), flex_out(dbeta, &[g.channels], dtype))
     }
@@ -201,7 +205,7 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
         let prep = <NormBackward as Backward<B, 3>>::prepare::<C>(NormBackward, [x.node(), gamma.node(), beta.node()]);
         match prep.compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), g);
+                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta), g);
                 prep.finish(state, B::group_norm_fused(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), g))
             }
             OpsKind::UnTracked(prep) => {
@@ -213,10 +217,11 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
     fn group_norm_fused_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         g: NormGeom,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(Self::inner(x), Self::inner(gamma), Self::inner(grad), g);
+        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(Self::inner(x), Self::inner(gamma), Self::inner(beta), Self::inner(grad), g);
         (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
     }
 }
@@ -226,15 +231,16 @@ struct NormBackward;
 
 /// Parents: x, gamma and beta (constants when the norm has no affine parameters).
 impl<B: CpuKernels> Backward<B, 3> for NormBackward {
-    type State = (NodeId, NodeId, NormGeom);
+    type State = (NodeId, NodeId, NodeId, NormGeom);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_id, gamma_id, g) = ops.state;
+        let (x_id, gamma_id, beta_id, g) = ops.state;
         let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
         let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_id);
-        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(x, gamma, grad, g);
+        let beta = checkpointer.retrieve_node_output::<FloatTensor<B>>(beta_id);
+        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(x, gamma, beta, grad, g);
         for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -271,14 +277,15 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// A norm layer's forward on the kernel, or `x` back when the kernel does not apply (then the
 /// caller runs burn's op). `gamma` and `beta` are the layer's affine parameters, if it has them.
-fn norm(x: Tensor<4>, gamma: Option<Tensor<1>>, beta: Option<Tensor<1>>, affine: bool, groups: usize, eps: f64) -> Result<Tensor<4>, Tensor<4>> {
+/// `relu`: a ReLU after the norm, fused.
+fn norm(x: Tensor<4>, (gamma, beta): (Option<Tensor<1>>, Option<Tensor<1>>), affine: bool, groups: usize, eps: f64, relu: bool) -> Result<Tensor<4>, Tensor<4>> {
     let [batch, channels, h, w] = x.dims();
     let consistent = gamma.is_some() == affine && beta.is_some() == affine;
     let fits = groups > 0 && channels % groups == 0 && gamma.as_ref().is_none_or(|t| t.dims() == [channels]);
     if !consistent || !fits || !on_kernels(&x.device(), x.dtype()) {
         return Err(x);
     }
-    let g = NormGeom { batch, channels, groups, hw: h * w, eps };
+    let g = NormGeom { batch, channels, groups, hw: h * w, eps, relu };
     let gamma = gamma.unwrap_or_else(|| Tensor::ones([channels], &x.device()));
     let beta = beta.unwrap_or_else(|| Tensor::zeros([channels], &x.device()));
     let out = <Dispatch as CpuKernels>::group_norm_fused(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), g);
@@ -287,14 +294,26 @@ fn norm(x: Tensor<4>, gamma: Option<Tensor<1>>, beta: Option<Tensor<1>>, affine:
 
 /// `norm.forward(x)` on the kernel where it applies, else burn's op.
 pub fn group_norm(layer: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
-    let (gamma, beta) = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
-    norm(x, gamma, beta, layer.affine, layer.num_groups, layer.epsilon).unwrap_or_else(|x| layer.forward(x))
+    let params = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
+    norm(x, params, layer.affine, layer.num_groups, layer.epsilon, false).unwrap_or_else(|x| layer.forward(x))
+}
+
+/// `relu(norm.forward(x))`, the two fused on the kernel where it applies.
+pub fn group_norm_relu(layer: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    let params = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
+    norm(x, params, layer.affine, layer.num_groups, layer.epsilon, true).unwrap_or_else(|x| relu(layer.forward(x)))
 }
 
 /// `norm.forward(x)` (GroupNorm with a group per channel) on the kernel where it applies.
 pub fn instance_norm(layer: &InstanceNorm, x: Tensor<4>) -> Tensor<4> {
-    let (gamma, beta) = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
-    norm(x, gamma, beta, layer.affine, layer.num_channels, layer.epsilon).unwrap_or_else(|x| layer.forward(x))
+    let params = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
+    norm(x, params, layer.affine, layer.num_channels, layer.epsilon, false).unwrap_or_else(|x| layer.forward(x))
+}
+
+/// `relu(norm.forward(x))` for an InstanceNorm, fused on the kernel where it applies.
+pub fn instance_norm_relu(layer: &InstanceNorm, x: Tensor<4>) -> Tensor<4> {
+    let params = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
+    norm(x, params, layer.affine, layer.num_channels, layer.epsilon, true).unwrap_or_else(|x| relu(layer.forward(x)))
 }
 
 /// fcomb's layers after the first, fused (`head.rs`): logits `[b * n, 1, h, w]` from the first

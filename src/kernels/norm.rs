@@ -2,7 +2,11 @@
 //! each in one pass per (image, group) block, blocks in parallel. burn composes GroupNorm from
 //! about ten tensor ops, each a pass over memory, and differentiates every one of them.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
+
+use super::layout::{assume_init, par_init, uninit};
 
 /// `x` is `[batch, channels, hw]` with channels split into `groups` equal groups.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -12,6 +16,14 @@ pub struct NormGeom {
     pub groups: usize,
     pub hw: usize,
     pub eps: f64,
+    /// A ReLU after the norm, fused: the forward writes relu(y) and the backward masks the
+    /// gradient by y's sign, recomputed from x (two passes over memory fewer each way).
+    pub relu: bool,
+}
+
+/// ReLU as burn's flex computes it (a NaN passes, as in PyTorch).
+fn relu_live(y: f32) -> bool {
+    y.is_nan() || y > 0.0
 }
 
 impl NormGeom {
@@ -56,34 +68,37 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
 
 /// `(x - mean) * rstd * gamma + beta`, per channel.
 pub fn forward(g: &NormGeom, x: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
     let (block, cg) = (g.block(), g.per_group());
     if block == 0 {
-        return y;
+        return vec![0f32; x.len()];
     }
-    y.par_chunks_mut(block).zip(x.par_chunks(block)).enumerate().for_each(|(i, (yb, xb))| {
+    let fill = |i: usize, yb: &mut [MaybeUninit<f32>]| {
+        let xb = &x[i * block..][..block];
         let (mean, rstd) = stats(xb, g.eps);
         let c0 = (i % g.groups) * cg;
         for (j, (yc, xc)) in yb.chunks_mut(g.hw).zip(xb.chunks(g.hw)).enumerate() {
             let scale = rstd * gamma[c0 + j];
             let shift = beta[c0 + j] - mean * scale;
             for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = v * scale + shift;
+                let y = v * scale + shift;
+                *o = MaybeUninit::new(if !g.relu || relu_live(y) { y } else { 0.0 });
             }
         }
-    });
-    y
+    };
+    // SAFETY: `fill` writes every value of its block (no zeroing pass first).
+    unsafe { par_init(x.len(), block, fill) }
 }
 
-/// Gradients of x, gamma and beta (`[channels]` each, summed over the batch).
-pub fn backward(g: &NormGeom, x: &[f32], gamma: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// Gradients of x, gamma and beta (`[channels]` each, summed over the batch); `beta` is read
+/// only for the fused ReLU's mask.
+pub fn backward(g: &NormGeom, x: &[f32], gamma: &[f32], beta: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (block, cg) = (g.block(), g.per_group());
-    let mut dx = vec![0f32; x.len()];
     // Per block: sum(dy * xhat) and sum(dy) of each of its channels.
     let mut parts = vec![0f32; 2 * g.batch * g.channels];
     if block == 0 {
-        return (dx, vec![0.0; g.channels], vec![0.0; g.channels]);
+        return (vec![0f32; x.len()], vec![0.0; g.channels], vec![0.0; g.channels]);
     }
+    let mut dx = uninit(x.len());
     let m = block as f32;
     dx.par_chunks_mut(block)
         .zip(parts.par_chunks_mut(2 * cg))
@@ -94,10 +109,18 @@ pub fn backward(g: &NormGeom, x: &[f32], gamma: &[f32], grad: &[f32]) -> (Vec<f3
             let c0 = (i % g.groups) * cg;
             // sum(dxhat) and sum(dxhat * xhat) over the block, dxhat = dy * gamma.
             let (mut s1, mut s2) = (0f64, 0f64);
+            // The incoming gradient, zero where the fused ReLU was off (y from x as the forward
+            // computed it).
+            let masked = |j: usize| {
+                let scale = rstd * gamma[c0 + j];
+                let shift = beta[c0 + j] - mean * scale;
+                move |v: f32, d: f32| if !g.relu || relu_live(v * scale + shift) { d } else { 0.0 }
+            };
             for j in 0..cg {
                 let (xc, gc) = (&xb[j * g.hw..(j + 1) * g.hw], &gb[j * g.hw..(j + 1) * g.hw]);
-                let dyx = sum_by(xc, gc, |v, d| d * (v - mean)) * rstd as f64;
-                let dy = sum_by(gc, gc, |d, _| d);
+                let dm = masked(j);
+                let dyx = sum_by(xc, gc, |v, d| dm(v, d) * (v - mean)) * rstd as f64;
+                let dy = sum_by(xc, gc, dm);
                 part[2 * j] = dyx as f32;
                 part[2 * j + 1] = dy as f32;
                 let gm = gamma[c0 + j] as f64;
@@ -106,14 +129,16 @@ pub fn backward(g: &NormGeom, x: &[f32], gamma: &[f32], grad: &[f32]) -> (Vec<f3
             }
             let (a, b) = ((s1 / m as f64) as f32, (s2 / m as f64) as f32);
             for j in 0..cg {
-                let gm = gamma[c0 + j];
+                let (gm, dm) = (gamma[c0 + j], masked(j));
                 let range = j * g.hw..(j + 1) * g.hw;
                 for ((o, &v), &d) in dxb[range.clone()].iter_mut().zip(&xb[range.clone()]).zip(&gb[range]) {
-                    let xhat = (v - mean) * rstd;
-                    *o = rstd * (d * gm - a - xhat * b);
+                    let (xhat, d) = ((v - mean) * rstd, dm(v, d));
+                    *o = MaybeUninit::new(rstd * (d * gm - a - xhat * b));
                 }
             }
         });
+    // SAFETY: each block's loop above wrote all of its dx.
+    let dx = unsafe { assume_init(dx) };
     let (mut dgamma, mut dbeta) = (vec![0f32; g.channels], vec![0f32; g.channels]);
     for (i, part) in parts.chunks(2 * cg).enumerate() {
         let c0 = (i % g.groups) * cg;

@@ -7,7 +7,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 
-use crate::kernels::{conv2d, group_norm};
+use crate::kernels::{conv2d, group_norm, group_norm_relu};
 use super::config::{NormKind, group_count};
 
 /// Batch norm, group norm or nothing, chosen by config.
@@ -36,6 +36,14 @@ impl Norm {
             _ => x,
         }
     }
+
+    /// `relu(self.forward(x))`, fused with a group norm on the CPU kernels.
+    pub fn forward_relu(&self, x: Tensor<4>) -> Tensor<4> {
+        match &self.group {
+            Some(g) if self.batch.is_none() => group_norm_relu(g, x),
+            _ => relu(self.forward(x)),
+        }
+    }
 }
 
 /// n x (conv3x3 + norm + ReLU).
@@ -62,7 +70,7 @@ impl ConvBlock {
 
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<4> {
         for (conv, norm) in self.convs.iter().zip(&self.norms) {
-            x = relu(norm.forward(conv2d(conv, x)));
+            x = norm.forward_relu(conv2d(conv, x));
         }
         x
     }

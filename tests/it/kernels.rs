@@ -216,7 +216,8 @@ fn norm_run(x: &[f32], r: &[f32], dims: [usize; 4], norm: impl Fn(Tensor<4>) -> 
 fn group_and_instance_norm_kernels_match_burn() {
     // Layers draw their initial weights from the process-wide device RNG.
     let _guard = common::rng_lock();
-    use apunet::kernels::{group_norm, instance_norm};
+    use apunet::kernels::{group_norm, group_norm_relu, instance_norm, instance_norm_relu};
+    use burn::tensor::activation::relu;
     use burn::nn::{GroupNormConfig, InstanceNormConfig};
     let device = Device::flex().autodiff();
     let mut rng = StdRng::seed_from_u64(8);
@@ -247,6 +248,23 @@ fn group_and_instance_norm_kernels_match_burn() {
         for (j, what) in ["output", "input gradient", "gamma gradient", "beta gradient"].iter().enumerate().take(ours.len()) {
             let e = rel_err(&ours[j], &burn[j]);
             assert!(e < 1e-4, "GroupNorm case {i} {dims:?}/{groups}: {what} relative error {e}");
+        }
+        // Fused with the ReLU that follows it in every block: against burn's norm, then relu.
+        let ours = norm_run(&x, &r, dims, |t| group_norm_relu(&gn, t), &params);
+        let burn = norm_run(&x, &r, dims, |t| relu(gn.forward(t)), &params);
+        assert!(ours[0].iter().any(|&v| v == 0.0) && ours[0].iter().any(|&v| v > 0.0), "case {i}: the ReLU cuts nothing");
+        for (j, what) in ["output", "input gradient", "gamma gradient", "beta gradient"].iter().enumerate().take(ours.len()) {
+            let e = rel_err(&ours[j], &burn[j]);
+            assert!(e < 1e-4, "GroupNorm + ReLU case {i} {dims:?}/{groups}: {what} relative error {e}");
+        }
+        if groups == dims[1] {
+            let inst = InstanceNormConfig::new(dims[1]).with_affine(affine).init(&device);
+            let params: Vec<Tensor<1>> = inst.gamma.iter().chain(&inst.beta).map(|p| p.val()).collect();
+            let ours = norm_run(&x, &r, dims, |t| instance_norm_relu(&inst, t), &params);
+            let burn = norm_run(&x, &r, dims, |t| relu(inst.forward(t)), &params);
+            for (a, b) in ours.iter().zip(&burn) {
+                assert!(rel_err(a, b) < 1e-4, "InstanceNorm + ReLU case {i}: relative error {}", rel_err(a, b));
+            }
         }
         if groups == dims[1] {
             let inst = InstanceNormConfig::new(dims[1]).with_affine(affine).init(&device);
