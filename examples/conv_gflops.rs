@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use apunet::kernels::{ConvGeom, direct};
+use apunet::kernels::{ConvGeom, direct, weight_grad};
 
 fn bits_hash(v: &[f32]) -> u64 {
     v.iter().fold(0u64, |a, x| a.wrapping_mul(31).wrapping_add(u64::from(x.to_bits())))
@@ -48,12 +48,12 @@ fn main() {
         let gflop = 2.0 * 8.0 * (hw * hw * ci * co * 9) as f64 / 1e9;
         let fwd = best_of_5(|| direct::forward(&g, &x, &w, None));
         let bx = best_of_5(|| direct::backward_x(&g, &w, &grad));
-        let bw = best_of_5(|| direct::backward_weight(&g, &x, &grad));
+        let bw = best_of_5(|| weight_grad::backward_weight(&g, &x, &grad));
         println!(
             "{ci:>3}->{co:<3} @{hw:<3}  forward {:6.1} ms {:5.1} GFLOP/s | input grad {:6.1} ms {:5.1} | weight grad {:6.1} ms {:5.1}",
             fwd * 1e3, gflop / fwd, bx * 1e3, gflop / bx, bw * 1e3, gflop / bw
         );
-        let (a, b, c) = (direct::forward(&g, &x, &w, None), direct::backward_x(&g, &w, &grad), direct::backward_weight(&g, &x, &grad));
+        let (a, b, c) = (direct::forward(&g, &x, &w, None), direct::backward_x(&g, &w, &grad), weight_grad::backward_weight(&g, &x, &grad));
         println!("             bits: {:016x} {:016x} {:016x}", bits_hash(&a), bits_hash(&b), bits_hash(&c));
     }
 }

@@ -13,7 +13,6 @@
 //! Available on x86-64 CPUs with AVX2 and FMA; elsewhere the callers use the GEMM path.
 
 use std::mem::MaybeUninit;
-use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -21,15 +20,9 @@ use super::conv::ConvGeom;
 use super::layout::{SharedOut, assume_init, par_init, transpose, transpose_to, uninit, zero};
 
 /// Output channels per micro-kernel call: two AVX vectors.
-const OC: usize = 16;
+pub(super) const OC: usize = 16;
 /// Pixels (forward) or input channels (weight gradient) per micro-kernel call.
-const PX: usize = 6;
-/// Output rows per weight-gradient work item.
-const ROWS: usize = 8;
-/// Weight gradient: the gradient floats of one span of pixels (16 KiB, to stay in L1)...
-const SPAN_FLOATS: usize = 4096;
-/// ...but at least this many pixels, or re-reading the partial sums for each span costs more.
-const MIN_SPAN: usize = 64;
+pub(super) const PX: usize = 6;
 
 /// `$f::<P>(args)` with the const block width `P` = `$n` (1 to [`PX`]): the micro-kernels keep
 /// their P accumulators in registers, so each width is its own instance.
@@ -46,6 +39,8 @@ macro_rules! with_width {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
+pub(super) use with_width;
 
 /// Whether this CPU runs the direct kernels.
 pub fn available() -> bool {
@@ -66,8 +61,8 @@ pub fn x_backward_applies(g: &ConvGeom) -> bool {
 }
 
 /// An image batch as NHWC with a zero border, channels padded to `cp`.
-struct Nhwc {
-    data: Vec<f32>,
+pub(super) struct Nhwc {
+    pub data: Vec<f32>,
     h: usize,
     w: usize,
     c: usize,
@@ -75,7 +70,7 @@ struct Nhwc {
 
 impl Nhwc {
     /// `x` NCHW `[batch, c, h, w]`; `pad` top, left, bottom, right; `cp >= c`.
-    fn from_nchw(x: &[f32], batch: usize, (c, h, w): (usize, usize, usize), pad: [usize; 4], cp: usize) -> Self {
+    pub(super) fn from_nchw(x: &[f32], batch: usize, (c, h, w): (usize, usize, usize), pad: [usize; 4], cp: usize) -> Self {
         let (hp, wp) = (h + pad[0] + pad[2], w + pad[1] + pad[3]);
         let row_len = wp * cp;
         let fill = |r: usize, row: &mut [MaybeUninit<f32>]| {
@@ -96,7 +91,22 @@ impl Nhwc {
         Self { data, h: hp, w: wp, c: cp }
     }
 
-    fn image(&self, n: usize) -> &[f32] {
+    pub(super) fn view(&self) -> View<'_> {
+        View { data: &self.data, h: self.h, w: self.w, c: self.c }
+    }
+}
+
+/// A padded NHWC batch, borrowed: `h` x `w` pixels of `c` floats per image.
+#[derive(Clone, Copy)]
+pub(super) struct View<'a> {
+    pub data: &'a [f32],
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl<'a> View<'a> {
+    pub(super) fn image(&self, n: usize) -> &'a [f32] {
         let len = self.h * self.w * self.c;
         &self.data[n * len..(n + 1) * len]
     }
@@ -107,7 +117,7 @@ impl Nhwc {
 /// zeros. Block-major, so that one block's weights are contiguous: interleaved with the other
 /// blocks they spanned 2-8x more cache. Written in its own order, in parallel: the paper-size
 /// CycleGAN's 256x256x3x3 kernels made a scattered serial copy 3.5% of an iteration.
-fn pack_weight(w: &[f32], (c_out, c_in, kh, kw): (usize, usize, usize, usize), transpose: bool, cop: usize) -> Vec<f32> {
+pub(super) fn pack_weight(w: &[f32], (c_out, c_in, kh, kw): (usize, usize, usize, usize), transpose: bool, cop: usize) -> Vec<f32> {
     let (ci, co) = if transpose { (c_out, c_in) } else { (c_in, c_out) };
     assert!(co <= cop && cop.is_multiple_of(OC) && w.len() == c_out * c_in * kh * kw);
     let rows = kh * kw * ci;
@@ -126,24 +136,30 @@ fn pack_weight(w: &[f32], (c_out, c_in, kh, kw): (usize, usize, usize, usize), t
     packed
 }
 
-fn round_up(c: usize) -> usize {
+pub(super) fn round_up(c: usize) -> usize {
     c.div_ceil(OC) * OC
 }
 
 /// Geometry of one direct forward convolution over an NHWC padded input.
 #[derive(Clone, Copy)]
-struct Fwd {
-    kh: usize,
-    kw: usize,
-    stride: [usize; 2],
-    ho: usize,
-    wo: usize,
+pub(super) struct Fwd {
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub ho: usize,
+    pub wo: usize,
 }
 
 /// Forward convolution of `x` (NCHW) to NCHW `[batch, co, ho, wo]` plus bias, where `packed`
 /// holds the weights as [`pack_weight`] lays them out.
 fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [usize; 4], packed: &[f32], co: usize, f: Fwd, bias: Option<&[f32]>) -> Vec<f32> {
-    let input = Nhwc::from_nchw(x, batch, (ci, h, w), pad, ci);
+    convolve_from(Nhwc::from_nchw(x, batch, (ci, h, w), pad, ci).view(), batch, packed, co, f, bias)
+}
+
+/// [`convolve`] of an input already in padded NHWC with exactly its channels.
+pub(super) fn convolve_from(input: View, batch: usize, packed: &[f32], co: usize, f: Fwd, bias: Option<&[f32]>) -> Vec<f32> {
+    let ci = input.c;
+    assert!(input.data.len() == batch * input.h * input.w * ci);
     let cop = round_up(co);
     assert!(packed.len() == f.kh * f.kw * ci * cop);
     assert!((f.ho - 1) * f.stride[0] + f.kh <= input.h && (f.wo - 1) * f.stride[1] + f.kw <= input.w);
@@ -194,14 +210,14 @@ unsafe fn forward_row(img: &[f32], wp: usize, ci: usize, packed: &[f32], cop: us
     }
 }
 
-type Ctx<'a> = (&'a [f32], usize, usize, &'a [f32], usize, Fwd);
+pub(super) type Ctx<'a> = (&'a [f32], usize, usize, &'a [f32], usize, Fwd);
 
 /// The micro-kernel's step, shared by the forward and the weight gradient: `acc[p] +=
 /// v[p * stride] * w[0..16]` for p < P, the 16 values of `w` in two registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn rank1<const P: usize>(acc: &mut [[std::arch::x86_64::__m256; 2]; P], w: *const f32, v: *const f32, stride: usize) {
+pub(super) unsafe fn rank1<const P: usize>(acc: &mut [[std::arch::x86_64::__m256; 2]; P], w: *const f32, v: *const f32, stride: usize) {
     use std::arch::x86_64::*;
     unsafe {
         let (w0, w1) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
@@ -275,117 +291,33 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     convolve(x, (g.batch, g.c_in, g.h, g.w), g.pad, &packed, g.c_out, f, bias)
 }
 
+/// [`forward`], also returning the padded NHWC copy of `x` it convolved, for the weight
+/// gradient (`weight_grad::backward_weight_nhwc`), which then need not make its own.
+pub fn forward_keep(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    let (ho, wo) = g.out_hw().expect("geometry checked by the caller");
+    let packed = pack_weight(weight, (g.c_out, g.c_in, g.kh, g.kw), false, round_up(g.c_out));
+    let f = Fwd { kh: g.kh, kw: g.kw, stride: g.stride, ho, wo };
+    let input = Nhwc::from_nchw(x, g.batch, (g.c_in, g.h, g.w), g.pad, g.c_in);
+    let out = convolve_from(input.view(), g.batch, &packed, g.c_out, f, bias);
+    (out, input.data)
+}
+
+/// The input gradient's padding: the forward's mirrored inside the kernel.
+pub(super) fn x_backward_pad(g: &ConvGeom) -> [usize; 4] {
+    [g.kh - 1 - g.pad[0], g.kw - 1 - g.pad[1], g.kh - 1 - g.pad[2], g.kw - 1 - g.pad[3]]
+}
+
+/// The input gradient from the gradient already in padded NHWC ([`x_backward_pad`], exactly
+/// `c_out` channels).
+pub(super) fn backward_x_from(g: &ConvGeom, weight: &[f32], grad: View) -> Vec<f32> {
+    let packed = pack_weight(weight, (g.c_out, g.c_in, g.kh, g.kw), true, round_up(g.c_in));
+    let f = Fwd { kh: g.kh, kw: g.kw, stride: [1, 1], ho: g.h, wo: g.w };
+    convolve_from(grad, g.batch, &packed, g.c_in, f, None)
+}
+
 /// The input gradient `[batch, c_in, h, w]` where [`x_backward_applies`].
 pub fn backward_x(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
     let (ho, wo) = g.out_hw().expect("geometry checked by the caller");
-    let packed = pack_weight(weight, (g.c_out, g.c_in, g.kh, g.kw), true, round_up(g.c_in));
-    let pad = [g.kh - 1 - g.pad[0], g.kw - 1 - g.pad[1], g.kh - 1 - g.pad[2], g.kw - 1 - g.pad[3]];
-    let f = Fwd { kh: g.kh, kw: g.kw, stride: [1, 1], ho: g.h, wo: g.w };
-    convolve(grad, (g.batch, g.c_out, ho, wo), pad, &packed, g.c_in, f, None)
+    backward_x_from(g, weight, Nhwc::from_nchw(grad, g.batch, (g.c_out, ho, wo), x_backward_pad(g), g.c_out).view())
 }
 
-/// The weight gradient `[c_out, c_in, kh, kw]`, summed over the batch.
-pub fn backward_weight(g: &ConvGeom, x: &[f32], grad: &[f32]) -> Vec<f32> {
-    let (ho, wo) = g.out_hw().expect("geometry checked by the caller");
-    let cop = round_up(g.c_out);
-    let input = Nhwc::from_nchw(x, g.batch, (g.c_in, g.h, g.w), g.pad, g.c_in);
-    let grad = Nhwc::from_nchw(grad, g.batch, (g.c_out, ho, wo), [0; 4], cop);
-    let f = Fwd { kh: g.kh, kw: g.kw, stride: g.stride, ho, wo };
-    let len = g.kh * g.kw * g.c_in * cop;
-    // Fixed chunks of rows, summed in a fixed order: the same bits on any number of threads.
-    let chunks: Vec<(usize, usize)> = (0..g.batch).flat_map(|n| (0..ho).step_by(ROWS).map(move |r| (n, r))).collect();
-    let partials: Vec<Vec<f32>> = chunks
-        .par_iter()
-        .map(|&(n, r0)| {
-            let mut acc = vec![0f32; len];
-            let rows = r0..(r0 + ROWS).min(ho);
-            // SAFETY: `rows` lie below `ho` and the NHWC buffers hold the padded geometry `f` reads.
-            unsafe { weight_rows(input.image(n), input.w, g.c_in, grad.image(n), cop, f, rows, &mut acc) };
-            acc
-        })
-        .collect();
-    // Summed in parallel over the elements, each in the fixed order of the chunks.
-    const SUM_CHUNK: usize = 4096;
-    let mut sum = vec![0f32; len];
-    sum.par_chunks_mut(SUM_CHUNK).enumerate().for_each(|(i, s)| {
-        for p in &partials {
-            s.iter_mut().zip(&p[i * SUM_CHUNK..]).for_each(|(s, v)| *s += v);
-        }
-    });
-    let taps = g.kh * g.kw;
-    let mut dw = vec![0f32; g.c_out * g.c_in * taps];
-    dw.par_chunks_mut(g.c_in * taps).enumerate().for_each(|(o, dw)| {
-        for i in 0..g.c_in {
-            for k in 0..taps {
-                dw[i * taps + k] = sum[(k * g.c_in + i) * cop + o];
-            }
-        }
-    });
-    dw
-}
-
-/// Adds the contribution of output rows `oy` to `acc` `[kh][kw][ci][cop]`.
-///
-/// A span of pixels at a time (part of a row, or whole rows), each span visited for every tap
-/// and channel block, so that its gradients stay in cache while every partial sum is read and
-/// written once per span. The pixels still reach each sum in row-major order: the bits do not
-/// depend on the span.
-#[allow(clippy::too_many_arguments)]
-unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, grad: &[f32], cop: usize, f: Fwd, oy: Range<usize>, acc: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        let span = (SPAN_FLOATS / cop).max(MIN_SPAN);
-        let (rows_per, cols) = if f.wo >= span { (1, span) } else { ((span / f.wo).max(1), f.wo) };
-        for y0 in oy.clone().step_by(rows_per) {
-            let rows = y0..(y0 + rows_per).min(oy.end);
-            for x0 in (0..f.wo).step_by(cols) {
-                let px = (rows.clone(), x0..(x0 + cols).min(f.wo));
-                for k in 0..f.kh * f.kw {
-                    let mut c0 = 0;
-                    while c0 < ci {
-                        let n = (ci - c0).min(PX);
-                        for ob in 0..cop / OC {
-                            let (ctx, px) = ((img, wp, ci, grad, cop, f), px.clone());
-                            with_width!(n, wgt_block(ctx, px, k, c0, ob, acc));
-                        }
-                        c0 += n;
-                    }
-                }
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (img, wp, ci, grad, cop, f, oy, acc);
-        unreachable!("the direct kernels run only where `available()`")
-    }
-}
-
-/// Input channels `c0..c0+P` times output channels of block `ob`, kernel tap `k`, over the
-/// output pixels `ox` of rows `oy`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn wgt_block<const P: usize>((img, wp, ci, grad, cop, f): Ctx, (rows, ox): (Range<usize>, Range<usize>), k: usize, c0: usize, ob: usize, acc: &mut [f32]) {
-    unsafe {
-        use std::arch::x86_64::*;
-        let (ki, kj) = (k / f.kw, k % f.kw);
-        let out = acc.as_mut_ptr().add((k * ci + c0) * cop + ob * OC);
-        let mut a = [[_mm256_setzero_ps(); 2]; P];
-        for (p, a) in a.iter_mut().enumerate() {
-            a[0] = _mm256_loadu_ps(out.add(p * cop));
-            a[1] = _mm256_loadu_ps(out.add(p * cop + 8));
-        }
-        let step = f.stride[1] * ci;
-        for oy in rows {
-            let src = img.as_ptr().add(((oy * f.stride[0] + ki) * wp + kj) * ci + c0);
-            let gr = grad.as_ptr().add(oy * f.wo * cop + ob * OC);
-            for x in ox.clone() {
-                rank1(&mut a, gr.add(x * cop), src.add(x * step), 1);
-            }
-        }
-        for (p, a) in a.iter().enumerate() {
-            _mm256_storeu_ps(out.add(p * cop), a[0]);
-            _mm256_storeu_ps(out.add(p * cop + 8), a[1]);
-        }
-    }
-}

@@ -9,6 +9,7 @@ pub mod head;
 pub mod layout;
 pub mod norm;
 pub mod resize;
+pub mod weight_grad;
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -70,6 +71,23 @@ pub trait CpuKernels: Backend {
     fn conv2d_gemm_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
     /// The weight gradient of [`CpuKernels::conv2d_gemm`], summed over the batch.
     fn conv2d_gemm_weight_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    /// [`CpuKernels::conv2d_gemm`] on the direct kernels, also returning the padded NHWC copy of
+    /// `x` it made (flat), for the backward pass to reuse.
+    fn conv2d_direct_keep(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        geom: ConvGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The weight gradient from the kept NHWC input.
+    fn conv2d_direct_weight_backward(x_nhwc: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    /// Both gradients, from the kept NHWC input: `(dx, dweight)`.
+    fn conv2d_direct_backward(
+        x_nhwc: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        geom: ConvGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// GroupNorm of `x [n, c, ...]` with per-channel `gamma` and `beta`.
     fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, geom: NormGeom) -> FloatTensor<Self>;
     /// The gradients of x, gamma and beta of [`CpuKernels::group_norm_fused`].
@@ -122,11 +140,31 @@ impl CpuKernels for Flex {
     fn conv2d_gemm_weight_backward(x: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let dw = if direct::available() {
-            direct::backward_weight(&g, &values(&x), &values(&grad))
+            weight_grad::backward_weight(&g, &values(&x), &values(&grad))
         } else {
             conv::backward_weight(&g, &values(&x), &values(&grad))
         };
         flex_out(dw, &[g.c_out, g.c_in, g.kh, g.kw], grad.dtype())
+    }
+
+    fn conv2d_direct_keep(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> (FlexTensor, FlexTensor) {
+        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+        let (ho, wo) = g.out_hw().expect("geometry checked by the router");
+        let (out, nhwc) = direct::forward_keep(&g, &values(&x), &values(&weight), Some(&values(&bias)));
+        let len = nhwc.len();
+        (flex_out(out, &[g.batch, g.c_out, ho, wo], x.dtype()), flex_out(nhwc, &[len], DType::F32))
+    }
+
+    fn conv2d_direct_weight_backward(x_nhwc: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
+        let grad = grad.to_contiguous();
+        let dw = weight_grad::backward_weight_nhwc(&g, &values(&x_nhwc), &values(&grad));
+        flex_out(dw, &[g.c_out, g.c_in, g.kh, g.kw], grad.dtype())
+    }
+
+    fn conv2d_direct_backward(x_nhwc: FlexTensor, weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> (FlexTensor, FlexTensor) {
+        let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
+        let (dx, dw) = weight_grad::backward_both(&g, &values(&x_nhwc), &values(&weight), &values(&grad));
+        (flex_out(dx, &[g.batch, g.c_in, g.h, g.w], grad.dtype()), flex_out(dw, &[g.c_out, g.c_in, g.kh, g.kw], grad.dtype()))
     }
 
     fn group_norm_fused(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, g: NormGeom) -> FlexTensor {
@@ -153,21 +191,41 @@ impl CpuKernels for Flex {
 #[derive(Debug)]
 struct ConvBackward;
 
+/// What the backward pass reads x from: its checkpoint, or the padded NHWC copy the forward
+/// made on the direct kernels (then x itself need not be kept).
+#[derive(Clone, Debug)]
+enum ConvInput<T> {
+    Node(NodeId),
+    Nhwc(T),
+}
+
 /// Parents: x, weight and bias (a constant zero when the layer has none).
 impl<B: CpuKernels> Backward<B, 3> for ConvBackward {
-    type State = (NodeId, NodeId, ConvGeom);
+    type State = (ConvInput<FloatTensor<B>>, NodeId, ConvGeom);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_id, w_id, g) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
+        let (input, w_id, g) = ops.state;
         let w = checkpointer.retrieve_node_output::<FloatTensor<B>>(w_id);
-        if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::conv2d_gemm_x_backward(w, grad.clone(), g));
-        }
-        if let Some(node) = node_w {
-            grads.register::<B>(node.id, B::conv2d_gemm_weight_backward(x, grad.clone(), g));
+        match (input, node_x, node_w) {
+            (ConvInput::Nhwc(x), Some(nx), Some(nw)) => {
+                let (dx, dw) = B::conv2d_direct_backward(x, w, grad.clone(), g);
+                grads.register::<B>(nx.id, dx);
+                grads.register::<B>(nw.id, dw);
+            }
+            (input, node_x, node_w) => {
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::conv2d_gemm_x_backward(w, grad.clone(), g));
+                }
+                if let Some(node) = node_w {
+                    let dw = match input {
+                        ConvInput::Nhwc(x) => B::conv2d_direct_weight_backward(x, grad.clone(), g),
+                        ConvInput::Node(x) => B::conv2d_gemm_weight_backward(checkpointer.retrieve_node_output(x), grad.clone(), g),
+                    };
+                    grads.register::<B>(node.id, dw);
+                }
+            }
         }
         if let Some(node) = node_b {
             let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(grad, 3), 2), 0);
@@ -185,12 +243,42 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         let prep = <ConvBackward as Backward<B, 3>>::prepare::<C>(ConvBackward, [x.node(), weight.node(), bias.node()]);
         match prep.compute_bound().stateful() {
+            // A weight gradient to come: keep the forward's NHWC input instead of x.
+            OpsKind::Tracked(mut prep) if weight.is_tracked() && direct::available() => {
+                let w_id = prep.checkpoint(&weight);
+                let (out, nhwc) = B::conv2d_direct_keep(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g);
+                prep.finish((ConvInput::Nhwc(nhwc), w_id, g), out)
+            }
             OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
+                let state = (ConvInput::Node(prep.checkpoint(&x)), prep.checkpoint(&weight), g);
                 prep.finish(state, B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
         }
+    }
+
+    fn conv2d_direct_keep(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: ConvGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, nhwc) = B::conv2d_direct_keep(Self::inner(x), Self::inner(weight), Self::inner(bias), g);
+        (Self::from_inner(out), Self::from_inner(nhwc))
+    }
+
+    fn conv2d_direct_weight_backward(x_nhwc: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_direct_weight_backward(Self::inner(x_nhwc), Self::inner(grad), g))
+    }
+
+    fn conv2d_direct_backward(
+        x_nhwc: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        g: ConvGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dw) = B::conv2d_direct_backward(Self::inner(x_nhwc), Self::inner(weight), Self::inner(grad), g);
+        (Self::from_inner(dx), Self::from_inner(dw))
     }
 
     fn conv2d_gemm_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {

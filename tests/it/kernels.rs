@@ -324,7 +324,7 @@ fn the_upsampling_kernel_matches_the_composed_op() {
 #[test]
 fn gemm_and_direct_slice_kernels_match_burn() {
     use apunet::kernels::conv::{self, ConvGeom};
-    use apunet::kernels::direct;
+    use apunet::kernels::{direct, weight_grad};
     let _guard = common::rng_lock();
     let mut rng = StdRng::seed_from_u64(12);
     let mut cases = vec![
@@ -366,7 +366,7 @@ fn gemm_and_direct_slice_kernels_match_burn() {
         if direct::x_backward_applies(&g) {
             assert!(rel_err(&direct::backward_x(&g, &wt, &r), &burn[1]) < 1e-4, "direct input gradient, {what}");
         }
-        assert!(rel_err(&direct::backward_weight(&g, &x, &r), &burn[2]) < 1e-4, "direct weight gradient, {what}");
+        assert!(rel_err(&weight_grad::backward_weight(&g, &x, &r), &burn[2]) < 1e-4, "direct weight gradient, {what}");
     }
 }
 
