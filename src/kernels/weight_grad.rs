@@ -12,9 +12,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
+use super::direct::{Fwd, Nhwc, OC, View, backward_x, backward_x_from, round_up, x_backward_applies, x_backward_pad};
 #[cfg(target_arch = "x86_64")]
-use super::direct::{rank1, with_width};
-use super::direct::{Ctx, Fwd, Nhwc, OC, PX, View, backward_x, backward_x_from, round_up, x_backward_applies, x_backward_pad};
+use super::direct::{Ctx, PX, rank1, with_width};
 
 /// Output rows per work item.
 const ROWS: usize = 8;
