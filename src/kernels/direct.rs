@@ -150,13 +150,9 @@ pub(super) struct Fwd {
     pub wo: usize,
 }
 
-/// Forward convolution of `x` (NCHW) to NCHW `[batch, co, ho, wo]` plus bias, where `packed`
-/// holds the weights as [`pack_weight`] lays them out.
-fn convolve(x: &[f32], (batch, ci, h, w): (usize, usize, usize, usize), pad: [usize; 4], packed: &[f32], co: usize, f: Fwd, bias: Option<&[f32]>) -> Vec<f32> {
-    convolve_from(Nhwc::from_nchw(x, batch, (ci, h, w), pad, ci).view(), batch, packed, co, f, bias)
-}
-
-/// [`convolve`] of an input already in padded NHWC with exactly its channels.
+/// Forward convolution to NCHW `[batch, co, ho, wo]` plus bias, of an input already in padded
+/// NHWC with exactly its channels, where `packed` holds the weights as [`pack_weight`] lays them
+/// out.
 pub(super) fn convolve_from(input: View, batch: usize, packed: &[f32], co: usize, f: Fwd, bias: Option<&[f32]>) -> Vec<f32> {
     let ci = input.c;
     assert!(input.data.len() == batch * input.h * input.w * ci);
@@ -285,10 +281,7 @@ impl Dense {
 
 /// `[batch, c_out, ho, wo]`.
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let (ho, wo) = g.out_hw().expect("geometry checked by the caller");
-    let packed = pack_weight(weight, (g.c_out, g.c_in, g.kh, g.kw), false, round_up(g.c_out));
-    let f = Fwd { kh: g.kh, kw: g.kw, stride: g.stride, ho, wo };
-    convolve(x, (g.batch, g.c_in, g.h, g.w), g.pad, &packed, g.c_out, f, bias)
+    forward_keep(g, x, weight, bias).0
 }
 
 /// [`forward`], also returning the padded NHWC copy of `x` it convolved, for the weight

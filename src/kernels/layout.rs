@@ -66,25 +66,14 @@ pub fn transpose(src: &[f32], src_stride: usize, dst: &mut [MaybeUninit<f32>], d
     if rows == 0 || cols == 0 {
         return;
     }
-    assert!((rows - 1) * src_stride + cols <= src.len(), "transpose reads past its source");
     assert!((cols - 1) * dst_stride + rows <= dst.len(), "transpose writes past its destination");
-    let (full_r, full_c) = (rows / 8 * 8, cols / 8 * 8);
-    #[cfg(target_arch = "x86_64")]
-    if super::direct::available() {
-        for i in (0..full_r).step_by(8) {
-            for j in (0..full_c).step_by(8) {
-                // SAFETY: the asserts above bound the 8x8 tile at (i, j) on both sides.
-                unsafe { tile8(src.as_ptr().add(i * src_stride + j), src_stride, dst.as_mut_ptr().add(j * dst_stride + i).cast(), dst_stride) };
-            }
-        }
-        scalar(src, src_stride, dst, dst_stride, (0..full_r, full_c..cols));
-        scalar(src, src_stride, dst, dst_stride, (full_r..rows, 0..cols));
-        return;
-    }
-    scalar(src, src_stride, dst, dst_stride, (0..rows, 0..cols));
+    // SAFETY: the assert bounds every write, and `dst` is borrowed exclusively.
+    unsafe { transpose_to(src, src_stride, SharedOut(dst.as_mut_ptr().cast()), dst_stride, rows, cols) }
 }
 
-/// [`transpose`] into a raw destination, for tasks that fill disjoint parts of one buffer.
+/// [`transpose`] into a raw destination, for tasks that fill disjoint parts of one buffer. The
+/// copy goes through 8x8 tiles in AVX registers where the CPU has them, the rest in small blocks
+/// that keep the strided side in cache.
 ///
 /// # Safety
 /// `dst` must be valid for writes at `j * dst_stride + i` for `i < rows`, `j < cols`, and no
@@ -95,7 +84,10 @@ pub unsafe fn transpose_to(src: &[f32], src_stride: usize, dst: SharedOut, dst_s
     }
     assert!((rows - 1) * src_stride + cols <= src.len(), "transpose reads past its source");
     let (full_r, full_c) = (rows / 8 * 8, cols / 8 * 8);
-    let mut done_c = 0;
+    let copy = |block: Block| {
+        // SAFETY: inside the destination (the caller's contract).
+        unsafe { scalar(src, src_stride, dst, dst_stride, block) }
+    };
     #[cfg(target_arch = "x86_64")]
     if super::direct::available() {
         for i in (0..full_r).step_by(8) {
@@ -104,33 +96,25 @@ pub unsafe fn transpose_to(src: &[f32], src_stride: usize, dst: SharedOut, dst_s
                 unsafe { tile8(src.as_ptr().add(i * src_stride + j), src_stride, dst.0.add(j * dst_stride + i), dst_stride) };
             }
         }
-        done_c = full_c;
+        copy((0..full_r, full_c..cols));
+        copy((full_r..rows, 0..cols));
+        return;
     }
-    let rest = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
-        for i in rows {
-            for j in cols.clone() {
-                // SAFETY: inside the destination (the caller's contract).
-                unsafe { *dst.0.add(j * dst_stride + i) = src[i * src_stride + j] };
-            }
-        }
-    };
-    if done_c > 0 {
-        rest(0..full_r, full_c..cols);
-        rest(full_r..rows, 0..cols);
-    } else {
-        rest(0..rows, 0..cols);
-    }
+    copy((0..rows, 0..cols));
 }
 
 type Block = (std::ops::Range<usize>, std::ops::Range<usize>);
 
-fn scalar(src: &[f32], src_stride: usize, dst: &mut [MaybeUninit<f32>], dst_stride: usize, (rows, cols): Block) {
+/// # Safety
+/// As [`transpose_to`], for the elements of `block`.
+unsafe fn scalar(src: &[f32], src_stride: usize, dst: SharedOut, dst_stride: usize, (rows, cols): Block) {
     // Small blocks keep the strided side in cache.
     for i0 in rows.clone().step_by(8) {
         for j0 in cols.clone().step_by(8) {
             for i in i0..(i0 + 8).min(rows.end) {
                 for j in j0..(j0 + 8).min(cols.end) {
-                    dst[j * dst_stride + i] = MaybeUninit::new(src[i * src_stride + j]);
+                    // SAFETY: the caller's contract.
+                    unsafe { *dst.0.add(j * dst_stride + i) = src[i * src_stride + j] };
                 }
             }
         }

@@ -81,7 +81,8 @@ pub trait CpuKernels: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// The weight gradient from the kept NHWC input.
     fn conv2d_direct_weight_backward(x_nhwc: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
-    /// Both gradients, from the kept NHWC input: `(dx, dweight)`.
+    /// Both gradients, from the kept NHWC input: `(dx, dweight)`, where
+    /// `weight_grad::shares_grad`.
     fn conv2d_direct_backward(
         x_nhwc: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -209,7 +210,7 @@ impl<B: CpuKernels> Backward<B, 3> for ConvBackward {
         let (input, w_id, g) = ops.state;
         let w = checkpointer.retrieve_node_output::<FloatTensor<B>>(w_id);
         match (input, node_x, node_w) {
-            (ConvInput::Nhwc(x), Some(nx), Some(nw)) => {
+            (ConvInput::Nhwc(x), Some(nx), Some(nw)) if weight_grad::shares_grad(&g) => {
                 let (dx, dw) = B::conv2d_direct_backward(x, w, grad.clone(), g);
                 grads.register::<B>(nx.id, dx);
                 grads.register::<B>(nw.id, dw);
@@ -382,26 +383,37 @@ fn norm(x: Tensor<4>, (gamma, beta): (Option<Tensor<1>>, Option<Tensor<1>>), aff
 
 /// `norm.forward(x)` on the kernel where it applies, else burn's op.
 pub fn group_norm(layer: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
-    let params = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
-    norm(x, params, layer.affine, layer.num_groups, layer.epsilon, false).unwrap_or_else(|x| layer.forward(x))
+    group_norm_then(layer, x, false)
 }
 
 /// `relu(norm.forward(x))`, the two fused on the kernel where it applies.
 pub fn group_norm_relu(layer: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    group_norm_then(layer, x, true)
+}
+
+fn group_norm_then(layer: &GroupNorm, x: Tensor<4>, then_relu: bool) -> Tensor<4> {
     let params = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
-    norm(x, params, layer.affine, layer.num_groups, layer.epsilon, true).unwrap_or_else(|x| relu(layer.forward(x)))
+    norm(x, params, layer.affine, layer.num_groups, layer.epsilon, then_relu).unwrap_or_else(|x| burn_relu(layer.forward(x), then_relu))
 }
 
 /// `norm.forward(x)` (GroupNorm with a group per channel) on the kernel where it applies.
 pub fn instance_norm(layer: &InstanceNorm, x: Tensor<4>) -> Tensor<4> {
-    let params = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
-    norm(x, params, layer.affine, layer.num_channels, layer.epsilon, false).unwrap_or_else(|x| layer.forward(x))
+    instance_norm_then(layer, x, false)
 }
 
 /// `relu(norm.forward(x))` for an InstanceNorm, fused on the kernel where it applies.
 pub fn instance_norm_relu(layer: &InstanceNorm, x: Tensor<4>) -> Tensor<4> {
+    instance_norm_then(layer, x, true)
+}
+
+fn instance_norm_then(layer: &InstanceNorm, x: Tensor<4>, then_relu: bool) -> Tensor<4> {
     let params = (layer.gamma.as_ref().map(|p| p.val()), layer.beta.as_ref().map(|p| p.val()));
-    norm(x, params, layer.affine, layer.num_channels, layer.epsilon, true).unwrap_or_else(|x| relu(layer.forward(x)))
+    norm(x, params, layer.affine, layer.num_channels, layer.epsilon, then_relu).unwrap_or_else(|x| burn_relu(layer.forward(x), then_relu))
+}
+
+/// burn's ReLU, where the kernel did not take the norm.
+fn burn_relu(x: Tensor<4>, on: bool) -> Tensor<4> {
+    if on { relu(x) } else { x }
 }
 
 /// fcomb's layers after the first, fused (`head.rs`): logits `[b * n, 1, h, w]` from the first

@@ -28,15 +28,19 @@ fn up_line(x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// The transpose of [`up_line`]: `dx` (n) from `g` (2n).
-fn up_line_backward(g: &[f32], dx: &mut [f32]) {
-    let n = dx.len();
-    for (j, d) in dx.iter_mut().enumerate() {
-        // As the centre of out[2j] and out[2j+1]; as the left neighbour of out[2j+2] (out[0]'s
-        // own, clamped, at j = 0); as the right neighbour of out[2j-1] (out[2n-1]'s at the end).
-        let left_of = if j + 1 < n { g[2 * j + 2] } else { 0.0 } + if j == 0 { g[0] } else { 0.0 };
-        let right_of = if j > 0 { g[2 * j - 1] } else { 0.0 } + if j + 1 == n { g[2 * n - 1] } else { 0.0 };
-        *d = (g[2 * j] + g[2 * j + 1]) * 0.75 + (left_of + right_of) * 0.25;
+/// The transpose of [`up_line`] along the rows of `g` (`2n` rows of `lane` values) into `dx`
+/// (`n` rows): a line when `lane` is 1, a plane's columns when it is the plane's width.
+fn up_backward(g: &[f32], lane: usize, dx: &mut [f32]) {
+    let n = dx.len() / lane;
+    let row = |r: usize| &g[r * lane..][..lane];
+    for (j, d) in dx.chunks_exact_mut(lane).enumerate() {
+        for (k, d) in d.iter_mut().enumerate() {
+            // As the centre of out[2j] and out[2j+1]; as the left neighbour of out[2j+2] (out[0]'s
+            // own, clamped, at j = 0); as the right neighbour of out[2j-1] (out[2n-1]'s at the end).
+            let left_of = if j + 1 < n { row(2 * j + 2)[k] } else { 0.0 } + if j == 0 { row(0)[k] } else { 0.0 };
+            let right_of = if j > 0 { row(2 * j - 1)[k] } else { 0.0 } + if j + 1 == n { row(2 * n - 1)[k] } else { 0.0 };
+            *d = (row(2 * j)[k] + row(2 * j + 1)[k]) * 0.75 + (left_of + right_of) * 0.25;
+        }
     }
 }
 
@@ -76,21 +80,13 @@ pub fn upsample2x_backward(grad: &[f32], planes: usize, h: usize, w: usize) -> V
         return dx;
     }
     dx.par_chunks_mut(h * w).zip(grad.par_chunks(4 * h * w)).for_each(|(dx, g)| {
-        // Columns first (the forward's last step), into 2h rows of w.
+        // Columns first (the forward's last step), into 2h rows of w; then down the columns,
+        // a whole row at a time.
         let mut cols = vec![0f32; 2 * h * w];
         for (src, dst) in g.chunks_exact(2 * w).zip(cols.chunks_exact_mut(w)) {
-            up_line_backward(src, dst);
+            up_backward(src, 1, dst);
         }
-        // Then rows: the same transpose down each column, a whole row at a time.
-        for i in 0..h {
-            let row = |r: usize| &cols[r * w..][..w];
-            let dst = &mut dx[i * w..][..w];
-            for (k, d) in dst.iter_mut().enumerate() {
-                let left_of = if i + 1 < h { row(2 * i + 2)[k] } else { 0.0 } + if i == 0 { row(0)[k] } else { 0.0 };
-                let right_of = if i > 0 { row(2 * i - 1)[k] } else { 0.0 } + if i + 1 == h { row(2 * h - 1)[k] } else { 0.0 };
-                *d = (row(2 * i)[k] + row(2 * i + 1)[k]) * 0.75 + (left_of + right_of) * 0.25;
-            }
-        }
+        up_backward(&cols, w, dx);
     });
     dx
 }

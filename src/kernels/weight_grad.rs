@@ -5,14 +5,14 @@
 //!
 //! The forward keeps its padded NHWC input for this ([`backward_weight_nhwc`]), and where both
 //! gradients are wanted, one padded NHWC copy of the incoming gradient serves both
-//! ([`backward_both`]): two of the four layout copies of a convolution's backward pass fewer.
+//! ([`backward_both`], where [`shares_grad`]): two of the four layout copies of a convolution's backward pass fewer.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::direct::{Fwd, Nhwc, OC, View, backward_x, backward_x_from, round_up, x_backward_applies, x_backward_pad};
+use super::direct::{Fwd, Nhwc, OC, View, backward_x_from, round_up, x_backward_applies, x_backward_pad};
 #[cfg(target_arch = "x86_64")]
 use super::direct::{Ctx, PX, rank1, with_width};
 
@@ -44,14 +44,18 @@ pub fn backward_weight_nhwc(g: &ConvGeom, x_nhwc: &[f32], grad: &[f32]) -> Vec<f
     weight_grad(g, input_view(g, x_nhwc), grad.view(), GradAt { w: wo, y0: 0, x0: 0 })
 }
 
-/// The input and weight gradients, from the padded NHWC input the forward kept. Where the
-/// output channels fill whole micro-kernel blocks, the input gradient's padded NHWC copy of the
-/// gradient is read by the weight gradient too, from its padding's offset.
+/// Whether [`backward_both`] applies: a stride-1 input gradient on the direct kernel, and output
+/// channels that fill whole micro-kernel blocks, so that one padded copy of the gradient serves
+/// both gradients.
+pub fn shares_grad(g: &ConvGeom) -> bool {
+    x_backward_applies(g) && g.c_out.is_multiple_of(OC)
+}
+
+/// The input and weight gradients where [`shares_grad`], from the padded NHWC input the forward
+/// kept: the input gradient's padded NHWC copy of the gradient is read by the weight gradient
+/// too, from its padding's offset.
 pub fn backward_both(g: &ConvGeom, x_nhwc: &[f32], weight: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    if !x_backward_applies(g) || !g.c_out.is_multiple_of(OC) {
-        let dx = if x_backward_applies(g) { backward_x(g, weight, grad) } else { super::conv::backward_x(g, weight, grad) };
-        return (dx, backward_weight_nhwc(g, x_nhwc, grad));
-    }
+    assert!(shares_grad(g), "both gradients from one copy need stride 1 and whole channel blocks");
     let (ho, wo) = g.out_hw().expect("geometry checked by the caller");
     let pad = x_backward_pad(g);
     let grad = Nhwc::from_nchw(grad, g.batch, (g.c_out, ho, wo), pad, g.c_out);
