@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
     let n = 16;
     let z = Tensor::<2>::random([b * n, cfg.latent_dim], Distribution::Normal(0.0, 1.0), &device);
     let feats = m.unet.forward(x.clone());
-    let mut time = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
+    let time = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
         if part != "all" && part != name {
             return Ok(());
         }

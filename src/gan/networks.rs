@@ -10,7 +10,7 @@ use burn::tensor::activation::{leaky_relu, tanh};
 use burn::tensor::ops::PadMode;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{conv2d, instance_norm, instance_norm_relu};
+use crate::kernels::{conv_transpose2d, conv2d, instance_norm, instance_norm_relu};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -122,7 +122,7 @@ impl Generator {
             x = b.forward(x);
         }
         for (c, n) in self.up.iter().zip(&self.up_norm) {
-            x = instance_norm_relu(n, c.forward(x));
+            x = instance_norm_relu(n, conv_transpose2d(c, x));
         }
         tanh(conv2d(&self.head, reflect(x, 3)))
     }

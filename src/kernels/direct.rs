@@ -154,11 +154,20 @@ pub(super) struct Fwd {
 /// NHWC with exactly its channels, where `packed` holds the weights as [`pack_weight`] lays them
 /// out.
 pub(super) fn convolve_from(input: View, batch: usize, packed: &[f32], co: usize, f: Fwd, bias: Option<&[f32]>) -> Vec<f32> {
+    convolve_at(input, [0, 0], batch, packed, co, f, bias)
+}
+
+/// [`convolve_from`] with output pixel (0, 0)'s window at input pixel `origin` (row, column)
+/// instead of (0, 0): a strided convolution's input-gradient phases (`strided.rs`) each start
+/// at their own offset in one padded copy of the gradient.
+pub(super) fn convolve_at(input: View, origin: [usize; 2], batch: usize, packed: &[f32], co: usize, f: Fwd, bias: Option<&[f32]>) -> Vec<f32> {
     let ci = input.c;
     assert!(input.data.len() == batch * input.h * input.w * ci);
     let cop = round_up(co);
     assert!(packed.len() == f.kh * f.kw * ci * cop);
-    assert!((f.ho - 1) * f.stride[0] + f.kh <= input.h && (f.wo - 1) * f.stride[1] + f.kw <= input.w);
+    let [y0, x0] = origin;
+    assert!(y0 + (f.ho - 1) * f.stride[0] + f.kh <= input.h && x0 + (f.wo - 1) * f.stride[1] + f.kw <= input.w);
+    let start = (y0 * input.w + x0) * ci;
     let plane = f.ho * f.wo;
     let mut out = uninit(batch * co * plane);
     let dst = SharedOut(out.as_mut_ptr().cast());
@@ -169,7 +178,7 @@ pub(super) fn convolve_from(input: View, batch: usize, packed: &[f32], co: usize
         |row, r| {
             let (n, oy) = (r / f.ho, r % f.ho);
             // SAFETY: the asserts above bound every read of the image and `packed`.
-            unsafe { forward_row(input.image(n), input.w, ci, packed, cop, f, oy, row) };
+            unsafe { forward_row(&input.image(n)[start..], input.w, ci, packed, cop, f, oy, row) };
             // The bias goes on while the row is in cache, not in a pass over the output.
             if let Some(b) = bias {
                 row.chunks_exact_mut(cop).for_each(|px| px.iter_mut().zip(b).for_each(|(v, b)| *v += b));

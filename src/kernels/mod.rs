@@ -3,33 +3,32 @@
 //! a handwritten backward pass. Other devices (wgpu, cuda) keep burn's ops: [`conv2d`] picks
 //! at run time, so the models have one code path.
 
+mod autodiff;
 pub mod conv;
 pub mod direct;
 pub mod head;
 pub mod layout;
 pub mod norm;
 pub mod resize;
+pub mod strided;
 pub mod weight_grad;
 
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::{GroupNorm, InstanceNorm};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::relu;
+
+use rayon::prelude::*;
 
 use crate::model::to_host;
 
@@ -89,6 +88,18 @@ pub trait CpuKernels: Backend {
         grad: FloatTensor<Self>,
         geom: ConvGeom,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The transposed convolution `[n, c_in, h, w]` of `x [n, c_out, ho, wo]` (the convolution
+    /// `g`'s input gradient, plus `bias [c_in]`), `weight [c_out, c_in, kh, kw]` as burn's
+    /// `ConvTranspose2d` holds it: `g` is the convolution it transposes.
+    fn conv_transpose2d_gemm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    /// `(dx, dweight)` of [`CpuKernels::conv_transpose2d_gemm`]: the convolution `g` of the
+    /// gradient, and `g`'s weight gradient with the gradient as its input and `x` as its output's.
+    fn conv_transpose2d_gemm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        geom: ConvGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// GroupNorm of `x [n, c, ...]` with per-channel `gamma` and `beta`.
     fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, geom: NormGeom) -> FloatTensor<Self>;
     /// The gradients of x, gamma and beta of [`CpuKernels::group_norm_fused`].
@@ -115,6 +126,17 @@ fn flex_out(values: Vec<f32>, shape: &[usize], like: DType) -> FlexTensor {
     if like == DType::F32 { out } else { Flex::float_cast(out, like.into()) }
 }
 
+/// A convolution's input gradient on the fastest path that takes its geometry.
+fn input_grad(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
+    if direct::available() && direct::x_backward_applies(g) {
+        direct::backward_x(g, weight, grad)
+    } else if direct::available() && strided::applies(g) {
+        strided::backward_x(g, weight, grad)
+    } else {
+        conv::backward_x(g, weight, grad)
+    }
+}
+
 impl CpuKernels for Flex {
     fn conv2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> FlexTensor {
         if !direct::available() {
@@ -130,12 +152,29 @@ impl CpuKernels for Flex {
 
     fn conv2d_gemm_x_backward(weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
         let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
-        let dx = if direct::available() && direct::x_backward_applies(&g) {
-            direct::backward_x(&g, &values(&weight), &values(&grad))
-        } else {
-            conv::backward_x(&g, &values(&weight), &values(&grad))
-        };
+        let dx = input_grad(&g, &values(&weight), &values(&grad));
         flex_out(dx, &[g.batch, g.c_in, g.h, g.w], grad.dtype())
+    }
+
+    fn conv_transpose2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> FlexTensor {
+        let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
+        let mut y = input_grad(&g, &values(&weight), &values(&x));
+        let plane = g.h * g.w;
+        let bias = values(&bias);
+        y.par_chunks_mut(plane).enumerate().for_each(|(i, p)| p.iter_mut().for_each(|v| *v += bias[i % g.c_in]));
+        flex_out(y, &[g.batch, g.c_in, g.h, g.w], x.dtype())
+    }
+
+    fn conv_transpose2d_gemm_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> (FlexTensor, FlexTensor) {
+        let (x, weight, grad) = (x.to_contiguous(), weight.to_contiguous(), grad.to_contiguous());
+        let (ho, wo) = g.out_hw().expect("geometry checked by the router");
+        let (grad_v, x_v, w_v) = (values(&grad), values(&x), values(&weight));
+        let (dx, dw) = if direct::available() {
+            (direct::forward(&g, &grad_v, &w_v, None), weight_grad::backward_weight(&g, &grad_v, &x_v))
+        } else {
+            (conv::forward(&g, &grad_v, &w_v, None), conv::backward_weight(&g, &grad_v, &x_v))
+        };
+        (flex_out(dx, &[g.batch, g.c_out, ho, wo], grad.dtype()), flex_out(dw, &[g.c_out, g.c_in, g.kh, g.kw], grad.dtype()))
     }
 
     fn conv2d_gemm_weight_backward(x: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
@@ -189,155 +228,6 @@ impl CpuKernels for Flex {
     }
 }
 
-#[derive(Debug)]
-struct ConvBackward;
-
-/// What the backward pass reads x from: its checkpoint, or the padded NHWC copy the forward
-/// made on the direct kernels (then x itself need not be kept).
-#[derive(Clone, Debug)]
-enum ConvInput<T> {
-    Node(NodeId),
-    Nhwc(T),
-}
-
-/// Parents: x, weight and bias (a constant zero when the layer has none).
-impl<B: CpuKernels> Backward<B, 3> for ConvBackward {
-    type State = (ConvInput<FloatTensor<B>>, NodeId, ConvGeom);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (input, w_id, g) = ops.state;
-        let w = checkpointer.retrieve_node_output::<FloatTensor<B>>(w_id);
-        match (input, node_x, node_w) {
-            (ConvInput::Nhwc(x), Some(nx), Some(nw)) if weight_grad::shares_grad(&g) => {
-                let (dx, dw) = B::conv2d_direct_backward(x, w, grad.clone(), g);
-                grads.register::<B>(nx.id, dx);
-                grads.register::<B>(nw.id, dw);
-            }
-            (input, node_x, node_w) => {
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, B::conv2d_gemm_x_backward(w, grad.clone(), g));
-                }
-                if let Some(node) = node_w {
-                    let dw = match input {
-                        ConvInput::Nhwc(x) => B::conv2d_direct_weight_backward(x, grad.clone(), g),
-                        ConvInput::Node(x) => B::conv2d_gemm_weight_backward(checkpointer.retrieve_node_output(x), grad.clone(), g),
-                    };
-                    grads.register::<B>(node.id, dw);
-                }
-            }
-        }
-        if let Some(node) = node_b {
-            let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(grad, 3), 2), 0);
-            grads.register::<B>(node.id, B::float_reshape(summed, [g.c_out].into()));
-        }
-    }
-}
-
-impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
-    fn conv2d_gemm(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        g: ConvGeom,
-    ) -> FloatTensor<Self> {
-        let prep = <ConvBackward as Backward<B, 3>>::prepare::<C>(ConvBackward, [x.node(), weight.node(), bias.node()]);
-        match prep.compute_bound().stateful() {
-            // A weight gradient to come: keep the forward's NHWC input instead of x.
-            OpsKind::Tracked(mut prep) if weight.is_tracked() && direct::available() => {
-                let w_id = prep.checkpoint(&weight);
-                let (out, nhwc) = B::conv2d_direct_keep(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g);
-                prep.finish((ConvInput::Nhwc(nhwc), w_id, g), out)
-            }
-            OpsKind::Tracked(mut prep) => {
-                let state = (ConvInput::Node(prep.checkpoint(&x)), prep.checkpoint(&weight), g);
-                prep.finish(state, B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
-        }
-    }
-
-    fn conv2d_direct_keep(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        g: ConvGeom,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (out, nhwc) = B::conv2d_direct_keep(Self::inner(x), Self::inner(weight), Self::inner(bias), g);
-        (Self::from_inner(out), Self::from_inner(nhwc))
-    }
-
-    fn conv2d_direct_weight_backward(x_nhwc: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
-        Self::from_inner(B::conv2d_direct_weight_backward(Self::inner(x_nhwc), Self::inner(grad), g))
-    }
-
-    fn conv2d_direct_backward(
-        x_nhwc: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        g: ConvGeom,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (dx, dw) = B::conv2d_direct_backward(Self::inner(x_nhwc), Self::inner(weight), Self::inner(grad), g);
-        (Self::from_inner(dx), Self::from_inner(dw))
-    }
-
-    fn conv2d_gemm_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
-        Self::from_inner(B::conv2d_gemm_x_backward(Self::inner(weight), Self::inner(grad), g))
-    }
-
-    fn conv2d_gemm_weight_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
-        Self::from_inner(B::conv2d_gemm_weight_backward(Self::inner(x), Self::inner(grad), g))
-    }
-
-    fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, g: NormGeom) -> FloatTensor<Self> {
-        let prep = <NormBackward as Backward<B, 3>>::prepare::<C>(NormBackward, [x.node(), gamma.node(), beta.node()]);
-        match prep.compute_bound().stateful() {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta), g);
-                prep.finish(state, B::group_norm_fused(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), g))
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::group_norm_fused(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), g))
-            }
-        }
-    }
-
-    fn group_norm_fused_backward(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        g: NormGeom,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(Self::inner(x), Self::inner(gamma), Self::inner(beta), Self::inner(grad), g);
-        (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
-    }
-}
-
-#[derive(Debug)]
-struct NormBackward;
-
-/// Parents: x, gamma and beta (constants when the norm has no affine parameters).
-impl<B: CpuKernels> Backward<B, 3> for NormBackward {
-    type State = (NodeId, NodeId, NodeId, NormGeom);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (x_id, gamma_id, beta_id, g) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
-        let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_id);
-        let beta = checkpointer.retrieve_node_output::<FloatTensor<B>>(beta_id);
-        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(x, gamma, beta, grad, g);
-        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
-    }
-}
-
 /// `conv.forward(x)`, on the kernels where they apply (flex, f32, groups 1, dilation 1, explicit
 /// or no padding), else burn's op.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -361,6 +251,30 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let weight = conv.weight.val();
     let bias = conv.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
     let out = <Dispatch as CpuKernels>::conv2d_gemm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), g);
+    Tensor::from_dispatch(out)
+}
+
+/// `layer.forward(x)` for a transposed convolution, on the kernels where they apply (as for
+/// [`conv2d`] on a CPU with the direct kernels, and an output padding below the stride), else
+/// burn's op. It runs as the input
+/// gradient of the convolution it transposes, whose input has the transposed output's size.
+pub fn conv_transpose2d(layer: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
+    let [batch, c_in, h, w] = x.dims();
+    let [wc_in, c_out, kh, kw] = layer.weight.dims();
+    let ([sh, sw], [ph, pw], [oh, ow]) = (layer.stride, layer.padding, layer.padding_out);
+    // burn's output size, (h - 1) * s - 2p + k + out_pad, where it is positive.
+    let size = |n: usize, s: usize, p: usize, k: usize, o: usize| ((n.max(1) - 1) * s + k + o).checked_sub(2 * p).filter(|&v| v > 0);
+    let plain = layer.groups == 1 && layer.dilation == [1, 1] && wc_in == c_in && oh < sh && ow < sw && h > 0 && w > 0;
+    let (Some(ho), Some(wo)) = (size(h, sh, ph, kh, oh), size(w, sw, pw, kw, ow)) else {
+        return layer.forward(x);
+    };
+    let g = ConvGeom { batch, c_in: c_out, h: ho, w: wo, c_out: c_in, kh, kw, stride: layer.stride, pad: [ph, pw, ph, pw] };
+    if !plain || batch == 0 || !direct::available() || g.out_hw() != Some((h, w)) || !on_kernels(&x.device(), x.dtype()) {
+        return layer.forward(x);
+    }
+    let weight = layer.weight.val();
+    let bias = layer.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
+    let out = <Dispatch as CpuKernels>::conv_transpose2d_gemm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), g);
     Tensor::from_dispatch(out)
 }
 

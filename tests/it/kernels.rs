@@ -2,15 +2,15 @@
 //! input, weight and bias, on every geometry the models use plus odd ones; then a training run
 //! with the kernels against one without.
 
-use apunet::kernels::{self, conv2d};
+use apunet::kernels::{self, conv_transpose2d, conv2d};
 use apunet::model::{ProbUNet, elbo_loss, to_host};
 use burn::module::{ModuleVisitor, Param};
 use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2dConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::module;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -149,6 +149,50 @@ fn burn_ops_serve_what_the_kernel_does_not_take() {
         let ours = to_host(conv2d(&conv, x.clone())).unwrap();
         let burn = to_host(conv.forward(x.clone())).unwrap();
         assert_eq!(ours, burn);
+    }
+}
+
+/// The transposed convolution on the kernels (the input gradient of the convolution it
+/// transposes) against burn's `conv_transpose2d`: output, and the gradients of x, weight and bias.
+#[test]
+fn the_transposed_convolution_matches_burns() {
+    // Layers draw their initial weights from the process-wide device RNG.
+    let _guard = common::rng_lock();
+    let device = Device::flex().autodiff();
+    // (batch, c_in, c_out, h, w, k, stride, pad, out_pad, bias)
+    let cases = [
+        (1, 8, 4, 8, 8, 3, 2, 1, 1, true),    // the CycleGAN's upsampling, one image
+        (2, 5, 3, 7, 5, 3, 2, 1, 1, true),    // odd sizes
+        (2, 5, 3, 6, 9, 3, 2, 1, 0, false),   // no output padding: an odd output
+        (2, 3, 16, 5, 6, 4, 2, 1, 0, true),   // 4x4 stride 2, a whole channel block
+        (1, 4, 2, 6, 6, 3, 1, 1, 0, true),    // stride 1
+        (2, 3, 2, 4, 5, 2, 2, 0, 0, true),    // 2x2 stride 2, no padding
+        (1, 2, 3, 1, 1, 3, 2, 1, 1, true),    // one pixel
+        (1, 18, 20, 9, 10, 3, 2, 1, 1, true), // padded channels both ways
+    ];
+    let mut rng = StdRng::seed_from_u64(3);
+    for (i, &(batch, ci, co, h, w, k, s, p, op, bias)) in cases.iter().enumerate() {
+        let layer = ConvTranspose2dConfig::new([ci, co], [k, k]).with_stride([s, s]).with_padding([p, p]).with_padding_out([op, op]).with_bias(bias).init(&device);
+        let x = values(&mut rng, batch * ci * h * w);
+        let run = |through_kernel: bool| {
+            let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [batch, ci, h, w]), &device).require_grad();
+            let (weight, b) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
+            let out = if through_kernel {
+                conv_transpose2d(&layer, xt.clone())
+            } else {
+                module::conv_transpose2d(xt.clone(), weight.clone(), b.clone(), ConvTransposeOptions::new([s, s], [p, p], [op, op], [1, 1], 1))
+            };
+            let r = Tensor::<4>::from_data(TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()), &device);
+            let grads = (out.clone() * r).sum().backward();
+            let db = b.map(|b| to_host(b.grad(&grads).expect("a bias gradient")).unwrap()).unwrap_or_default();
+            [to_host(out).unwrap(), to_host(xt.grad(&grads).expect("dx")).unwrap(), to_host(weight.grad(&grads).expect("dw")).unwrap(), db]
+        };
+        let (ours, burn) = (run(true), run(false));
+        for (j, what) in ["output", "input gradient", "weight gradient", "bias gradient"].iter().enumerate() {
+            assert_eq!(ours[j].len(), burn[j].len(), "{what}, case {i}");
+            let e = rel_err(&ours[j], &burn[j]);
+            assert!(e < 1e-4, "{what} of transposed conv case {i}: relative error {e}");
+        }
     }
 }
 

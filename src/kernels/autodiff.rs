@@ -1,0 +1,212 @@
+//! The backward pass of apunet's kernels: `CpuKernels` on burn's `Autodiff` backend, with a
+//! handwritten `Backward` per op, as burn's backend extensions take them.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, AutodiffBackend};
+
+use super::{ConvGeom, CpuKernels, NormGeom, direct, weight_grad};
+
+#[derive(Debug)]
+struct ConvBackward;
+
+/// What the backward pass reads x from: its checkpoint, or the padded NHWC copy the forward
+/// made on the direct kernels (then x itself need not be kept).
+#[derive(Clone, Debug)]
+enum ConvInput<T> {
+    Node(NodeId),
+    Nhwc(T),
+}
+
+/// Parents: x, weight and bias (a constant zero when the layer has none).
+impl<B: CpuKernels> Backward<B, 3> for ConvBackward {
+    type State = (ConvInput<FloatTensor<B>>, NodeId, ConvGeom);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (input, w_id, g) = ops.state;
+        let w = checkpointer.retrieve_node_output::<FloatTensor<B>>(w_id);
+        match (input, node_x, node_w) {
+            (ConvInput::Nhwc(x), Some(nx), Some(nw)) if weight_grad::shares_grad(&g) => {
+                let (dx, dw) = B::conv2d_direct_backward(x, w, grad.clone(), g);
+                grads.register::<B>(nx.id, dx);
+                grads.register::<B>(nw.id, dw);
+            }
+            (input, node_x, node_w) => {
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::conv2d_gemm_x_backward(w, grad.clone(), g));
+                }
+                if let Some(node) = node_w {
+                    let dw = match input {
+                        ConvInput::Nhwc(x) => B::conv2d_direct_weight_backward(x, grad.clone(), g),
+                        ConvInput::Node(x) => B::conv2d_gemm_weight_backward(checkpointer.retrieve_node_output(x), grad.clone(), g),
+                    };
+                    grads.register::<B>(node.id, dw);
+                }
+            }
+        }
+        if let Some(node) = node_b {
+            let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(grad, 3), 2), 0);
+            grads.register::<B>(node.id, B::float_reshape(summed, [g.c_out].into()));
+        }
+    }
+}
+
+impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: ConvGeom,
+    ) -> FloatTensor<Self> {
+        let prep = <ConvBackward as Backward<B, 3>>::prepare::<C>(ConvBackward, [x.node(), weight.node(), bias.node()]);
+        match prep.compute_bound().stateful() {
+            // A weight gradient to come: keep the forward's NHWC input instead of x.
+            OpsKind::Tracked(mut prep) if weight.is_tracked() && direct::available() => {
+                let w_id = prep.checkpoint(&weight);
+                let (out, nhwc) = B::conv2d_direct_keep(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g);
+                prep.finish((ConvInput::Nhwc(nhwc), w_id, g), out)
+            }
+            OpsKind::Tracked(mut prep) => {
+                let state = (ConvInput::Node(prep.checkpoint(&x)), prep.checkpoint(&weight), g);
+                prep.finish(state, B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
+        }
+    }
+
+    fn conv2d_direct_keep(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: ConvGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, nhwc) = B::conv2d_direct_keep(Self::inner(x), Self::inner(weight), Self::inner(bias), g);
+        (Self::from_inner(out), Self::from_inner(nhwc))
+    }
+
+    fn conv2d_direct_weight_backward(x_nhwc: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_direct_weight_backward(Self::inner(x_nhwc), Self::inner(grad), g))
+    }
+
+    fn conv2d_direct_backward(
+        x_nhwc: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        g: ConvGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dw) = B::conv2d_direct_backward(Self::inner(x_nhwc), Self::inner(weight), Self::inner(grad), g);
+        (Self::from_inner(dx), Self::from_inner(dw))
+    }
+
+    fn conv2d_gemm_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_gemm_x_backward(Self::inner(weight), Self::inner(grad), g))
+    }
+
+    fn conv2d_gemm_weight_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_gemm_weight_backward(Self::inner(x), Self::inner(grad), g))
+    }
+
+    fn conv_transpose2d_gemm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        let prep = <ConvTransposeBackward as Backward<B, 3>>::prepare::<C>(ConvTransposeBackward, [x.node(), weight.node(), bias.node()]);
+        match prep.compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
+                prep.finish(state, B::conv_transpose2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv_transpose2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
+        }
+    }
+
+    fn conv_transpose2d_gemm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        g: ConvGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dw) = B::conv_transpose2d_gemm_backward(Self::inner(x), Self::inner(weight), Self::inner(grad), g);
+        (Self::from_inner(dx), Self::from_inner(dw))
+    }
+
+    fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, g: NormGeom) -> FloatTensor<Self> {
+        let prep = <NormBackward as Backward<B, 3>>::prepare::<C>(NormBackward, [x.node(), gamma.node(), beta.node()]);
+        match prep.compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta), g);
+                prep.finish(state, B::group_norm_fused(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), g))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::group_norm_fused(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), g))
+            }
+        }
+    }
+
+    fn group_norm_fused_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        g: NormGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(Self::inner(x), Self::inner(gamma), Self::inner(beta), Self::inner(grad), g);
+        (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
+    }
+}
+
+#[derive(Debug)]
+struct NormBackward;
+
+/// Parents: x, gamma and beta (constants when the norm has no affine parameters).
+impl<B: CpuKernels> Backward<B, 3> for NormBackward {
+    type State = (NodeId, NodeId, NodeId, NormGeom);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, gamma_id, beta_id, g) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
+        let gamma = checkpointer.retrieve_node_output::<FloatTensor<B>>(gamma_id);
+        let beta = checkpointer.retrieve_node_output::<FloatTensor<B>>(beta_id);
+        let (dx, dgamma, dbeta) = B::group_norm_fused_backward(x, gamma, beta, grad, g);
+        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+
+#[derive(Debug)]
+struct ConvTransposeBackward;
+
+/// Parents: x, weight and bias (a constant zero when the layer has none).
+impl<B: CpuKernels> Backward<B, 3> for ConvTransposeBackward {
+    type State = (NodeId, NodeId, ConvGeom);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, w_id, g) = ops.state;
+        if node_x.is_some() || node_w.is_some() {
+            let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
+            let w = checkpointer.retrieve_node_output::<FloatTensor<B>>(w_id);
+            let (dx, dw) = B::conv_transpose2d_gemm_backward(x, w, grad.clone(), g);
+            for (node, grad) in [(node_x, dx), (node_w, dw)] {
+                if let Some(node) = node {
+                    grads.register::<B>(node.id, grad);
+                }
+            }
+        }
+        if let Some(node) = node_b {
+            // The bias is per channel of the output, which is `g`'s input.
+            let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(grad, 3), 2), 0);
+            grads.register::<B>(node.id, B::float_reshape(summed, [g.c_in].into()));
+        }
+    }
+}
