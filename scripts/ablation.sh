@@ -7,6 +7,10 @@
 #   EPOCHS=20 SEEDS=1 OUT=/tmp/abl scripts/ablation.sh       # a quick look
 #
 # Then: python3 scripts/ablation_table.py ablation > table.md
+#
+# Each finished row's scores (eval/metrics.json, eval/per_image.csv, train_seconds) are also
+# copied to KEEP (default docs/ablation-runs, committed), and a row found there is not run
+# again: OUT may live on a disk that does not outlast the machine, the scores do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/apunet}
@@ -14,6 +18,9 @@ DATA=${DATA:-../shared/data/lidc/lidc-small-train.npz}
 OUT=${OUT:-ablation}
 EPOCHS=${EPOCHS:-60}
 SEEDS=${SEEDS:-"1 2 3"}
+KEEP=${KEEP:-docs/ablation-runs}
+# The commit BIN was built from, recorded beside each kept row (a copied binary may be older).
+BIN_COMMIT=${BIN_COMMIT:-$(git rev-parse --short HEAD)}
 # 64-px patches (a third over a lesion), evaluated on whole 128-px crops of held-out series.
 COMMON=(--patch 64 --batch-size 8 --lr 5e-4 --val-fraction 0 --epochs "$EPOCHS" --figure-every 100000 --quiet)
 PU=(--filters 16,32,64,96)
@@ -33,6 +40,11 @@ fi
 for seed in $SEEDS; do
     for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
         run="$OUT/$row/seed$seed"
+        kept="$KEEP/$row/seed$seed"
+        if [ -f "$kept/eval/metrics.json" ] || grep -q "^$row,$seed," "$KEEP/earlier-seeds.csv" 2>/dev/null; then
+            echo "$row seed $seed: kept in $KEEP"
+            continue
+        fi
         read -r -a flags <<< "${ROWS[$row]}"
         done_epochs=$(tail -n +2 "$run/metrics.csv" 2>/dev/null | wc -l || true)
         if [ "$done_epochs" -lt "$EPOCHS" ]; then
@@ -47,13 +59,18 @@ for seed in $SEEDS; do
         if [ ! -f "$run/eval/metrics.json" ]; then
             "$BIN" eval --run "$run" --data "$OUT/test.npz" --out "$run/eval" --n 16 --checkpoint last --seed "$seed" >/dev/null
         fi
+        mkdir -p "$kept/eval"
+        cp "$run/eval/per_image.csv" "$kept/eval/"
+        [ -f "$run/train_seconds" ] && cp "$run/train_seconds" "$kept/"
+        echo "$BIN_COMMIT" > "$kept/binary_commit"
+        cp "$run/eval/metrics.json" "$kept/eval/metrics.json.tmp" && mv "$kept/eval/metrics.json.tmp" "$kept/eval/metrics.json"
         echo "$row seed $seed: $(python3 -c "import json;m=json.load(open('$run/eval/metrics.json'))['metrics'];print('GED %.3f HM-IoU %.3f' % (m['ged']['mean'], m['hm_iou']['mean']))")"
     done
 done
 # Throughput of each row in one quiet stretch: training at the patch size, sampling at 128 px.
 for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
     f="$OUT/$row/bench.json"
-    [ -f "$f" ] && continue
+    [ -f "$KEEP/$row/bench.json" ] && continue
     read -r -a flags <<< "${ROWS[$row]}"
     bflags=()
     for x in "${flags[@]}"; do
@@ -64,4 +81,5 @@ for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
     train=$("$BIN" bench --device cpu --size 64 --steps 5 --warmup 2 "${bflags[@]}")
     sample=$("$BIN" bench --device cpu --size 128 --steps 3 --warmup 1 "${bflags[@]}")
     python3 -c "import json,sys; t=json.loads(sys.argv[1]); s=json.loads(sys.argv[2]); json.dump({'train_images_per_s_64': t['train_images_per_s'], 'sampled_masks_per_s_128': s['sampled_masks_per_s'], 'params': t['params']}, open('$f','w'))" "$train" "$sample"
+    mkdir -p "$KEEP/$row" && cp "$f" "$KEEP/$row/bench.json"
 done

@@ -1,5 +1,12 @@
 #!/usr/bin/env python3
-"""docs/ablation.md's table from scripts/ablation.sh's output directory: mean +- sd over seeds."""
+"""docs/ablation.md's table, mean +- sd over seeds, from scripts/ablation.sh's output folders
+and the kept scores (docs/ablation-runs, with its earlier-seeds.csv).
+
+    python3 scripts/ablation_table.py ablation docs/ablation-runs
+
+A (row, seed) found in more than one place is counted once: the first root given wins, then the
+CSV. A column some seeds lack is averaged over the seeds that have it, with their count.
+"""
 import csv, json, statistics, sys
 from pathlib import Path
 
@@ -12,46 +19,75 @@ NAMES = {
     "6_hpunet_geco": "HPU-Net (GECO + top-k)",
     "7_hpaunet_geco": "Hierarchical Probabilistic Attention U-Net (GECO + top-k)",
 }
+COLS = ("ged", "hm_iou", "sample_diversity", "annotator_diversity", "empty", "lesion_agreement", "train_s")
 
 
-def fmt(values, digits=3):
+def from_run(seed_dir):
+    """One run's scores from its folder (eval/metrics.json, eval/per_image.csv, train_seconds)."""
+    m = json.load(open(seed_dir / "eval" / "metrics.json"))
+    rows = list(csv.DictReader(open(seed_dir / "eval" / "per_image.csv")))
+    secs = seed_dir / "train_seconds"
+    return {
+        "ged": m["metrics"]["ged"]["mean"],
+        "hm_iou": m["metrics"]["hm_iou"]["mean"],
+        "sample_diversity": m["metrics"]["sample_diversity"]["mean"],
+        "annotator_diversity": m["metrics"]["annotator_diversity"]["mean"],
+        "empty": sum(r["prediction_empty"] == "true" for r in rows),
+        "images": len(rows),
+        "lesion_agreement": m.get("lesion_agreement"),
+        "train_s": sum(float(x) for x in secs.read_text().split()) if secs.exists() else None,
+    }
+
+
+def from_csv(path):
+    out = {}
+    for r in csv.DictReader(open(path)):
+        vals = {k: (float(r[k]) if r.get(k, "") != "" else None) for k in COLS}
+        vals["images"] = int(r["images"])
+        out[(r["row"], int(r["seed"]))] = vals
+    return out
+
+
+def collect(roots):
+    runs = {}
+    for root in map(Path, roots):
+        for row in NAMES:
+            for seed_dir in sorted((root / row).glob("seed*")):
+                key = (row, int(seed_dir.name[4:]))
+                if key not in runs and (seed_dir / "eval" / "metrics.json").exists():
+                    runs[key] = from_run(seed_dir)
+    for root in map(Path, roots):
+        if (root / "earlier-seeds.csv").exists():
+            for key, vals in from_csv(root / "earlier-seeds.csv").items():
+                runs.setdefault(key, vals)
+    return runs
+
+
+def fmt(values, seeds, digits=3):
+    values = [v for v in values if v is not None]
     if not values:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
+    text = f"{values[0]:.{digits}f}" if len(values) == 1 else f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
+    return text if len(values) == seeds else f"{text} ({len(values)} seeds)"
 
 
-def main(root):
-    root = Path(root)
+def main(roots):
+    runs = collect(roots)
     print("| model | seeds | GED (lower is better) | HM-IoU | sample diversity / annotator diversity | empty mean masks | lesion agreement | train s | train img/s (64 px) | sampled masks/s (128 px) | params |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row, name in NAMES.items():
-        runs = sorted((root / row).glob("seed*/eval/metrics.json"))
-        if not runs:
+        mine = [v for (r, _), v in sorted(runs.items()) if r == row]
+        if not mine:
             continue
-        cols = {k: [] for k in ("ged", "hm_iou", "sd", "ad", "empty", "lesion", "secs")}
-        for m_path in runs:
-            m = json.load(open(m_path))
-            cols["ged"].append(m["metrics"]["ged"]["mean"])
-            cols["hm_iou"].append(m["metrics"]["hm_iou"]["mean"])
-            cols["sd"].append(m["metrics"]["sample_diversity"]["mean"])
-            cols["ad"].append(m["metrics"]["annotator_diversity"]["mean"])
-            if m.get("lesion_agreement") is not None:
-                cols["lesion"].append(m["lesion_agreement"])
-            rows = list(csv.DictReader(open(m_path.parent / "per_image.csv")))
-            cols["empty"].append(sum(r["prediction_empty"] == "true" for r in rows))
-            secs = m_path.parent.parent / "train_seconds"
-            if secs.exists():
-                cols["secs"].append(sum(float(x) for x in secs.read_text().split()))
-        b = root / row / "bench.json"
-        bench = json.load(open(b)) if b.exists() else {}
+        n = len(mine)
+        col = {k: [v[k] for v in mine] for k in COLS}
+        bench = next((json.load(open(b)) for b in (Path(r) / row / "bench.json" for r in roots) if b.exists()), {})
         print(
-            f"| {name} | {len(runs)} | {fmt(cols['ged'])} | {fmt(cols['hm_iou'])} | {fmt(cols['sd'])} / {fmt(cols['ad'])} "
-            f"| {fmt(cols['empty'], 1)} of {len(rows)} | {fmt(cols['lesion'])} | {fmt(cols['secs'], 0)} "
+            f"| {name} | {n} | {fmt(col['ged'], n)} | {fmt(col['hm_iou'], n)} | {fmt(col['sample_diversity'], n)} / {fmt(col['annotator_diversity'], n)} "
+            f"| {fmt(col['empty'], n, 1)} of {mine[0]['images']} | {fmt(col['lesion_agreement'], n)} | {fmt(col['train_s'], n, 0)} "
             f"| {bench.get('train_images_per_s_64', float('nan')):.2f} | {bench.get('sampled_masks_per_s_128', float('nan')):.1f} | {bench.get('params', '-')} |"
         )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "ablation")
+    main(sys.argv[1:] or ["ablation"])
