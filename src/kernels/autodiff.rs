@@ -7,7 +7,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, AutodiffBackend};
+use burn::backend::{Autodiff, AutodiffBackend, TensorMetadata};
 
 use super::{ConvGeom, CpuKernels, NormGeom, direct, weight_grad};
 
@@ -133,6 +133,18 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
         (Self::from_inner(dx), Self::from_inner(dw))
     }
 
+    fn avg_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let dims: [usize; 4] = x.shape().dims::<4>();
+        match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(dims, B::avg_pool2x2(x.into_primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(B::avg_pool2x2(x.into_primitive())),
+        }
+    }
+
+    fn avg_pool2x2_backward(grad: FloatTensor<Self>, dims: [usize; 4]) -> FloatTensor<Self> {
+        Self::from_inner(B::avg_pool2x2_backward(Self::inner(grad), dims))
+    }
+
     fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, g: NormGeom) -> FloatTensor<Self> {
         let prep = <NormBackward as Backward<B, 3>>::prepare::<C>(NormBackward, [x.node(), gamma.node(), beta.node()]);
         match prep.compute_bound().stateful() {
@@ -207,6 +219,22 @@ impl<B: CpuKernels> Backward<B, 3> for ConvTransposeBackward {
             // The bias is per channel of the output, which is `g`'s input.
             let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(grad, 3), 2), 0);
             grads.register::<B>(node.id, B::float_reshape(summed, [g.c_in].into()));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PoolBackward;
+
+/// Parent: x; the state is x's shape.
+impl<B: CpuKernels> Backward<B, 1> for PoolBackward {
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::avg_pool2x2_backward(grad, ops.state));
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod direct;
 pub mod head;
 pub mod layout;
 pub mod norm;
+pub mod pool;
 pub mod resize;
 pub mod strided;
 pub mod weight_grad;
@@ -100,6 +101,10 @@ pub trait CpuKernels: Backend {
         grad: FloatTensor<Self>,
         geom: ConvGeom,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// 2x2 average pooling with stride 2, no padding (flex's op).
+    fn avg_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The gradient of [`CpuKernels::avg_pool2x2`] for an input `[n, c, h, w]` = `dims`.
+    fn avg_pool2x2_backward(grad: FloatTensor<Self>, dims: [usize; 4]) -> FloatTensor<Self>;
     /// GroupNorm of `x [n, c, ...]` with per-channel `gamma` and `beta`.
     fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, geom: NormGeom) -> FloatTensor<Self>;
     /// The gradients of x, gamma and beta of [`CpuKernels::group_norm_fused`].
@@ -207,6 +212,16 @@ impl CpuKernels for Flex {
         (flex_out(dx, &[g.batch, g.c_in, g.h, g.w], grad.dtype()), flex_out(dw, &[g.c_out, g.c_in, g.kh, g.kw], grad.dtype()))
     }
 
+    fn avg_pool2x2(x: FlexTensor) -> FlexTensor {
+        Flex::avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false)
+    }
+
+    fn avg_pool2x2_backward(grad: FlexTensor, [n, c, h, w]: [usize; 4]) -> FlexTensor {
+        let grad = grad.to_contiguous();
+        let dx = pool::avg_pool2x2_backward(&values(&grad), n * c, (h, w));
+        flex_out(dx, &[n, c, h, w], grad.dtype())
+    }
+
     fn group_norm_fused(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, g: NormGeom) -> FlexTensor {
         let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
         let y = norm::forward(&g, &values(&x), &values(&gamma), &values(&beta));
@@ -276,6 +291,15 @@ pub fn conv_transpose2d(layer: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
     let bias = layer.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
     let out = <Dispatch as CpuKernels>::conv_transpose2d_gemm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), g);
     Tensor::from_dispatch(out)
+}
+
+/// 2x2 average pooling, stride 2 (`AvgPoolOptions::new([2, 2])`): flex's forward with the
+/// one-pass gradient of `pool.rs` where the kernels apply, else burn's op.
+pub fn avg_pool2x2(x: Tensor<4>) -> Tensor<4> {
+    if !on_kernels(&x.device(), x.dtype()) {
+        return burn::tensor::module::avg_pool2d(x, burn::tensor::ops::AvgPoolOptions::new([2, 2]));
+    }
+    Tensor::from_dispatch(<Dispatch as CpuKernels>::avg_pool2x2(x.into_dispatch()))
 }
 
 /// A norm layer's forward on the kernel, or `x` back when the kernel does not apply (then the

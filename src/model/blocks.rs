@@ -4,8 +4,6 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn::tensor::module::avg_pool2d;
-use burn::tensor::ops::AvgPoolOptions;
 
 use crate::kernels::{conv2d, group_norm, group_norm_relu};
 use super::config::{NormKind, group_count};
@@ -77,7 +75,7 @@ impl ConvBlock {
 }
 
 pub fn downsample(x: Tensor<4>) -> Tensor<4> {
-    avg_pool2d(x, AvgPoolOptions::new([2, 2]))
+    crate::kernels::avg_pool2x2(x)
 }
 
 /// `level` applied to `x` at every level, average-pooling down between levels; every level's

@@ -196,6 +196,33 @@ fn the_transposed_convolution_matches_burns() {
     }
 }
 
+/// The 2x2 average pooling's one-pass gradient against burn's backward, bit for bit, on even,
+/// odd and single-cell sizes (an odd last row and column get no gradient).
+#[test]
+fn the_pooling_gradient_matches_burns() {
+    let device = Device::flex().autodiff();
+    let mut rng = StdRng::seed_from_u64(8);
+    for (i, dims) in [[2, 3, 8, 6], [1, 2, 7, 9], [3, 1, 2, 2], [1, 1, 3, 3], [2, 4, 1, 5]].into_iter().enumerate() {
+        let x = values(&mut rng, dims.iter().product());
+        let run = |through_kernel: bool| {
+            let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), dims), &device).require_grad();
+            let out = if through_kernel {
+                kernels::avg_pool2x2(xt.clone())
+            } else {
+                module::avg_pool2d(xt.clone(), burn::tensor::ops::AvgPoolOptions::new([2, 2]))
+            };
+            let r = Tensor::<4>::from_data(TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()), &device);
+            let grads = (out.clone() * r).sum().backward();
+            (to_host(out).unwrap(), xt.grad(&grads).map(|g| to_host(g).unwrap()))
+        };
+        let (ours, burn) = (run(true), run(false));
+        assert_eq!(ours.0, burn.0, "forward of {dims:?}");
+        let zeros = vec![0f32; x.len()];
+        // burn gives no gradient at all where the output is empty; the kernel gives zeros.
+        assert_eq!(ours.1.unwrap_or(zeros.clone()), burn.1.unwrap_or(zeros), "gradient of {dims:?}");
+    }
+}
+
 /// Five Adam steps of a tiny Probabilistic U-Net: losses per step and final weights.
 fn train_five_steps(with_kernels: bool) -> (Vec<f32>, Vec<f32>) {
     kernels::set_enabled(with_kernels);
