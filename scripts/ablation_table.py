@@ -68,7 +68,8 @@ def fmt(values, seeds, digits=3):
     if not values:
         return "-"
     text = f"{values[0]:.{digits}f}" if len(values) == 1 else f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
-    return text if len(values) == seeds else f"{text} ({len(values)} seeds)"
+    n = len(values)
+    return text if n == seeds else f"{text} ({n} seed{'' if n == 1 else 's'})"
 
 
 def main(roots):
