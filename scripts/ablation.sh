@@ -71,6 +71,7 @@ done
 for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
     f="$OUT/$row/bench.json"
     [ -f "$KEEP/$row/bench.json" ] && continue
+    mkdir -p "$OUT/$row"    # a row kept from an earlier machine has no run folder here
     read -r -a flags <<< "${ROWS[$row]}"
     bflags=()
     for x in "${flags[@]}"; do
