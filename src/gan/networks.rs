@@ -7,10 +7,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::{Initializer, InstanceNorm, InstanceNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::{leaky_relu, tanh};
-use burn::tensor::ops::PadMode;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{conv_transpose2d, conv2d, instance_norm, instance_norm_relu};
+use crate::kernels::{conv_transpose2d, conv2d, instance_norm, instance_norm_relu, reflect_pad};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,7 +45,7 @@ fn norm(c: usize, device: &Device) -> InstanceNorm {
 }
 
 fn reflect(x: Tensor<4>, p: usize) -> Tensor<4> {
-    x.pad([(p, p), (p, p)], PadMode::Reflect)
+    reflect_pad(x, p)
 }
 
 /// Reflection pad, conv 3x3, IN, ReLU, reflection pad, conv 3x3, IN, plus the input.

@@ -145,6 +145,18 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
         Self::from_inner(B::avg_pool2x2_backward(Self::inner(grad), dims))
     }
 
+    fn reflect_pad(x: FloatTensor<Self>, p: usize) -> FloatTensor<Self> {
+        let dims: [usize; 4] = x.shape().dims::<4>();
+        match PadBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((dims, p), B::reflect_pad(x.into_primitive(), p)),
+            OpsKind::UnTracked(prep) => prep.finish(B::reflect_pad(x.into_primitive(), p)),
+        }
+    }
+
+    fn reflect_pad_backward(grad: FloatTensor<Self>, dims: [usize; 4], p: usize) -> FloatTensor<Self> {
+        Self::from_inner(B::reflect_pad_backward(Self::inner(grad), dims, p))
+    }
+
     fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, g: NormGeom) -> FloatTensor<Self> {
         let prep = <NormBackward as Backward<B, 3>>::prepare::<C>(NormBackward, [x.node(), gamma.node(), beta.node()]);
         match prep.compute_bound().stateful() {
@@ -235,6 +247,23 @@ impl<B: CpuKernels> Backward<B, 1> for PoolBackward {
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
             grads.register::<B>(node.id, B::avg_pool2x2_backward(grad, ops.state));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PadBackward;
+
+/// Parent: x; the state is x's shape and the padding.
+impl<B: CpuKernels> Backward<B, 1> for PadBackward {
+    type State = ([usize; 4], usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            let (dims, p) = ops.state;
+            grads.register::<B>(node.id, B::reflect_pad_backward(grad, dims, p));
         }
     }
 }

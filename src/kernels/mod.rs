@@ -105,6 +105,10 @@ pub trait CpuKernels: Backend {
     fn avg_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// The gradient of [`CpuKernels::avg_pool2x2`] for an input `[n, c, h, w]` = `dims`.
     fn avg_pool2x2_backward(grad: FloatTensor<Self>, dims: [usize; 4]) -> FloatTensor<Self>;
+    /// Reflection padding by `p` on every side of `x [n, c, h, w]` (p < h, w).
+    fn reflect_pad(x: FloatTensor<Self>, p: usize) -> FloatTensor<Self>;
+    /// The gradient of [`CpuKernels::reflect_pad`] for an input `[n, c, h, w]` = `dims`.
+    fn reflect_pad_backward(grad: FloatTensor<Self>, dims: [usize; 4], p: usize) -> FloatTensor<Self>;
     /// GroupNorm of `x [n, c, ...]` with per-channel `gamma` and `beta`.
     fn group_norm_fused(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, geom: NormGeom) -> FloatTensor<Self>;
     /// The gradients of x, gamma and beta of [`CpuKernels::group_norm_fused`].
@@ -222,6 +226,19 @@ impl CpuKernels for Flex {
         flex_out(dx, &[n, c, h, w], grad.dtype())
     }
 
+    fn reflect_pad(x: FlexTensor, p: usize) -> FlexTensor {
+        let x = x.to_contiguous();
+        let [n, c, h, w]: [usize; 4] = x.shape().dims::<4>();
+        let y = pool::reflect_pad(&values(&x), n * c, (h, w), p);
+        flex_out(y, &[n, c, h + 2 * p, w + 2 * p], x.dtype())
+    }
+
+    fn reflect_pad_backward(grad: FlexTensor, [n, c, h, w]: [usize; 4], p: usize) -> FlexTensor {
+        let grad = grad.to_contiguous();
+        let dx = pool::reflect_pad_backward(&values(&grad), n * c, (h, w), p);
+        flex_out(dx, &[n, c, h, w], grad.dtype())
+    }
+
     fn group_norm_fused(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, g: NormGeom) -> FlexTensor {
         let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
         let y = norm::forward(&g, &values(&x), &values(&gamma), &values(&beta));
@@ -300,6 +317,16 @@ pub fn avg_pool2x2(x: Tensor<4>) -> Tensor<4> {
         return burn::tensor::module::avg_pool2d(x, burn::tensor::ops::AvgPoolOptions::new([2, 2]));
     }
     Tensor::from_dispatch(<Dispatch as CpuKernels>::avg_pool2x2(x.into_dispatch()))
+}
+
+/// `x.pad([(p, p), (p, p)], PadMode::Reflect)` in one pass each way where the kernels apply,
+/// else burn's op.
+pub fn reflect_pad(x: Tensor<4>, p: usize) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    if p == 0 || p >= h || p >= w || !on_kernels(&x.device(), x.dtype()) {
+        return x.pad([(p, p), (p, p)], burn::tensor::ops::PadMode::Reflect);
+    }
+    Tensor::from_dispatch(<Dispatch as CpuKernels>::reflect_pad(x.into_dispatch(), p))
 }
 
 /// A norm layer's forward on the kernel, or `x` back when the kernel does not apply (then the

@@ -223,6 +223,32 @@ fn the_pooling_gradient_matches_burns() {
     }
 }
 
+/// Reflection padding in one pass against burn's `pad(.., Reflect)`: the forward bit for bit,
+/// the gradient (up to 4 cells summed into one) to float tolerance.
+#[test]
+fn the_reflection_padding_matches_burns() {
+    let device = Device::flex().autodiff();
+    let mut rng = StdRng::seed_from_u64(9);
+    for (i, (dims, p)) in [([2, 3, 8, 6], 1), ([1, 2, 7, 9], 3), ([1, 1, 2, 2], 1), ([2, 1, 5, 4], 2)].into_iter().enumerate() {
+        let x = values(&mut rng, dims.iter().product());
+        let run = |through_kernel: bool| {
+            let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), dims), &device).require_grad();
+            let out = if through_kernel {
+                kernels::reflect_pad(xt.clone(), p)
+            } else {
+                xt.clone().pad([(p, p), (p, p)], burn::tensor::ops::PadMode::Reflect)
+            };
+            let r = Tensor::<4>::from_data(TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()), &device);
+            let grads = (out.clone() * r).sum().backward();
+            (to_host(out).unwrap(), to_host(xt.grad(&grads).expect("dx")).unwrap())
+        };
+        let (ours, burn) = (run(true), run(false));
+        assert_eq!(ours.0, burn.0, "forward of {dims:?}, pad {p}");
+        let e = rel_err(&ours.1, &burn.1);
+        assert!(e < 1e-6, "gradient of {dims:?}, pad {p}: relative error {e}");
+    }
+}
+
 /// Five Adam steps of a tiny Probabilistic U-Net: losses per step and final weights.
 fn train_five_steps(with_kernels: bool) -> (Vec<f32>, Vec<f32>) {
     kernels::set_enabled(with_kernels);
