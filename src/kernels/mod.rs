@@ -9,6 +9,7 @@ pub mod direct;
 pub mod head;
 pub mod layout;
 pub mod norm;
+pub mod pad;
 pub mod pool;
 pub mod resize;
 pub mod strided;
@@ -229,13 +230,13 @@ impl CpuKernels for Flex {
     fn reflect_pad(x: FlexTensor, p: usize) -> FlexTensor {
         let x = x.to_contiguous();
         let [n, c, h, w]: [usize; 4] = x.shape().dims::<4>();
-        let y = pool::reflect_pad(&values(&x), n * c, (h, w), p);
+        let y = pad::reflect_pad(&values(&x), n * c, (h, w), p);
         flex_out(y, &[n, c, h + 2 * p, w + 2 * p], x.dtype())
     }
 
     fn reflect_pad_backward(grad: FlexTensor, [n, c, h, w]: [usize; 4], p: usize) -> FlexTensor {
         let grad = grad.to_contiguous();
-        let dx = pool::reflect_pad_backward(&values(&grad), n * c, (h, w), p);
+        let dx = pad::reflect_pad_backward(&values(&grad), n * c, (h, w), p);
         flex_out(dx, &[n, c, h, w], grad.dtype())
     }
 
