@@ -12,8 +12,8 @@ fn reflect_index(i: usize, p: usize, n: usize) -> usize {
     (if j < 0 { -j } else if j >= n { 2 * (n - 1) - j } else { j }) as usize
 }
 
-/// Reflection padding by `p` on every side of each `[h, w]` plane of `x`: one pass, where burn
-/// composes it from slices, flips and concatenations (the CycleGAN's residual blocks).
+/// Reflection padding by `p` on every side of each `[h, w]` plane of `x`, in one pass: each row
+/// copied from the row it reflects, then its border columns mirrored.
 pub fn reflect_pad(x: &[f32], planes: usize, (h, w): (usize, usize), p: usize) -> Vec<f32> {
     assert!(p < h && p < w && x.len() == planes * h * w);
     let (hp, wp) = (h + 2 * p, w + 2 * p);
