@@ -10,11 +10,12 @@ and decodes n prior samples per image. Prints JSON like `apunet bench`.
     python3 bench/torch_hpunet.py --size 128                                   # 8 levels
     python3 bench/torch_hpunet.py --size 64 --filters 24,48,96,192,192,192,192  # the ablation's
 """
-import argparse, json, resource, time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import peer_bench
 
 
 class ResBlock(nn.Module):
@@ -122,68 +123,13 @@ class HPUNet(nn.Module):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--samples", type=int, default=16)
-    ap.add_argument("--filters", default=None, help="as apunet bench --filters (default: the reference for --size)")
-    a = ap.parse_args()
+    a = peer_bench.parser(__doc__, "as apunet bench --filters (default: the reference for --size)").parse_args()
     if a.filters:
         filters = [int(f) for f in a.filters.split(",")]
     else:
         levels = a.size.bit_length()  # 128 px: 8 levels, down to 1 px
         filters = ([24, 48, 96] + [192] * levels)[:levels]
-    dev = torch.device(a.device)
-    gpu = dev.type == "cuda"
-    b = a.batch_size or (32 if gpu else 8)
-    torch.manual_seed(0)
-    m = HPUNet(filters).to(dev)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-4)
-    x = (0.1 + 0.05 * torch.randn(b, 1, a.size, a.size)).to(dev)
-    y = (torch.arange(a.size) > a.size // 2).float().expand(b, 1, a.size, a.size).contiguous().to(dev)
-    sync = torch.cuda.synchronize if gpu else (lambda: None)
-
-    def timed(label, step_fn):
-        times = []
-        for step in range(a.warmup + a.steps):
-            t = time.perf_counter()
-            step_fn()
-            sync()
-            dt = time.perf_counter() - t
-            print(f"{label} step {step}: {dt:.3f} s{' (warm-up)' if step < a.warmup else ''}", flush=True)
-            if step >= a.warmup:
-                times.append(dt)
-        return times
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        loss = m.loss(x, y)
-        loss.backward()
-        opt.step()
-        loss.item()
-
-    times = timed("train", train_step)
-    stimes = timed("sample", lambda: m.sample(x, a.samples).cpu())
-    rep = {
-        "impl": f"pytorch {torch.__version__} eager fp32",
-        "device": a.device,
-        "model": "hpunet",
-        "batch_size": b,
-        "size": a.size,
-        "filters": filters,
-        "params": sum(p.numel() for p in m.parameters()),
-        "train_images_per_s": a.steps * b / sum(times),
-        "train_step_s_median": sorted(times)[len(times) // 2],
-        "samples_per_image": a.samples,
-        "sampled_masks_per_s": a.steps * b * a.samples / sum(stimes),
-        "sample_batch_s_median": sorted(stimes)[len(stimes) // 2],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": torch.get_num_threads(),
-    }
-    print(json.dumps(rep, indent=2))
+    peer_bench.run(a, HPUNet, filters, {"model": "hpunet"})
 
 
 if __name__ == "__main__":
