@@ -1,5 +1,5 @@
 //! GFLOP/s of the direct convolution kernels (`src/kernels/direct.rs`) on the default model's
-//! 3x3 layers at batch 8, forward, input gradient and weight gradient, layout copies included,
+//! 3x3 layers at batch 8 and the CycleGAN's at batch 1, forward, input gradient and weight gradient, layout copies included,
 //! on one thread unless told otherwise. Also prints a hash of each result's bits, so that a
 //! change meant to reorder memory traffic only can be checked to give the same bits.
 //!
@@ -39,18 +39,25 @@ fn main() {
     }
     let threads = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("the first rayon pool");
-    // (c_in, c_out, size): the default model's encoder levels and a decoder block's first conv.
-    for (ci, co, hw) in [(32, 32, 128), (64, 64, 64), (128, 128, 32), (192, 192, 16), (96, 32, 128)] {
-        let g = ConvGeom { batch: 8, c_in: ci, h: hw, w: hw, c_out: co, kh: 3, kw: 3, stride: [1, 1], pad: [1; 4] };
-        let x: Vec<f32> = (0..8 * ci * hw * hw).map(|i| (i % 7) as f32 * 0.1).collect();
+    // (batch, c_in, c_out, size, pad): the default model's encoder levels and a decoder block's
+    // first conv at batch 8; then the CycleGAN's residual blocks at batch 1 (paper size at 128
+    // and 256 px, the small network at 128 px), on inputs already reflection-padded.
+    let geoms = [
+        (8, 32, 32, 128, 1), (8, 64, 64, 64, 1), (8, 128, 128, 32, 1), (8, 192, 192, 16, 1), (8, 96, 32, 128, 1),
+        (1, 256, 256, 34, 0), (1, 256, 256, 66, 0), (1, 64, 64, 34, 0),
+    ];
+    for (batch, ci, co, hw, pad) in geoms {
+        let g = ConvGeom { batch, c_in: ci, h: hw, w: hw, c_out: co, kh: 3, kw: 3, stride: [1, 1], pad: [pad; 4] };
+        let (ho, wo) = g.out_hw().expect("a valid geometry");
+        let x: Vec<f32> = (0..batch * ci * hw * hw).map(|i| (i % 7) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..co * ci * 9).map(|i| (i % 5) as f32 * 0.1).collect();
-        let grad: Vec<f32> = (0..8 * co * hw * hw).map(|i| (i % 3) as f32 * 0.1).collect();
-        let gflop = 2.0 * 8.0 * (hw * hw * ci * co * 9) as f64 / 1e9;
+        let grad: Vec<f32> = (0..batch * co * ho * wo).map(|i| (i % 3) as f32 * 0.1).collect();
+        let gflop = 2.0 * batch as f64 * (ho * wo * ci * co * 9) as f64 / 1e9;
         let fwd = best_of_5(|| direct::forward(&g, &x, &w, None));
         let bx = best_of_5(|| direct::backward_x(&g, &w, &grad));
         let bw = best_of_5(|| weight_grad::backward_weight(&g, &x, &grad));
         println!(
-            "{ci:>3}->{co:<3} @{hw:<3}  forward {:6.1} ms {:5.1} GFLOP/s | input grad {:6.1} ms {:5.1} | weight grad {:6.1} ms {:5.1}",
+            "n{batch} {ci:>3}->{co:<3} @{hw:<3}  forward {:6.1} ms {:5.1} GFLOP/s | input grad {:6.1} ms {:5.1} | weight grad {:6.1} ms {:5.1}",
             fwd * 1e3, gflop / fwd, bx * 1e3, gflop / bx, bw * 1e3, gflop / bw
         );
         let (a, b, c) = (direct::forward(&g, &x, &w, None), direct::backward_x(&g, &w, &grad), weight_grad::backward_weight(&g, &x, &grad));

@@ -115,25 +115,45 @@ impl<'a> View<'a> {
 /// `[cop / 16][kh][kw][c_in][16]` from `[c_out][c_in][kh][kw]`, flipped and with the channel
 /// roles swapped when `transpose` (the input gradient's kernel); output channels padded with
 /// zeros. Block-major, so that one block's weights are contiguous: interleaved with the other
-/// blocks they spanned 2-8x more cache. Written in its own order, in parallel: the paper-size
-/// CycleGAN's 256x256x3x3 kernels made a scattered serial copy 3.5% of an iteration.
+/// blocks they spanned 2-8x more cache. A block per task, its source read in order: the
+/// paper-size CycleGAN's 256x256x3x3 kernels made a scattered serial copy 3.5% of an iteration,
+/// and a parallel gather 5%.
 pub(super) fn pack_weight(w: &[f32], (c_out, c_in, kh, kw): (usize, usize, usize, usize), transpose: bool, cop: usize) -> Vec<f32> {
     let (ci, co) = if transpose { (c_out, c_in) } else { (c_in, c_out) };
     assert!(co <= cop && cop.is_multiple_of(OC) && w.len() == c_out * c_in * kh * kw);
-    let rows = kh * kw * ci;
+    let (rows, taps) = (kh * kw * ci, kh * kw);
     let mut packed = vec![0f32; rows * cop];
-    packed.par_chunks_mut(OC).with_min_len(64).enumerate().for_each(|(r, lanes)| {
-        let (ob, r) = (r / rows, r % rows);
-        let (k, a) = (r / ci, r % ci);
-        let (ki, kj) = (k / kw, k % kw);
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            let b = ob * OC + l;
-            if b < co {
-                *lane = if transpose { w[((a * c_in + b) * kh + kh - 1 - ki) * kw + kw - 1 - kj] } else { w[((b * c_in + a) * kh + ki) * kw + kj] };
+    // One block of 16 output channels per task: its lanes' weights transposed to lane-minor
+    // order through 8x8 register tiles, then moved 16 floats at a time to their tap's place.
+    packed.par_chunks_mut(rows * OC).enumerate().for_each(|(ob, dst)| {
+        let lanes = (co - ob * OC).min(OC);
+        let mut tmp = vec![0f32; if transpose { taps * OC } else { rows * OC }];
+        if !transpose {
+            // tmp[a][k][lane] from w[lane][a][k].
+            transpose_into(&w[ob * OC * ci * taps..], ci * taps, &mut tmp, OC, lanes, ci * taps);
+            for (k, dst) in dst.chunks_exact_mut(ci * OC).enumerate() {
+                for (a, dst) in dst.chunks_exact_mut(OC).enumerate() {
+                    dst.copy_from_slice(&tmp[(a * taps + k) * OC..][..OC]);
+                }
+            }
+            return;
+        }
+        // Lanes are w's input channels: per output channel a, tmp[k][lane] from w[a][lane][k].
+        for a in 0..ci {
+            transpose_into(&w[(a * c_in + ob * OC) * taps..], taps, &mut tmp, OC, lanes, taps);
+            for k in 0..taps {
+                dst[(k * ci + a) * OC..][..OC].copy_from_slice(&tmp[(taps - 1 - k) * OC..][..OC]);
             }
         }
     });
     packed
+}
+
+/// [`transpose`] into initialised floats.
+fn transpose_into(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize, rows: usize, cols: usize) {
+    // SAFETY: f32 and MaybeUninit<f32> share their layout, and transpose writes only floats.
+    let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<MaybeUninit<f32>>(), dst.len()) };
+    transpose(src, src_stride, dst, dst_stride, rows, cols);
 }
 
 pub(super) fn round_up(c: usize) -> usize {
@@ -198,10 +218,14 @@ unsafe fn forward_row(img: &[f32], wp: usize, ci: usize, packed: &[f32], cop: us
     #[cfg(target_arch = "x86_64")]
     unsafe {
         // One block of output channels at a time keeps its weights in cache along the row.
+        // Blocks of even width: 32 pixels as 5+5+5+5+6+6, not 6+6+6+6+6+2, whose last block
+        // would hold too few sums to hide the FMA's latency.
+        let blocks = f.wo.div_ceil(PX);
+        let (base, wider) = (f.wo / blocks.max(1), f.wo % blocks.max(1));
         for ob in 0..cop / OC {
             let mut ox = 0;
-            while ox < f.wo {
-                let n = (f.wo - ox).min(PX);
+            for b in 0..blocks {
+                let n = base + usize::from(b < wider);
                 let ctx = (img, wp, ci, packed, cop, f);
                 with_width!(n, fwd_block(ctx, oy, ox, ob, row));
                 ox += n;
