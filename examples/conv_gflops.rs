@@ -1,7 +1,8 @@
 //! GFLOP/s of the direct convolution kernels (`src/kernels/direct.rs`) on the default model's
-//! 3x3 layers at batch 8 and the CycleGAN's at batch 1, forward, input gradient and weight gradient, layout copies included,
-//! on one thread unless told otherwise. Also prints a hash of each result's bits, so that a
-//! change meant to reorder memory traffic only can be checked to give the same bits.
+//! 3x3 layers at batch 8 and the CycleGAN's at batch 1, forward, input gradient and weight
+//! gradient, layout copies included, on one thread unless told otherwise. Also prints a hash of
+//! each result's bits, so that a change meant to reorder memory traffic only can be checked to
+//! give the same bits.
 //!
 //!     cargo run --release --example conv_gflops [-- THREADS]
 

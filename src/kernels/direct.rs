@@ -123,10 +123,13 @@ pub(super) fn pack_weight(w: &[f32], (c_out, c_in, kh, kw): (usize, usize, usize
     assert!(co <= cop && cop.is_multiple_of(OC) && w.len() == c_out * c_in * kh * kw);
     let (rows, taps) = (kh * kw * ci, kh * kw);
     let mut packed = vec![0f32; rows * cop];
+    if packed.is_empty() {
+        return packed;
+    }
     // One block of 16 output channels per task: its lanes' weights transposed to lane-minor
     // order through 8x8 register tiles, then moved 16 floats at a time to their tap's place.
     packed.par_chunks_mut(rows * OC).enumerate().for_each(|(ob, dst)| {
-        let lanes = (co - ob * OC).min(OC);
+        let lanes = co.saturating_sub(ob * OC).min(OC);
         let mut tmp = vec![0f32; if transpose { taps * OC } else { rows * OC }];
         if !transpose {
             // tmp[a][k][lane] from w[lane][a][k].
