@@ -2,7 +2,11 @@
 //! way: burn builds it from slices, flips and slice-assigns into a new tensor, each a graph
 //! node with its own backward pass.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
+
+use super::layout::par_init;
 
 /// Where padded index `i` of a reflection padding `p` reads from, in an axis of `n` (p < n):
 /// -k reads k, n - 1 + k reads n - 1 - k (the edge is not repeated).
@@ -17,18 +21,21 @@ fn reflect_index(i: usize, p: usize, n: usize) -> usize {
 pub fn reflect_pad(x: &[f32], planes: usize, (h, w): (usize, usize), p: usize) -> Vec<f32> {
     assert!(p < h && p < w && x.len() == planes * h * w);
     let (hp, wp) = (h + 2 * p, w + 2 * p);
-    let mut out = vec![0f32; planes * hp * wp];
-    out.par_chunks_mut(hp * wp).zip(x.par_chunks(h * w)).for_each(|(dst, src)| {
+    let fill = |plane: usize, dst: &mut [MaybeUninit<f32>]| {
+        let src = &x[plane * h * w..][..h * w];
         for (y, row) in dst.chunks_exact_mut(wp).enumerate() {
             let s = &src[reflect_index(y, p, h) * w..][..w];
-            row[p..p + w].copy_from_slice(s);
+            for (d, v) in row[p..p + w].iter_mut().zip(s) {
+                d.write(*v);
+            }
             for k in 1..=p {
-                row[p - k] = s[k];
-                row[p + w - 1 + k] = s[w - 1 - k];
+                row[p - k].write(s[k]);
+                row[p + w - 1 + k].write(s[w - 1 - k]);
             }
         }
-    });
-    out
+    };
+    // SAFETY: each plane's rows are written whole: the copied middle and both mirrored borders.
+    unsafe { par_init(planes * hp * wp, hp * wp, fill) }
 }
 
 /// The gradient of [`reflect_pad`]: each padded cell's gradient added to the cell it reads.
