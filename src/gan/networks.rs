@@ -44,10 +44,6 @@ fn norm(c: usize, device: &Device) -> InstanceNorm {
     InstanceNormConfig::new(c).init(device)
 }
 
-fn reflect(x: Tensor<4>, p: usize) -> Tensor<4> {
-    reflect_pad(x, p)
-}
-
 /// Reflection pad, conv 3x3, IN, ReLU, reflection pad, conv 3x3, IN, plus the input.
 #[derive(Module, Debug)]
 pub struct ResidualBlock {
@@ -63,8 +59,8 @@ impl ResidualBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = instance_norm_relu(&self.norm1, conv2d(&self.conv1, reflect(x.clone(), 1)));
-        let y = instance_norm(&self.norm2, conv2d(&self.conv2, reflect(y, 1)));
+        let y = instance_norm_relu(&self.norm1, conv2d(&self.conv1, reflect_pad(x.clone(), 1)));
+        let y = instance_norm(&self.norm2, conv2d(&self.conv2, reflect_pad(y, 1)));
         x + y
     }
 }
@@ -113,7 +109,7 @@ impl Generator {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = instance_norm_relu(&self.stem_norm, conv2d(&self.stem, reflect(x, 3)));
+        let mut x = instance_norm_relu(&self.stem_norm, conv2d(&self.stem, reflect_pad(x, 3)));
         for (c, n) in self.down.iter().zip(&self.down_norm) {
             x = instance_norm_relu(n, conv2d(c, x));
         }
@@ -123,7 +119,7 @@ impl Generator {
         for (c, n) in self.up.iter().zip(&self.up_norm) {
             x = instance_norm_relu(n, conv_transpose2d(c, x));
         }
-        tanh(conv2d(&self.head, reflect(x, 3)))
+        tanh(conv2d(&self.head, reflect_pad(x, 3)))
     }
 }
 
