@@ -1,8 +1,21 @@
 """The timing shared by the PyTorch peers of `apunet bench` (torch_peer.py, torch_hpunet.py):
-the same flags, inputs, Adam step and JSON report, so that only the model differs."""
+the same flags, inputs, Adam step and JSON report, and the encoder both models share, so that
+only the rest of the model differs."""
 import argparse, json, resource, time
 
 import torch
+
+
+def encode_levels(levels, x):
+    """Each encoder level's output, with 2x2 average pooling before every level but the first:
+    the encoder of both apunet models."""
+    outs = []
+    for i, level in enumerate(levels):
+        if i > 0:
+            x = torch.nn.functional.avg_pool2d(x, 2)
+        x = level(x)
+        outs.append(x)
+    return outs
 
 
 def parser(doc, filters_help):

@@ -67,13 +67,7 @@ class Core(nn.Module):
         self.lc = lc
 
     def encode(self, x):
-        skips = []
-        for i, level in enumerate(self.encoder):
-            if i > 0:
-                x = F.avg_pool2d(x, 2)
-            x = level(x)
-            skips.append(x)
-        return skips
+        return peer_bench.encode_levels(self.encoder, x)
 
     def decode(self, skips, pick):
         d = len(skips)

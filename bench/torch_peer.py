@@ -30,13 +30,7 @@ class Encoder(nn.Module):
             cin = f
 
     def forward(self, x):
-        outs = []
-        for i, b in enumerate(self.blocks):
-            if i > 0:
-                x = F.avg_pool2d(x, 2)
-            x = b(x)
-            outs.append(x)
-        return outs
+        return peer_bench.encode_levels(self.blocks, x)
 
 
 class Gate(nn.Module):
