@@ -15,7 +15,7 @@ use super::conv::ConvGeom;
 use super::direct::{Fwd, Nhwc, OC, View, backward_x_from, round_up, x_backward_applies, x_backward_pad};
 use super::layout::{assume_init, uninit};
 #[cfg(target_arch = "x86_64")]
-use super::direct::{Ctx, PX, rank1, with_width};
+use super::direct::{Ctx, PX, PX_WIDE, avx512, rank1, with_wide_width, with_width};
 
 /// Output rows per work item.
 const ROWS: usize = 8;
@@ -136,6 +136,8 @@ unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], Gr
     unsafe {
         let span = if cop >= PACK_FROM { PACKED_SPAN } else { (SPAN_FLOATS / cop).max(MIN_SPAN) };
         let (rows_per, cols) = if f.wo >= span { (1, span) } else { ((span / f.wo).max(1), f.wo) };
+        // Input channels per block: the micro-kernel's width.
+        let pw = if avx512() { PX_WIDE } else { PX };
         let mut packed = Packed::default();
         let mut first = true;
         for y0 in oy.clone().step_by(rows_per) {
@@ -143,14 +145,18 @@ unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], Gr
             for x0 in (0..f.wo).step_by(cols) {
                 let px = (rows.clone(), x0..(x0 + cols).min(f.wo));
                 let (nr, nc) = (px.0.len(), px.1.len());
-                let (input, grad) = packed.fill((img, wp, ci, grad, cop, f), at, px);
+                let (input, grad) = packed.fill((img, wp, ci, grad, cop, f), at, px, pw);
                 for k in 0..f.kh * f.kw {
-                    for cb in 0..ci.div_ceil(PX) {
-                        let n = (ci - cb * PX).min(PX);
+                    for cb in 0..ci.div_ceil(pw) {
+                        let n = (ci - cb * pw).min(pw);
                         for ob in 0..cop / OC {
-                            let out = acc.add((k * ci + cb * PX) * cop + ob * OC);
+                            let out = acc.add((k * ci + cb * pw) * cop + ob * OC);
                             let ops = (input.at(cb), grad.at(ob));
-                            with_width!(n, wgt_block(ops, (nr, nc), f, k, (out, first), cop));
+                            if pw == PX_WIDE {
+                                with_wide_width!(n, wgt_block_wide(ops, (nr, nc), f, k, (out, first), cop));
+                            } else {
+                                with_width!(n, wgt_block(ops, (nr, nc), f, k, (out, first), cop));
+                            }
                         }
                     }
                 }
@@ -205,14 +211,15 @@ const PACK_FROM: usize = 128;
 #[cfg(target_arch = "x86_64")]
 impl Packed {
     /// The operands of the span of output pixels `(rows, cols)`, copied where [`PACK_FROM`] says.
-    fn fill(&mut self, (img, wp, ci, grad, cop, f): Ctx, at: GradAt, (rows, ox): (Range<usize>, Range<usize>)) -> (Operand, Operand) {
+    /// `pw` input channels to a block.
+    fn fill(&mut self, (img, wp, ci, grad, cop, f): Ctx, at: GradAt, (rows, ox): (Range<usize>, Range<usize>), pw: usize) -> (Operand, Operand) {
         let (nr, nc) = (rows.len(), ox.len());
         let [sh, sw] = f.stride;
         let (rows_in, cols_in) = ((nr - 1) * sh + f.kh, (nc - 1) * sw + f.kw);
         let grad = &grad[((rows.start + at.y0) * at.w + at.x0 + ox.start) * cop..];
         let img = &img[(rows.start * sh * wp + ox.start * sw) * ci..];
         let g = if cop >= PACK_FROM { self.pack_grad(grad, (nr, nc), at.w * cop, cop) } else { Operand { ptr: grad.as_ptr(), block: OC, row: at.w * cop, px: cop } };
-        let x = if ci >= PACK_FROM { self.pack_input(img, (rows_in, cols_in), wp * ci, ci) } else { Operand { ptr: img.as_ptr(), block: PX, row: wp * ci, px: ci } };
+        let x = if ci >= PACK_FROM { self.pack_input(img, (rows_in, cols_in), wp * ci, ci, pw == PX_WIDE) } else { Operand { ptr: img.as_ptr(), block: pw, row: wp * ci, px: ci } };
         (x, g)
     }
 
@@ -231,26 +238,31 @@ impl Packed {
         Operand { ptr: self.grad.as_ptr(), block, row: nc * OC, px: OC }
     }
 
-    fn pack_input(&mut self, src: &[f32], (rows_in, cols_in): (usize, usize), row: usize, ci: usize) -> Operand {
+    fn pack_input(&mut self, src: &[f32], dims: (usize, usize), row: usize, ci: usize, wide: bool) -> Operand {
+        if wide { self.pack_input_as::<PX_WIDE>(src, dims, row, ci) } else { self.pack_input_as::<PX>(src, dims, row, ci) }
+    }
+
+    /// [`Self::pack_input`] with `W` channels to a block, a constant for the copies' sake.
+    fn pack_input_as<const W: usize>(&mut self, src: &[f32], (rows_in, cols_in): (usize, usize), row: usize, ci: usize) -> Operand {
         // A block's lanes past the last channel stay as they are: `wgt_block::<P>` reads P.
-        let block = rows_in * cols_in * PX;
-        self.input.resize(self.input.len().max(ci.div_ceil(PX) * block), 0.0);
-        for (b, dst) in self.input.chunks_exact_mut(block).take(ci.div_ceil(PX)).enumerate() {
-            let n = (ci - b * PX).min(PX);
-            for (r, dst) in dst.chunks_exact_mut(cols_in * PX).enumerate() {
-                let src = &src[r * row + b * PX..];
-                if n == PX {
-                    for (x, d) in dst.chunks_exact_mut(PX).enumerate() {
-                        d.copy_from_slice(&src[x * ci..][..PX]);
+        let block = rows_in * cols_in * W;
+        self.input.resize(self.input.len().max(ci.div_ceil(W) * block), 0.0);
+        for (b, dst) in self.input.chunks_exact_mut(block).take(ci.div_ceil(W)).enumerate() {
+            let n = (ci - b * W).min(W);
+            for (r, dst) in dst.chunks_exact_mut(cols_in * W).enumerate() {
+                let src = &src[r * row + b * W..];
+                if n == W {
+                    for (x, d) in dst.chunks_exact_mut(W).enumerate() {
+                        d.copy_from_slice(&src[x * ci..][..W]);
                     }
                 } else {
-                    for (x, d) in dst.chunks_exact_mut(PX).enumerate() {
+                    for (x, d) in dst.chunks_exact_mut(W).enumerate() {
                         d[..n].copy_from_slice(&src[x * ci..][..n]);
                     }
                 }
             }
         }
-        Operand { ptr: self.input.as_ptr(), block, row: cols_in * PX, px: PX }
+        Operand { ptr: self.input.as_ptr(), block, row: cols_in * W, px: W }
     }
 }
 
@@ -279,6 +291,36 @@ unsafe fn wgt_block<const P: usize>((input, grad): (Operand, Operand), (rows, co
         for (p, a) in a.iter().enumerate() {
             _mm256_storeu_ps(out.add(p * cop), a[0]);
             _mm256_storeu_ps(out.add(p * cop + 8), a[1]);
+        }
+    }
+}
+
+/// [`wgt_block`] with the 16 output channels in one AVX-512 register and the input value
+/// broadcast from memory into the FMA. Each sum takes its terms in the same order: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wgt_block_wide<const P: usize>((input, grad): (Operand, Operand), (rows, cols): (usize, usize), f: Fwd, k: usize, (out, first): (*mut f32, bool), cop: usize) {
+    unsafe {
+        use std::arch::x86_64::*;
+        let (ki, kj) = (k / f.kw, k % f.kw);
+        let [sh, sw] = f.stride;
+        let mut a = [_mm512_setzero_ps(); P];
+        for (p, a) in a.iter_mut().enumerate().filter(|_| !first) {
+            *a = _mm512_loadu_ps(out.add(p * cop));
+        }
+        for r in 0..rows {
+            let src = input.ptr.add((r * sh + ki) * input.row + kj * input.px);
+            let gr = grad.ptr.add(r * grad.row);
+            for x in 0..cols {
+                let g = _mm512_loadu_ps(gr.add(x * grad.px));
+                let v = src.add(x * sw * input.px);
+                for (p, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*v.add(p)), g, *a);
+                }
+            }
+        }
+        for (p, a) in a.iter().enumerate() {
+            _mm512_storeu_ps(out.add(p * cop), *a);
         }
     }
 }

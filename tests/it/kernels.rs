@@ -139,6 +139,21 @@ fn the_kernel_matches_on_random_shapes() {
     }
 }
 
+/// On a CPU with AVX-512 the tests above run its 12-wide tiles; this runs them again on the
+/// AVX2 tiles, which CPUs without AVX-512 use, in a child process of this test binary.
+#[test]
+fn the_avx2_tiles_match_burns_conv2d_too() {
+    let tests = ["kernels::the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use", "kernels::the_kernel_matches_on_random_shapes"];
+    let out = std::process::Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args(tests)
+        .args(["--exact", "--test-threads", "1"])
+        .env("APUNET_NO_AVX512", "1")
+        .output()
+        .expect("the test binary runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("2 passed"), "AVX2 tiles:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn burn_ops_serve_what_the_kernel_does_not_take() {
     // Layers draw their initial weights from the process-wide device RNG.
