@@ -24,12 +24,18 @@ pub(super) const OC: usize = 16;
 /// Pixels (forward) or input channels (weight gradient) per micro-kernel call.
 pub(super) const PX: usize = 6;
 
-/// `$f::<P>(args)` with the const block width `P` = `$n` (1 to [`PX`]): the micro-kernels keep
-/// their P accumulators in registers, so each width is its own instance.
+/// `$f::<P>(args)` with the const block width `P` = `$n` (1 to [`PX_WIDE`]): the micro-kernels
+/// keep their P accumulators in registers, so each width is its own instance.
 #[cfg(target_arch = "x86_64")]
 macro_rules! with_width {
     ($n:expr, $f:ident($($arg:expr),*)) => {
         match $n {
+            12 => $f::<12>($($arg),*),
+            11 => $f::<11>($($arg),*),
+            10 => $f::<10>($($arg),*),
+            9 => $f::<9>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            7 => $f::<7>($($arg),*),
             6 => $f::<6>($($arg),*),
             5 => $f::<5>($($arg),*),
             4 => $f::<4>($($arg),*),
@@ -234,29 +240,6 @@ pub(super) fn avx512() -> bool {
     }
 }
 
-/// [`with_width`] for 1 to [`PX_WIDE`] pixels.
-#[cfg(target_arch = "x86_64")]
-macro_rules! with_wide_width {
-    ($n:expr, $f:ident($($arg:expr),*)) => {
-        match $n {
-            12 => $f::<12>($($arg),*),
-            11 => $f::<11>($($arg),*),
-            10 => $f::<10>($($arg),*),
-            9 => $f::<9>($($arg),*),
-            8 => $f::<8>($($arg),*),
-            7 => $f::<7>($($arg),*),
-            6 => $f::<6>($($arg),*),
-            5 => $f::<5>($($arg),*),
-            4 => $f::<4>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            _ => $f::<1>($($arg),*),
-        }
-    };
-}
-#[cfg(target_arch = "x86_64")]
-pub(super) use with_wide_width;
-
 /// [`fwd_block`] with the 16 channels in one AVX-512 register and the input value broadcast
 /// from memory into the FMA. Each sum takes its terms in the same order: the same bits.
 #[cfg(target_arch = "x86_64")]
@@ -301,7 +284,7 @@ unsafe fn forward_row(img: &[f32], wp: usize, ci: usize, packed: &[f32], cop: us
             for b in 0..blocks {
                 let n = base + usize::from(b < wider);
                 if wide {
-                    with_wide_width!(n, fwd_block_wide(ctx, oy, ox, ob, row));
+                    with_width!(n, fwd_block_wide(ctx, oy, ox, ob, row));
                 } else {
                     with_width!(n, fwd_block(ctx, oy, ox, ob, row));
                 }

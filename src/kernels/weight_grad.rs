@@ -15,7 +15,7 @@ use super::conv::ConvGeom;
 use super::direct::{Fwd, Nhwc, OC, View, backward_x_from, round_up, x_backward_applies, x_backward_pad};
 use super::layout::{assume_init, uninit};
 #[cfg(target_arch = "x86_64")]
-use super::direct::{Ctx, PX, PX_WIDE, avx512, rank1, with_wide_width, with_width};
+use super::direct::{Ctx, PX, PX_WIDE, avx512, rank1, with_width};
 
 /// Output rows per work item.
 const ROWS: usize = 8;
@@ -153,7 +153,7 @@ unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], Gr
                             let out = acc.add((k * ci + cb * pw) * cop + ob * OC);
                             let ops = (input.at(cb), grad.at(ob));
                             if pw == PX_WIDE {
-                                with_wide_width!(n, wgt_block_wide(ops, (nr, nc), f, k, (out, first), cop));
+                                with_width!(n, wgt_block_wide(ops, (nr, nc), f, k, (out, first), cop));
                             } else {
                                 with_width!(n, wgt_block(ops, (nr, nc), f, k, (out, first), cop));
                             }
