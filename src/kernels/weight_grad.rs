@@ -17,8 +17,14 @@ use super::layout::{assume_init, uninit};
 #[cfg(target_arch = "x86_64")]
 use super::direct::{Ctx, PX, PX_WIDE, avx512, rank1, with_width};
 
-/// Output rows per work item.
+/// Output rows per work item, at least...
 const ROWS: usize = 8;
+/// ...and enough rows for this many pixels, across images where they are small: each work item
+/// writes a partial sum of the whole kernel, which costs as much as 2 x pixels FMAs per float,
+/// so at 8x8 pixels per image (96 channels), one partial per image was a quarter of the time.
+const CHUNK_PX: usize = 512;
+/// Work items at least, where the rows allow, for the threads to share.
+const MIN_CHUNKS: usize = 4;
 /// The gradient floats of one span of pixels read in place (16 KiB, to stay in L1)...
 const SPAN_FLOATS: usize = 4096;
 /// ...but at least this many pixels, or re-reading the partial sums for each span costs more.
@@ -82,19 +88,25 @@ fn weight_grad(g: &ConvGeom, input: View, grad: View, at: GradAt) -> Vec<f32> {
     assert!(grad.c == cop && at.x0 + wo <= grad.w && at.y0 + ho <= grad.h);
     let f = Fwd { kh: g.kh, kw: g.kw, stride: g.stride, ho, wo };
     let len = g.kh * g.kw * g.c_in * cop;
-    // Fixed chunks of rows, summed in a fixed order: the same bits on any number of threads.
-    let chunks: Vec<(usize, usize)> = (0..g.batch).flat_map(|n| (0..ho).step_by(ROWS).map(move |r| (n, r))).collect();
+    // Fixed chunks of rows, summed in a fixed order: the same bits on any number of threads. A
+    // chunk may span images (rows counted over the batch), taken in order.
+    let total = g.batch * ho;
+    let per = CHUNK_PX.div_ceil(wo.max(1)).max(ROWS).min(total.div_ceil(MIN_CHUNKS)).max(1);
+    let chunks: Vec<usize> = (0..total).step_by(per).collect();
     let partials: Vec<Vec<f32>> = chunks
         .par_iter()
-        .map(|&(n, r0)| {
+        .map(|&start| {
             let mut acc = uninit(len);
-            let rows = r0..(r0 + ROWS).min(ho);
-            // SAFETY: `rows` lie below `ho` and the NHWC buffers hold the padded geometry `f`
-            // reads; the first span writes every partial sum.
-            unsafe {
-                weight_rows(input.image(n), input.w, g.c_in, (grad.image(n), at), cop, f, rows, acc.as_mut_ptr().cast());
-                assume_init(acc)
+            let mut first = true;
+            for n in start / ho..(start + per).min(total).div_ceil(ho) {
+                let rows = start.max(n * ho) - n * ho..(start + per).min(total).min((n + 1) * ho) - n * ho;
+                // SAFETY: `rows` lie below `ho` and the NHWC buffers hold the padded geometry `f`
+                // reads; the chunk's first span writes every partial sum.
+                unsafe { weight_rows(input.image(n), input.w, g.c_in, (grad.image(n), at), cop, f, rows, (acc.as_mut_ptr().cast(), first)) };
+                first = false;
             }
+            // SAFETY: the first span wrote every partial sum.
+            unsafe { assume_init(acc) }
         })
         .collect();
     // Summed in parallel over the elements, each in the fixed order of the chunks.
@@ -123,15 +135,15 @@ fn weight_grad(g: &ConvGeom, input: View, grad: View, at: GradAt) -> Vec<f32> {
     dw
 }
 
-/// Writes the contribution of output rows `oy` to `acc` `[kh][kw][ci][cop]`, which need not
-/// be initialised.
+/// Adds the contribution of output rows `oy` to `acc` `[kh][kw][ci][cop]`, or writes it there
+/// if `first` (`acc` then need not be initialised).
 ///
 /// A span of pixels at a time (part of a row, or whole rows), each span visited for every tap
 /// and channel block, so that its gradients stay in cache while every partial sum is read and
 /// written once per span. The pixels still reach each sum in row-major order: the bits do not
 /// depend on the span.
 #[allow(clippy::too_many_arguments)]
-unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], GradAt), cop: usize, f: Fwd, oy: Range<usize>, acc: *mut f32) {
+unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], GradAt), cop: usize, f: Fwd, oy: Range<usize>, (acc, mut first): (*mut f32, bool)) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
         let span = if cop >= PACK_FROM { PACKED_SPAN } else { (SPAN_FLOATS / cop).max(MIN_SPAN) };
@@ -139,7 +151,6 @@ unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], Gr
         // Input channels per block: the micro-kernel's width.
         let pw = if avx512() { PX_WIDE } else { PX };
         let mut packed = Packed::default();
-        let mut first = true;
         for y0 in oy.clone().step_by(rows_per) {
             let rows = y0..(y0 + rows_per).min(oy.end);
             for x0 in (0..f.wo).step_by(cols) {
@@ -166,7 +177,7 @@ unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], Gr
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (img, wp, ci, grad, at, cop, f, oy, acc);
+        let _ = (img, wp, ci, grad, at, cop, f, oy, acc, first);
         unreachable!("the direct kernels run only where `available()`")
     }
 }
