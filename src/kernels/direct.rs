@@ -1,8 +1,9 @@
 //! Direct convolution on channels-last (NHWC) copies with an AVX2/FMA register-blocked
 //! micro-kernel: no im2col matrix. Each step broadcasts one input value per pixel of a block
 //! of up to 6 pixels and multiplies it with 16 output channels' weights, holding the 6 x 16
-//! sums in twelve registers (oneDNN's scheme). Measured 2-3x faster than im2col + the gemm
-//! crate on the U-Net's 3x3 layers (docs/benchmarks.md).
+//! sums in twelve registers (oneDNN's scheme). On AVX-512 a block is 12 pixels, one register
+//! of 16 sums each, with the same bits. Measured 2-3x faster than im2col + the gemm crate on
+//! the U-Net's 3x3 layers (docs/benchmarks.md).
 //!
 //! - forward: any kernel size, stride and padding;
 //! - input gradient: stride 1 with every pad below the kernel size, as the forward of the
@@ -19,9 +20,9 @@ use rayon::prelude::*;
 use super::conv::ConvGeom;
 use super::layout::{SharedOut, assume_init, par_init, transpose, transpose_to, uninit, zero};
 
-/// Output channels per micro-kernel call: two AVX vectors.
+/// Output channels per micro-kernel call: two AVX vectors, or one AVX-512 vector.
 pub(super) const OC: usize = 16;
-/// Pixels (forward) or input channels (weight gradient) per micro-kernel call.
+/// Pixels (forward) or input channels (weight gradient) per AVX2 micro-kernel call.
 pub(super) const PX: usize = 6;
 
 /// `$f::<P>(args)` with the const block width `P` = `$n` (1 to [`PX_WIDE`]): the micro-kernels

@@ -110,8 +110,9 @@ fn the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use() {
         case(2, 16, 24, [12, 17], 3, 2, 1),   // the same, padded output channels, stride 2
         case(1, 3, 64, [3, 70], 3, 1, 1),     // weight gradient: rows split into spans of 64 pixels
         case(3, 5, 7, [5, 6], 3, 1, 1),       // weight gradient: work items that span images
-        // Weight gradient from copied spans (128 channels and up): a last block of 4 input
-        // channels, padded output channels, stride 2, and rows split into spans of 256 pixels.
+        // Weight gradient from copied spans (128 channels and up): a last block of 4 (AVX2) or
+        // 10 (AVX-512) input channels, padded output channels, stride 2, and rows split into
+        // spans of 256 pixels.
         case(1, 130, 131, [9, 11], 3, 1, 1),
         case(2, 128, 136, [7, 6], 4, 2, 1),
         case(1, 128, 128, [3, 300], 3, 1, 1),
