@@ -250,16 +250,10 @@ unsafe fn fwd_block_wide<const P: usize>((img, wp, ci, packed, cop, f): Ctx, oy:
         use std::arch::x86_64::*;
         let mut acc = [_mm512_setzero_ps(); P];
         let step = f.stride[1] * ci;
-        for ki in 0..f.kh {
-            for kj in 0..f.kw {
-                let src = img.as_ptr().add(((oy * f.stride[0] + ki) * wp + ox * f.stride[1] + kj) * ci);
-                let ws = packed.as_ptr().add(((ob * f.kh + ki) * f.kw + kj) * ci * OC);
-                for c in 0..ci {
-                    let w = _mm512_loadu_ps(ws.add(c * OC));
-                    for (p, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*src.add(c + p * step)), w, *a);
-                    }
-                }
+        for k in 0..f.kh * f.kw {
+            let (src, ws) = tap((img, wp, ci, packed, cop, f), oy, ox, ob, k);
+            for c in 0..ci {
+                rank1_wide(&mut acc, ws.add(c * OC), src.add(c), step);
             }
         }
         for (p, a) in acc.iter().enumerate() {
@@ -319,6 +313,37 @@ pub(super) unsafe fn rank1<const P: usize>(acc: &mut [[std::arch::x86_64::__m256
     }
 }
 
+/// [`rank1`] with the 16 values of `w` in one AVX-512 register, each `v` broadcast inside the
+/// FMA: the same products, summed in the same order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn rank1_wide<const P: usize>(acc: &mut [std::arch::x86_64::__m512; P], w: *const f32, v: *const f32, stride: usize) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let w = _mm512_loadu_ps(w);
+        for (p, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(*v.add(p * stride)), w, *a);
+        }
+    }
+}
+
+/// Where the forward's kernel tap `k` reads for the block of pixels from (`oy`, `ox`): its first
+/// pixel's input values and output-channel block `ob`'s weights.
+///
+/// # Safety
+/// The tap must lie inside the image and `packed` (`convolve_at`'s asserts).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tap((img, wp, ci, packed, _, f): Ctx, oy: usize, ox: usize, ob: usize, k: usize) -> (*const f32, *const f32) {
+    let (ki, kj) = (k / f.kw, k % f.kw);
+    // SAFETY: the caller's.
+    unsafe {
+        let src = img.as_ptr().add(((oy * f.stride[0] + ki) * wp + ox * f.stride[1] + kj) * ci);
+        (src, packed.as_ptr().add((ob * f.kh * f.kw + k) * ci * OC))
+    }
+}
+
 /// P output pixels from `ox` times 16 output channels of block `ob`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -327,13 +352,10 @@ unsafe fn fwd_block<const P: usize>((img, wp, ci, packed, cop, f): Ctx, oy: usiz
         use std::arch::x86_64::*;
         let mut acc = [[_mm256_setzero_ps(); 2]; P];
         let step = f.stride[1] * ci;
-        for ki in 0..f.kh {
-            for kj in 0..f.kw {
-                let src = img.as_ptr().add(((oy * f.stride[0] + ki) * wp + ox * f.stride[1] + kj) * ci);
-                let ws = packed.as_ptr().add(((ob * f.kh + ki) * f.kw + kj) * ci * OC);
-                for c in 0..ci {
-                    rank1(&mut acc, ws.add(c * OC), src.add(c), step);
-                }
+        for k in 0..f.kh * f.kw {
+            let (src, ws) = tap((img, wp, ci, packed, cop, f), oy, ox, ob, k);
+            for c in 0..ci {
+                rank1(&mut acc, ws.add(c * OC), src.add(c), step);
             }
         }
         for (p, a) in acc.iter().enumerate() {

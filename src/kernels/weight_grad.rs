@@ -15,7 +15,7 @@ use super::conv::ConvGeom;
 use super::direct::{Fwd, Nhwc, OC, View, backward_x_from, round_up, x_backward_applies, x_backward_pad};
 use super::layout::{assume_init, uninit};
 #[cfg(target_arch = "x86_64")]
-use super::direct::{Ctx, PX, PX_WIDE, avx512, rank1, with_width};
+use super::direct::{Ctx, PX, PX_WIDE, avx512, rank1, rank1_wide, with_width};
 
 /// Output rows per work item, at least...
 const ROWS: usize = 8;
@@ -97,16 +97,12 @@ fn weight_grad(g: &ConvGeom, input: View, grad: View, at: GradAt) -> Vec<f32> {
         .par_iter()
         .map(|&start| {
             let mut acc = uninit(len);
-            let mut first = true;
-            for n in start / ho..(start + per).min(total).div_ceil(ho) {
-                let rows = start.max(n * ho) - n * ho..(start + per).min(total).min((n + 1) * ho) - n * ho;
-                // SAFETY: `rows` lie below `ho` and the NHWC buffers hold the padded geometry `f`
-                // reads; the chunk's first span writes every partial sum.
-                unsafe { weight_rows(input.image(n), input.w, g.c_in, (grad.image(n), at), cop, f, rows, (acc.as_mut_ptr().cast(), first)) };
-                first = false;
+            // SAFETY: the rows lie below the batch's and the NHWC buffers hold the padded
+            // geometry `f` reads; the chunk's first span writes every partial sum.
+            unsafe {
+                weight_rows(input, (grad, at), cop, f, start..(start + per).min(total), acc.as_mut_ptr().cast());
+                assume_init(acc)
             }
-            // SAFETY: the first span wrote every partial sum.
-            unsafe { assume_init(acc) }
         })
         .collect();
     // Summed in parallel over the elements, each in the fixed order of the chunks.
@@ -135,15 +131,14 @@ fn weight_grad(g: &ConvGeom, input: View, grad: View, at: GradAt) -> Vec<f32> {
     dw
 }
 
-/// Adds the contribution of output rows `oy` to `acc` `[kh][kw][ci][cop]`, or writes it there
-/// if `first` (`acc` then need not be initialised).
+/// Writes the contribution of output rows `rows`, counted over the batch, to `acc`
+/// `[kh][kw][ci][cop]`, which need not be initialised.
 ///
 /// A span of pixels at a time (part of a row, or whole rows), each span visited for every tap
 /// and channel block, so that its gradients stay in cache while every partial sum is read and
-/// written once per span. The pixels still reach each sum in row-major order: the bits do not
-/// depend on the span.
-#[allow(clippy::too_many_arguments)]
-unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], GradAt), cop: usize, f: Fwd, oy: Range<usize>, (acc, mut first): (*mut f32, bool)) {
+/// written once per span. The pixels still reach each sum in row-major order, image by image:
+/// the bits do not depend on the span.
+unsafe fn weight_rows(input: View, (grad, at): (View, GradAt), cop: usize, f: Fwd, rows: Range<usize>, acc: *mut f32) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
         let span = if cop >= PACK_FROM { PACKED_SPAN } else { (SPAN_FLOATS / cop).max(MIN_SPAN) };
@@ -151,34 +146,49 @@ unsafe fn weight_rows(img: &[f32], wp: usize, ci: usize, (grad, at): (&[f32], Gr
         // Input channels per block: the micro-kernel's width.
         let pw = if avx512() { PX_WIDE } else { PX };
         let mut packed = Packed::default();
-        for y0 in oy.clone().step_by(rows_per) {
-            let rows = y0..(y0 + rows_per).min(oy.end);
-            for x0 in (0..f.wo).step_by(cols) {
-                let px = (rows.clone(), x0..(x0 + cols).min(f.wo));
-                let (nr, nc) = (px.0.len(), px.1.len());
-                let (input, grad) = packed.fill((img, wp, ci, grad, cop, f), at, px, pw);
-                for k in 0..f.kh * f.kw {
-                    for cb in 0..ci.div_ceil(pw) {
-                        let n = (ci - cb * pw).min(pw);
-                        for ob in 0..cop / OC {
-                            let out = acc.add((k * ci + cb * pw) * cop + ob * OC);
-                            let ops = (input.at(cb), grad.at(ob));
-                            if pw == PX_WIDE {
-                                with_width!(n, wgt_block_wide(ops, (nr, nc), f, k, (out, first), cop));
-                            } else {
-                                with_width!(n, wgt_block(ops, (nr, nc), f, k, (out, first), cop));
-                            }
-                        }
-                    }
+        let mut first = true;
+        for n in rows.start / f.ho..rows.end.div_ceil(f.ho) {
+            let ctx = (input.image(n), input.w, input.c, grad.image(n), cop, f);
+            let oy = rows.start.max(n * f.ho) - n * f.ho..rows.end.min((n + 1) * f.ho) - n * f.ho;
+            for y0 in oy.clone().step_by(rows_per) {
+                for x0 in (0..f.wo).step_by(cols) {
+                    let px = (y0..(y0 + rows_per).min(oy.end), x0..(x0 + cols).min(f.wo));
+                    let dims = (px.0.len(), px.1.len());
+                    let ops = packed.fill(ctx, at, px, pw);
+                    span_sums(ops, dims, (input.c, cop, pw), f, (acc, first));
+                    first = false;
                 }
-                first = false;
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (img, wp, ci, grad, at, cop, f, oy, acc, first);
+        let _ = (input, grad, at, cop, f, rows, acc);
         unreachable!("the direct kernels run only where `available()`")
+    }
+}
+
+/// One span's `dims` (rows, columns) of pixels through every tap, block of `pw` input channels
+/// and block of output channels, added to the sums at `acc` or written there if `first`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn span_sums((input, grad): (Operand, Operand), dims: (usize, usize), (ci, cop, pw): (usize, usize, usize), f: Fwd, (acc, first): (*mut f32, bool)) {
+    // SAFETY: the caller's: `acc` holds [kh][kw][ci][cop] sums, the operands cover the span
+    // (`Packed::fill`), and this CPU has the tile's instructions (`avx512`, or AVX2).
+    unsafe {
+        for k in 0..f.kh * f.kw {
+            for cb in 0..ci.div_ceil(pw) {
+                let n = (ci - cb * pw).min(pw);
+                for ob in 0..cop / OC {
+                    let out = acc.add((k * ci + cb * pw) * cop + ob * OC);
+                    let ops = (input.at(cb), grad.at(ob));
+                    if pw == PX_WIDE {
+                        with_width!(n, wgt_block_wide(ops, dims, f, k, (out, first), cop));
+                    } else {
+                        with_width!(n, wgt_block(ops, dims, f, k, (out, first), cop));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -323,11 +333,7 @@ unsafe fn wgt_block_wide<const P: usize>((input, grad): (Operand, Operand), (row
             let src = input.ptr.add((r * sh + ki) * input.row + kj * input.px);
             let gr = grad.ptr.add(r * grad.row);
             for x in 0..cols {
-                let g = _mm512_loadu_ps(gr.add(x * grad.px));
-                let v = src.add(x * sw * input.px);
-                for (p, a) in a.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*v.add(p)), g, *a);
-                }
+                rank1_wide(&mut a, gr.add(x * grad.px), src.add(x * sw * input.px), 1);
             }
         }
         for (p, a) in a.iter().enumerate() {
