@@ -1,8 +1,8 @@
-//! GFLOP/s of the direct convolution kernels (`src/kernels/direct.rs`) on the default model's
-//! 3x3 layers at batch 8 and the CycleGAN's at batch 1, forward, input gradient and weight
-//! gradient, layout copies included, on one thread unless told otherwise. Also prints a hash of
-//! each result's bits, so that a change meant to reorder memory traffic only can be checked to
-//! give the same bits.
+//! GFLOP/s of the direct convolution kernels (`src/kernels/direct.rs`) on the 3x3 layers of the
+//! default model and the LIDC recipe at batch 8 and of the CycleGAN at batch 1, forward, input
+//! gradient and weight gradient, layout copies included, on one thread unless told otherwise.
+//! Also prints a hash of each result's bits, so that a change meant to reorder memory traffic
+//! only can be checked to give the same bits.
 //!
 //!     cargo run --release --example conv_gflops [-- THREADS]
 
@@ -42,7 +42,8 @@ fn main() {
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("the first rayon pool");
     // (batch, c_in, c_out, size, pad): the default model's encoder levels and a decoder block's
     // first conv at batch 8; then the CycleGAN's residual blocks at batch 1 (paper size at 128
-    // and 256 px, the small network at 128 px), on inputs already reflection-padded.
+    // and 256 px, the small network at 128 px), on inputs already reflection-padded; then the
+    // LIDC recipe's (filters 16-32-64-96, 64 px): its encoder levels and a decoder block's first conv.
     let geoms = [
         (8, 32, 32, 128, 1), (8, 64, 64, 64, 1), (8, 128, 128, 32, 1), (8, 192, 192, 16, 1), (8, 96, 32, 128, 1),
         (1, 256, 256, 34, 0), (1, 256, 256, 66, 0), (1, 64, 64, 34, 0),
