@@ -102,7 +102,7 @@ pub trait CpuKernels: Backend {
         grad: FloatTensor<Self>,
         geom: ConvGeom,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
-    /// 2x2 average pooling with stride 2, no padding (flex's op).
+    /// 2x2 average pooling with stride 2, no padding, in one pass.
     fn avg_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// The gradient of [`CpuKernels::avg_pool2x2`] for an input `[n, c, h, w]` = `dims`.
     fn avg_pool2x2_backward(grad: FloatTensor<Self>, dims: [usize; 4]) -> FloatTensor<Self>;
@@ -218,7 +218,10 @@ impl CpuKernels for Flex {
     }
 
     fn avg_pool2x2(x: FlexTensor) -> FlexTensor {
-        Flex::avg_pool2d(x, [2, 2], [2, 2], [0, 0], true, false)
+        let x = x.to_contiguous();
+        let [n, c, h, w]: [usize; 4] = x.shape().dims::<4>();
+        let y = pool::avg_pool2x2(&values(&x), n * c, (h, w));
+        flex_out(y, &[n, c, h / 2, w / 2], x.dtype())
     }
 
     fn avg_pool2x2_backward(grad: FlexTensor, [n, c, h, w]: [usize; 4]) -> FlexTensor {
@@ -311,8 +314,8 @@ pub fn conv_transpose2d(layer: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(out)
 }
 
-/// 2x2 average pooling, stride 2 (`AvgPoolOptions::new([2, 2])`): flex's forward with the
-/// one-pass gradient of `pool.rs` where the kernels apply, else burn's op.
+/// 2x2 average pooling, stride 2 (`AvgPoolOptions::new([2, 2])`): one pass each way
+/// (`pool.rs`) where the kernels apply, else burn's op.
 pub fn avg_pool2x2(x: Tensor<4>) -> Tensor<4> {
     if !on_kernels(&x.device(), x.dtype()) {
         return burn::tensor::module::avg_pool2d(x, burn::tensor::ops::AvgPoolOptions::new([2, 2]));

@@ -1,9 +1,32 @@
-//! The gradient of the 2x2 average pooling between encoder levels (`model::downsample`).
-//! burn's generic backward visits every output's window twice (to count its cells, then to add
-//! to them) and starts from zeros; with a 2x2 stride-2 window each input cell gets exactly one
-//! share, g / 4, so one pass writes it. The forward stays flex's.
+//! The 2x2 average pooling between encoder levels (`model::downsample`) and its gradient.
+//! flex's forward is a general 3-D pooling: per output it works out the window's valid range,
+//! then sums with a bounds check and a scalar division each, 4.9% of `predict`'s CPU time. Here
+//! a window is two pairs of adjacent floats. burn's generic backward visits every output's window
+//! twice (to count its cells, then to add to them) and starts from zeros; with a 2x2 stride-2
+//! window each input cell gets exactly one share, g / 4, so one pass writes it.
 
 use rayon::prelude::*;
+
+/// `[planes, h / 2, w / 2]` from `x [planes, h, w]`, the last row and column of an odd size
+/// left out: the same bits as flex, which sums a window from 0 row by row, then divides by 4.
+pub fn avg_pool2x2(x: &[f32], planes: usize, (h, w): (usize, usize)) -> Vec<f32> {
+    let (ho, wo) = (h / 2, w / 2);
+    assert_eq!(x.len(), planes * h * w);
+    let mut out = vec![0f32; planes * ho * wo];
+    if ho == 0 || wo == 0 {
+        return out;
+    }
+    out.par_chunks_mut(ho * wo).zip(x.par_chunks(h * w)).for_each(|(o, plane)| {
+        for (i, o_row) in o.chunks_exact_mut(wo).enumerate() {
+            let (top, bottom) = (&plane[2 * i * w..][..2 * wo], &plane[(2 * i + 1) * w..][..2 * wo]);
+            for ((v, t), b) in o_row.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+                // From 0 as flex starts: 0 + -0 is +0.
+                *v = (0.0 + t[0] + t[1] + b[0] + b[1]) / 4.0;
+            }
+        }
+    });
+    out
+}
 
 /// `dx [planes, h, w]` from `grad [planes, h / 2, w / 2]`: each output's gradient over 4 to the
 /// cells of its window; the last row and column of an odd-sized input, which no window covers,
