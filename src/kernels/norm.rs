@@ -39,21 +39,35 @@ impl NormGeom {
 /// Sum of `f(a[i], b[i])`: eight f32 lanes over chunks of 256 elements (so the loop
 /// vectorises), the chunks' sums added in f64 (so long blocks keep their precision).
 fn sum_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut total = 0f64;
+    sums_by(a, b, |x, y| [f(x, y)])[0]
+}
+
+/// [`sum_by`] of `N` functions at once, in one pass over `a` and `b`: each sum takes its terms in
+/// the same order as alone, so the same bits.
+fn sums_by<const N: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f32; N]) -> [f64; N] {
+    let mut total = [0f64; N];
     for (ca, cb) in a.chunks(256).zip(b.chunks(256)) {
-        let mut lanes = [0f32; 8];
+        let mut lanes = [[0f32; 8]; N];
         let (ea, eb) = (ca.chunks_exact(8), cb.chunks_exact(8));
         let (ra, rb) = (ea.remainder(), eb.remainder());
         for (xa, xb) in ea.zip(eb) {
             for l in 0..8 {
-                lanes[l] += f(xa[l], xb[l]);
+                let v = f(xa[l], xb[l]);
+                for k in 0..N {
+                    lanes[k][l] += v[k];
+                }
             }
         }
-        let mut s: f32 = lanes.iter().sum();
+        let mut s: [f32; N] = std::array::from_fn(|k| lanes[k].iter().sum());
         for (&x, &y) in ra.iter().zip(rb) {
-            s += f(x, y);
+            let v = f(x, y);
+            for k in 0..N {
+                s[k] += v[k];
+            }
         }
-        total += s as f64;
+        for k in 0..N {
+            total[k] += s[k] as f64;
+        }
     }
     total
 }
@@ -119,8 +133,11 @@ pub fn backward(g: &NormGeom, x: &[f32], gamma: &[f32], beta: &[f32], grad: &[f3
             for j in 0..cg {
                 let (xc, gc) = (&xb[j * g.hw..(j + 1) * g.hw], &gb[j * g.hw..(j + 1) * g.hw]);
                 let dm = masked(j);
-                let dyx = sum_by(xc, gc, |v, d| dm(v, d) * (v - mean)) * rstd as f64;
-                let dy = sum_by(xc, gc, dm);
+                let [dyx, dy] = sums_by(xc, gc, |v, d| {
+                    let d = dm(v, d);
+                    [d * (v - mean), d]
+                });
+                let dyx = dyx * rstd as f64;
                 part[2 * j] = dyx as f32;
                 part[2 * j + 1] = dy as f32;
                 let gm = gamma[c0 + j] as f64;
