@@ -116,15 +116,18 @@ fn weight_grad(g: &ConvGeom, input: View, grad: View, at: GradAt) -> Vec<f32> {
         }
     });
     let taps = g.kh * g.kw;
-    // Sixteen output channels per task, their sums read 16 at a time.
+    // Sixteen output channels per task, their sums read 16 at a time. Per input channel, its
+    // taps' sums are gathered first, so that each output channel's taps are written as one run:
+    // scattered one float at a time they were 1.8% of a CycleGAN iteration.
     let mut dw = vec![0f32; g.c_out * g.c_in * taps];
     dw.par_chunks_mut(OC * g.c_in * taps).enumerate().for_each(|(ob, dw)| {
-        for k in 0..taps {
-            for i in 0..g.c_in {
-                let src = &sum[(k * g.c_in + i) * cop + ob * OC..][..OC];
-                for (row, v) in dw.chunks_exact_mut(g.c_in * taps).zip(src) {
-                    row[i * taps + k] = *v;
-                }
+        let mut block = vec![[0f32; OC]; taps];
+        for i in 0..g.c_in {
+            for (k, b) in block.iter_mut().enumerate() {
+                b.copy_from_slice(&sum[(k * g.c_in + i) * cop + ob * OC..][..OC]);
+            }
+            for (o, row) in dw.chunks_exact_mut(g.c_in * taps).enumerate() {
+                row[i * taps..][..taps].iter_mut().zip(&block).for_each(|(d, b)| *d = b[o]);
             }
         }
     });
