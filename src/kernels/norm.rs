@@ -212,3 +212,38 @@ fn backward_block(g: &NormGeom, i: usize, (xb, gb): BlockIn, (dxb, part): BlockO
         }
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The AVX2 twins give the same bits as the baseline build of the same code, so that a CPU
+    /// without AVX2 trains the same way.
+    #[test]
+    fn the_avx2_twins_give_the_baseline_bits() {
+        if !super::super::direct::available() {
+            return;
+        }
+        // Full mantissas and an odd length: the lanes, the remainder and the ReLU's mask all count.
+        let n = 3 * 1031;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 * 0.737).sin() * 1.3).collect();
+        let gb: Vec<f32> = (0..n).map(|i| ((i * 104729 % 997) as f32 * 0.311).cos()).collect();
+        let (gamma, beta) = ([0.9f32, 1.7, -0.4], [0.1f32, -0.2, 0.05]);
+        let g = NormGeom { batch: 1, channels: 3, groups: 1, hw: 1031, eps: 1e-5, relu: true };
+        let bits = |v: &[MaybeUninit<f32>]| {
+            // SAFETY: the blocks write every value.
+            v.iter().map(|v| unsafe { v.assume_init() }.to_bits()).collect::<Vec<_>>()
+        };
+        let (mut y0, mut y1) = (uninit(n), uninit(n));
+        forward_block(&g, 0, &x, &mut y0, &gamma, &beta);
+        // SAFETY: `available()` checked AVX2 and FMA.
+        unsafe { forward_block_avx2(&g, 0, &x, &mut y1, &gamma, &beta) };
+        assert_eq!(bits(&y0), bits(&y1), "forward");
+        let (mut d0, mut d1, mut p0, mut p1) = (uninit(n), uninit(n), [0f32; 6], [0f32; 6]);
+        backward_block(&g, 0, (&x, &gb), (&mut d0, &mut p0), &gamma, &beta);
+        // SAFETY: as above.
+        unsafe { backward_block_avx2(&g, 0, (&x, &gb), (&mut d1, &mut p1), &gamma, &beta) };
+        assert_eq!(bits(&d0), bits(&d1), "input gradient");
+        assert_eq!(p0.map(f32::to_bits), p1.map(f32::to_bits), "per-channel sums");
+    }
+}
