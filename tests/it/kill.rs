@@ -86,16 +86,15 @@ fn train_survives_20_kills_at_random_moments() {
             assert!(epoch >= last_epoch, "a resume went back from epoch {last_epoch} to {epoch}");
             last_epoch = epoch;
         }
-        if !finished && last_epoch == before {
-            // Killed before an epoch was saved (start-up is slow while other tests run): wait
-            // longer next time, so that kills also land mid-run.
-            span = span * 3 / 2;
-        }
+        // The next wait: shorter after a run that ended before its kill (a release build runs
+        // all epochs in under a second), longer after a kill before any epoch was saved
+        // (start-up is slow while other tests run), so that kills also land mid-run.
         if finished {
-            // The run ended before the kill (a release build runs all epochs in under a
-            // second): wait less next time.
             span = span * 2 / 3;
         } else {
+            if last_epoch == before {
+                span = span * 3 / 2;
+            }
             span = span.max(t0.elapsed() / 2);
         }
         if last_epoch == EPOCHS {
