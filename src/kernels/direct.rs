@@ -243,6 +243,10 @@ pub(super) fn avx512() -> bool {
 
 /// [`fwd_block`] with the 16 channels in one AVX-512 register and the input value broadcast
 /// from memory into the FMA. Each sum takes its terms in the same order: the same bits.
+///
+/// # Safety
+/// The CPU must have AVX-512F; every tap of the P pixels from (`oy`, `ox`) must lie inside the
+/// padded image and `packed` ([`tap`]'s condition), and `row` must hold `(ox + P) * cop` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn fwd_block_wide<const P: usize>((img, wp, ci, packed, cop, f): Ctx, oy: usize, ox: usize, ob: usize, row: &mut [f32]) {
@@ -263,6 +267,11 @@ unsafe fn fwd_block_wide<const P: usize>((img, wp, ci, packed, cop, f): Ctx, oy:
 }
 
 /// One output row, all channels, NHWC: `row[ox * cop + c]`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (and AVX-512F where [`avx512`] says so): [`available`] checks
+/// both. `img` must be the padded image and `packed` the packed weights of `f`, and `oy` an output
+/// row of `f`, as `convolve_at` asserts before it calls this.
 #[allow(clippy::too_many_arguments)]
 unsafe fn forward_row(img: &[f32], wp: usize, ci: usize, packed: &[f32], cop: usize, f: Fwd, oy: usize, row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -298,6 +307,10 @@ pub(super) type Ctx<'a> = (&'a [f32], usize, usize, &'a [f32], usize, Fwd);
 
 /// The micro-kernel's step, shared by the forward and the weight gradient: `acc[p] +=
 /// v[p * stride] * w[0..16]` for p < P, the 16 values of `w` in two registers.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `w` must point to 16 readable floats and `v` to P readable
+/// floats `stride` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -315,6 +328,9 @@ pub(super) unsafe fn rank1<const P: usize>(acc: &mut [[std::arch::x86_64::__m256
 
 /// [`rank1`] with the 16 values of `w` in one AVX-512 register, each `v` broadcast inside the
 /// FMA: the same products, summed in the same order.
+///
+/// # Safety
+/// As [`rank1`], with AVX-512F instead of AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -345,6 +361,9 @@ unsafe fn tap((img, wp, ci, packed, _, f): Ctx, oy: usize, ox: usize, ob: usize,
 }
 
 /// P output pixels from `ox` times 16 output channels of block `ob`.
+///
+/// # Safety
+/// As [`fwd_block_wide`], with AVX2 and FMA instead of AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fwd_block<const P: usize>((img, wp, ci, packed, cop, f): Ctx, oy: usize, ox: usize, ob: usize, row: &mut [f32]) {

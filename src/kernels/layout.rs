@@ -121,6 +121,10 @@ unsafe fn scalar(src: &[f32], src_stride: usize, dst: SharedOut, dst_stride: usi
     }
 }
 
+/// An 8x8 block from `src` (rows `ss` apart) transposed into `dst` (rows `ds` apart).
+///
+/// # Safety
+/// The CPU must have AVX2; `src` must hold 8 readable rows of 8 floats and `dst` 8 writable ones.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {

@@ -114,6 +114,10 @@ pub fn forward(g: &NormGeom, x: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32>
     unsafe { par_init(x.len(), block, fill) }
 }
 
+/// [`forward_block`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (`on_avx2!` checks before it calls this).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_block_avx2(g: &NormGeom, i: usize, xb: &[f32], yb: &mut [MaybeUninit<f32>], gamma: &[f32], beta: &[f32]) {
@@ -165,6 +169,10 @@ pub fn backward(g: &NormGeom, x: &[f32], gamma: &[f32], beta: &[f32], grad: &[f3
 type BlockIn<'a> = (&'a [f32], &'a [f32]);
 type BlockOut<'a> = (&'a mut [MaybeUninit<f32>], &'a mut [f32]);
 
+/// [`backward_block`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA (`on_avx2!` checks before it calls this).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn backward_block_avx2(g: &NormGeom, i: usize, input: BlockIn, out: BlockOut, gamma: &[f32], beta: &[f32]) {

@@ -141,6 +141,11 @@ fn weight_grad(g: &ConvGeom, input: View, grad: View, at: GradAt) -> Vec<f32> {
 /// and channel block, so that its gradients stay in cache while every partial sum is read and
 /// written once per span. The pixels still reach each sum in row-major order, image by image:
 /// the bits do not depend on the span.
+///
+/// # Safety
+/// The direct kernels must be [`available`](super::direct::available) on this CPU; `input` and
+/// `grad` must be the padded input and output gradient of `f` for the rows in `rows`, and `acc`
+/// must point to `kh * kw * ci * cop` writable floats that no other thread touches.
 unsafe fn weight_rows(input: View, (grad, at): (View, GradAt), cop: usize, f: Fwd, rows: Range<usize>, acc: *mut f32) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
@@ -173,6 +178,10 @@ unsafe fn weight_rows(input: View, (grad, at): (View, GradAt), cop: usize, f: Fw
 
 /// One span's `dims` (rows, columns) of pixels through every tap, block of `pw` input channels
 /// and block of output channels, added to the sums at `acc` or written there if `first`.
+///
+/// # Safety
+/// `acc` must hold the [kh][kw][ci][cop] sums, the operands must cover the span
+/// (`Packed::fill`), and this CPU must have the tile's instructions (`avx512`, or AVX2 and FMA).
 #[cfg(target_arch = "x86_64")]
 unsafe fn span_sums((input, grad): (Operand, Operand), dims: (usize, usize), (ci, cop, pw): (usize, usize, usize), f: Fwd, (acc, first): (*mut f32, bool)) {
     // SAFETY: the caller's: `acc` holds [kh][kw][ci][cop] sums, the operands cover the span
@@ -209,6 +218,9 @@ struct Operand {
 #[cfg(target_arch = "x86_64")]
 impl Operand {
     /// Block `b` alone.
+    ///
+    /// # Safety
+    /// Block `b` must lie inside the allocation `ptr` points into.
     unsafe fn at(self, b: usize) -> Self {
         Self { ptr: unsafe { self.ptr.add(b * self.block) }, ..self }
     }
@@ -293,6 +305,10 @@ impl Packed {
 /// Input channels `P` of `input`'s block times the 16 output channels of `grad`'s block, kernel
 /// tap `k`, over the span's `(rows, cols)` pixels, added to the sums at `out` (`P` rows of `cop`),
 /// or written there for the `first` span.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; the operands must cover the span's pixels and tap, and `out`
+/// must point to P rows of `cop` floats (16 of them read and written per row).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn wgt_block<const P: usize>((input, grad): (Operand, Operand), (rows, cols): (usize, usize), f: Fwd, k: usize, (out, first): (*mut f32, bool), cop: usize) {
@@ -321,6 +337,9 @@ unsafe fn wgt_block<const P: usize>((input, grad): (Operand, Operand), (rows, co
 
 /// [`wgt_block`] with the 16 output channels in one AVX-512 register and the input value
 /// broadcast from memory into the FMA. Each sum takes its terms in the same order: the same bits.
+///
+/// # Safety
+/// As [`wgt_block`], with AVX-512F instead of AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn wgt_block_wide<const P: usize>((input, grad): (Operand, Operand), (rows, cols): (usize, usize), f: Fwd, k: usize, (out, first): (*mut f32, bool), cop: usize) {
