@@ -23,6 +23,14 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.split('.').nth(1).is_some_and(|b| b.contains("-tmp"))
 }
 
+/// Whether two paths name the same file or directory (the paths themselves where neither exists).
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 /// Writes `bytes` to `path` through a temp file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {

@@ -21,20 +21,25 @@ use crate::train::objective::bce_with_logits;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// cpu | wgpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Default: 8 on CPU, 32 on a GPU.
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Square image side in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// Samples per image in the sampling benchmark.
     #[arg(long, default_value_t = 16)]
     pub samples: usize,
+    /// Filters per level [default: the model's].
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     pub filters: Option<Vec<usize>>,
     /// punet, or hpunet (the reference HPU-Net for --size).
@@ -208,6 +213,7 @@ impl TrainBench<'_> {
 
 #[derive(Args, Debug)]
 pub struct GanBenchArgs {
+    /// cpu | wgpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Square image sizes to time, e.g. 128,256.
@@ -219,8 +225,10 @@ pub struct GanBenchArgs {
     /// Residual blocks (9 in the paper).
     #[arg(long, default_value_t = 9)]
     pub blocks: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
 }

@@ -14,16 +14,22 @@ use crate::train::{self, RunConfig, TrainConfig, TrainRequest};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// Folder for the data, the run, the samples and the evaluation.
     #[arg(long, default_value = "apunet-demo")]
     pub out: PathBuf,
+    /// Training epochs.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
+    /// Synthetic training crops (the held-out set is a third as many).
     #[arg(long, default_value_t = 192)]
     pub count: usize,
+    /// Crop side in pixels.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// cpu | wgpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Seed of the data, the weights and the sampling.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }

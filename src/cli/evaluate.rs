@@ -21,6 +21,7 @@ use super::review;
 pub struct EvalArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Dataset npz to sample and score (its masks are the experts).
     #[arg(long)]
     pub data: PathBuf,
     /// Directory for metrics.json, per_image.csv, report.md, samples.npz and figures.
@@ -58,6 +59,7 @@ pub struct MetricsArgs {
 
 #[derive(Args, Debug)]
 pub struct PlotArgs {
+    /// The run directory whose metrics.csv is drawn.
     #[arg(long)]
     pub run: PathBuf,
     /// Default: RUN/curves.png.
@@ -136,6 +138,7 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     let s = &a.sampling;
     let (device, cfg, model) = s.load()?;
     let ds = Dataset::load(&a.data)?;
+    s.check_data(&cfg, &ds, &a.data)?;
     cfg.model.check_size(ds.height(), ds.width())?;
     let m = ds.annotators();
     if s.n % m != 0 {

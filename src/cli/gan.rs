@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::data::Dataset;
 use crate::device::parse_device;
 use crate::eval::figures;
-use crate::gan::train::{Domain, GanMode, GanRequest, GanTrainConfig, generate, side_by_side, train_gan};
+use crate::gan::train::{GanMode, GanOverrides, GanSources, generate, run_gan, side_by_side};
 
 #[derive(Subcommand, Debug)]
 pub enum GanCommand {
@@ -21,10 +21,12 @@ pub enum GanCommand {
     Bench(super::bench::GanBenchArgs),
 }
 
+/// Flags left out take their value from the run on --resume, else the defaults shown.
 #[derive(Args, Debug)]
 pub struct GanTrainArgs {
-    #[arg(long, value_enum, default_value_t = GanMode::Mask2ct)]
-    pub mode: GanMode,
+    /// mask2ct (the annotators' mean mask -> CT, from --data) or unpaired (--a -> --b) [default: mask2ct].
+    #[arg(long, value_enum)]
+    pub mode: Option<GanMode>,
     /// mask2ct: the dataset whose masks (A) and crops (B) it learns from.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -34,44 +36,62 @@ pub struct GanTrainArgs {
     /// unpaired: domain B's npz.
     #[arg(long)]
     pub b: Option<PathBuf>,
+    /// The GAN run directory (gan.toml, checkpoints, figures).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 20)]
-    pub epochs: usize,
-    /// Epochs of linear learning-rate decay at the end.
+    /// Epochs to train (on --resume: the total to reach) [default: 20].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Epochs of linear learning-rate decay at the end [default: half the epochs].
     #[arg(long)]
     pub decay_epochs: Option<usize>,
-    /// Generator width (64 in the paper).
-    #[arg(long, default_value_t = 64)]
-    pub base: usize,
-    /// Residual blocks (9 in the paper, 6 for small images).
-    #[arg(long, default_value_t = 9)]
-    pub blocks: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Generator width (64 in the paper) [default: 64].
+    #[arg(long)]
+    pub base: Option<usize>,
+    /// Residual blocks (9 in the paper, 6 for small images) [default: 9].
+    #[arg(long)]
+    pub blocks: Option<usize>,
+    /// Seed of the weights' initialisation and the data order [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Generated images each discriminator keeps and draws from (50 in the paper; 0: none)
+    /// [default: 50].
+    #[arg(long)]
+    pub pool_size: Option<usize>,
+    /// Continue the run in --out where it stopped (after a kill too); only --epochs may change.
     #[arg(long)]
     pub resume: bool,
+    /// cpu | wgpu | cuda, or wgpu:N / cuda:N for the N-th GPU.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// No progress bars or per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct GanGenerateArgs {
+    /// The GAN run directory (a mask2ct run).
     #[arg(long)]
     pub gan: PathBuf,
     /// The dataset whose mask sets are deformed and translated.
     #[arg(long)]
     pub data: PathBuf,
+    /// Examples to generate.
     #[arg(long)]
     pub count: usize,
+    /// The npz to write; the real-versus-generated figure goes beside it.
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of the deformations.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// cpu | wgpu | cuda, or wgpu:N / cuda:N for the N-th GPU.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Go on with --data preprocessed otherwise (HU window, CLAHE) than the GAN's training data.
+    #[arg(long)]
+    pub allow_mismatch: bool,
 }
 
 pub fn run(cmd: GanCommand) -> Result<()> {
@@ -84,25 +104,26 @@ pub fn run(cmd: GanCommand) -> Result<()> {
 
 fn train_cmd(a: GanTrainArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let (da, db) = match (a.mode, &a.data, &a.a, &a.b) {
-        (GanMode::Mask2ct, Some(d), _, _) => {
-            let ds = Dataset::load(d)?;
-            (Domain::from_mean_masks(&ds), Domain::from_images(&ds))
-        }
-        (GanMode::Unpaired, _, Some(pa), Some(pb)) => (Domain::from_images(&Dataset::load(pa)?), Domain::from_images(&Dataset::load(pb)?)),
-        (GanMode::Mask2ct, None, _, _) => bail!("--mode mask2ct needs --data FILE.npz"),
-        _ => bail!("--mode unpaired needs --a A.npz and --b B.npz"),
-    };
-    let mut cfg = GanTrainConfig { mode: a.mode, epochs: a.epochs, seed: a.seed, ..Default::default() };
-    cfg.decay_epochs = a.decay_epochs.unwrap_or(a.epochs / 2);
-    cfg.net.base = a.base;
-    cfg.net.residual_blocks = a.blocks;
-    let state = train_gan(GanRequest { a: da, b: db, out: a.out.clone(), config: cfg, device, resume: a.resume, quiet: a.quiet })?;
+    let sources = GanSources { data: a.data, a: a.a, b: a.b };
+    let o = GanOverrides { mode: a.mode, epochs: a.epochs, decay_epochs: a.decay_epochs, base: a.base, blocks: a.blocks, seed: a.seed, pool_size: a.pool_size };
+    let done = run_gan(&a.out, a.resume, &sources, &o, device, a.quiet)?;
+    let s = &done.state;
+    if done.epochs_run == 0 {
+        crate::say!(
+            "nothing to train: {} already finished epoch {} of {}; give --epochs N (more than {}) to train further",
+            a.out.display(),
+            s.epoch,
+            s.epoch,
+            s.epoch
+        );
+        return Ok(());
+    }
     crate::say!(
-        "trained {} epochs; cycle loss {:.4} -> {:.4}; GAN in {}",
-        state.epoch,
-        state.cycle.first().copied().unwrap_or(f64::NAN),
-        state.cycle.last().copied().unwrap_or(f64::NAN),
+        "trained {} epoch(s), now at epoch {}; cycle loss {:.4} -> {:.4}; GAN in {}",
+        done.epochs_run,
+        s.epoch,
+        s.cycle.first().copied().unwrap_or(f64::NAN),
+        s.cycle.last().copied().unwrap_or(f64::NAN),
         a.out.display()
     );
     Ok(())
@@ -111,7 +132,7 @@ fn train_cmd(a: GanTrainArgs) -> Result<()> {
 fn generate_cmd(a: GanGenerateArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let data = Dataset::load(&a.data)?;
-    let ds = generate(&a.gan, &data, a.count, a.seed, &device)?;
+    let ds = generate(&a.gan, (&a.data, &data), a.count, a.seed, a.allow_mismatch, &device)?;
     ds.save(&a.out)?;
     let fig = a.out.with_extension("png");
     figures::save_png(&side_by_side(&data, &ds, 8)?, &fig)?;

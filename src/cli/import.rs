@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::data::intensity::Window;
-use crate::data::scan::{self, Preprocess};
+use crate::data::scan::{self, Preprocess, Units};
 use crate::fsio;
 
 #[derive(Args, Debug)]
@@ -26,6 +26,7 @@ pub struct ImportArgs {
     /// Dataset npz to write; the manifest goes beside it (.manifest.json).
     #[arg(long)]
     pub out: PathBuf,
+    /// Crop side in pixels.
     #[arg(long, default_value_t = 128)]
     pub crop: usize,
     /// Background crops as a share of all crops, in [0, 1).
@@ -34,8 +35,13 @@ pub struct ImportArgs {
     /// lung, mediastinum, file, percentile or WIDTH,LEVEL (CT inputs).
     #[arg(long, default_value = "lung")]
     pub window: Window,
+    /// Contrast-limited adaptive histogram equalisation after the window (dark, low-contrast scans).
     #[arg(long)]
     pub clahe: bool,
+    /// What NIfTI images' values are: hu or unit [default: read from each file's header and values].
+    #[arg(long, value_enum)]
+    pub units: Option<Units>,
+    /// Seed of the background crops' places.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -155,7 +161,9 @@ pub fn import_cmd(a: ImportArgs) -> Result<()> {
     if annotators == 0 {
         bail!("{} holds no labels named CASE_A<k>.(png|nii.gz)", lab_dir.display());
     }
-    let pre = Preprocess { window: a.window, clahe: a.clahe, ..Default::default() };
+    // The record follows the scans' units: a window only touches HU.
+    let mut units: Option<(Units, String)> = None;
+    let pre_for = |u: Units| Preprocess { window: (u == Units::Hu).then_some(a.window), clahe: a.clahe, ..Default::default() };
     let mut rng = StdRng::seed_from_u64(a.seed);
     let c = a.crop;
     let (mut xs, mut ms, mut series, mut crops, mut skipped) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -174,7 +182,7 @@ pub fn import_cmd(a: ImportArgs) -> Result<()> {
             continue;
         }
         // One unreadable case is listed with the other skipped ones, not the end of the import.
-        let scan = match scan::read_scan(img_path) {
+        let scan = match scan::read_scan_as(img_path, a.units) {
             Ok(s) => s,
             Err(e) => {
                 skip(format!("{e:#}"));
@@ -184,7 +192,7 @@ pub fn import_cmd(a: ImportArgs) -> Result<()> {
         let mut label_scans = Vec::new();
         let mut bad = None;
         for p in files.values() {
-            let l = match scan::read_scan(p) {
+            let l = match scan::read_labels(p) {
                 Ok(l) => l,
                 Err(e) => {
                     bad = Some(format!("{e:#}"));
@@ -212,9 +220,19 @@ pub fn import_cmd(a: ImportArgs) -> Result<()> {
             skip(reason);
             continue;
         }
+        let u = scan.slices[0].units;
+        match &units {
+            Some((first, name)) if *first != u => bail!(
+                "{} holds {u} but {name} holds {first}: one dataset takes one kind of input (give --units to read NIfTI files alike)",
+                img_path.display()
+            ),
+            Some(_) => {}
+            None => units = Some((u, img_path.display().to_string())),
+        }
+        let pre = pre_for(u);
         for (z, s) in scan.slices.iter().enumerate() {
             let (h, w) = (s.height, s.width);
-            let x = s.normalized(&pre);
+            let x = s.normalized(&pre)?;
             let masks: Vec<Vec<u8>> =
                 label_scans.iter().map(|l| l.slices[z].values.iter().map(|&v| (v > 0.0) as u8).collect()).collect();
             let union: Vec<u8> = (0..h * w).map(|p| masks.iter().any(|m| m[p] != 0) as u8).collect();
@@ -262,6 +280,7 @@ pub fn import_cmd(a: ImportArgs) -> Result<()> {
     let images = Array3::from_shape_vec((n, c, c), xs)?;
     let masks = Array4::from_shape_vec((n, annotators, c, c), ms)?;
     let mut ds = Dataset::new(images, masks, Some(series), &a.input.display().to_string())?;
+    let pre = pre_for(units.map_or(Units::Unit, |(u, _)| u));
     ds.preprocess = Some(pre.clone());
     ds.save(&a.out)?;
     let manifest = Manifest { input: a.input.display().to_string(), crop: c, annotators, preprocess: pre, crops, skipped };

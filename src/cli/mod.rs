@@ -67,28 +67,38 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
+    /// The npz to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Crops to make.
     #[arg(long, default_value_t = 256)]
     pub count: usize,
+    /// Crop side in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Simulated experts per crop.
     #[arg(long, default_value_t = 4)]
     pub annotators: usize,
+    /// Seed of the generator (split: of the series drawn for validation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
 #[derive(Args, Debug)]
 pub struct SplitArgs {
+    /// Dataset npz.
     #[arg(long)]
     pub data: PathBuf,
+    /// Share of series held out for validation.
     #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
+    /// Seed of the generator (split: of the series drawn for validation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The training part (npz).
     #[arg(long)]
     pub train_out: PathBuf,
+    /// The validation part (npz).
     #[arg(long)]
     pub val_out: PathBuf,
 }
@@ -102,8 +112,10 @@ pub struct SamplingArgs {
     /// Samples per image.
     #[arg(long, default_value_t = 16)]
     pub n: usize,
+    /// Which checkpoint: best (by the run's selection) or last.
     #[arg(long, value_enum, default_value_t = Which::Best)]
     pub checkpoint: Which,
+    /// Seed of the generator (split: of the series drawn for validation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Images (or patches) per forward pass.
@@ -117,6 +129,10 @@ pub struct SamplingArgs {
     /// Default: every scale.
     #[arg(long, value_delimiter = ',')]
     pub scales: Option<Vec<usize>>,
+    /// Go on with data or scans whose preprocessing (HU window, CLAHE, units) differs from
+    /// what the run trained on [default: refused, naming both].
+    #[arg(long)]
+    pub allow_mismatch: bool,
 }
 
 impl SamplingArgs {
@@ -130,7 +146,10 @@ impl SamplingArgs {
                 }
                 let count = cfg.model.latent_scales;
                 if let Some(bad) = list.iter().find(|&&s| s >= count) {
-                    bail!("--scales: scale {bad} does not exist (this model has scales 0..{count}, 0 the coarsest)");
+                    bail!(
+                        "--scales: scale {bad} does not exist: this model has {count} latent scale(s), numbered 0 (the coarsest) to {}",
+                        count.saturating_sub(1)
+                    );
                 }
                 (0..count).map(|s| !list.contains(&s)).collect()
             }
@@ -151,9 +170,28 @@ impl SamplingArgs {
         Ok((device, cfg, model))
     }
 
+    /// Refuses a dataset preprocessed otherwise than the run's training data (unless
+    /// --allow-mismatch), naming both.
+    pub fn check_data(&self, cfg: &RunConfig, ds: &Dataset, data: &Path) -> Result<()> {
+        crate::data::preprocess::check_match(
+            (&format!("run {}", self.run.display()), cfg.data.preprocess.as_ref()),
+            (&data.display().to_string(), ds.preprocess.as_ref()),
+            self.allow_mismatch,
+        )
+    }
+
     /// Defaults for `run`, as the command line gives them.
     pub fn for_run(run: &Path) -> Self {
-        Self { run: run.to_path_buf(), n: 16, checkpoint: Which::Best, seed: 0, batch_size: 8, device: "cpu".into(), scales: None }
+        Self {
+            run: run.to_path_buf(),
+            n: 16,
+            checkpoint: Which::Best,
+            seed: 0,
+            batch_size: 8,
+            device: "cpu".into(),
+            scales: None,
+            allow_mismatch: false,
+        }
     }
 }
 
@@ -161,6 +199,7 @@ impl SamplingArgs {
 pub struct SampleArgs {
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Dataset npz.
     #[arg(long)]
     pub data: PathBuf,
     /// Output npz (samples [N,n,H,W] uint8, mean [N,H,W] float32, prior_mean [N,H,W] uint8);
@@ -183,7 +222,7 @@ const EXAMPLE: &str = "Examples:
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
     let defaults = toml::Value::try_from(RunConfig::default()).ok();
-    decorate(Cli::command(), defaults.as_ref()).after_help(EXAMPLE)
+    decorate(Cli::command(), defaults.as_ref(), false).after_help(EXAMPLE)
 }
 
 /// Parses arguments with `command()`'s help (what `main` and the tests use).
@@ -196,8 +235,10 @@ where
     Cli::from_arg_matches(&command().try_get_matches_from(args)?)
 }
 
-fn decorate(cmd: clap::Command, defaults: Option<&toml::Value>) -> clap::Command {
-    let train = cmd.get_name() == "train";
+/// `train` is true for `apunet train` alone (not `apunet gan train`): its flags fall back to the
+/// run configuration's defaults.
+fn decorate(cmd: clap::Command, defaults: Option<&toml::Value>, train: bool) -> clap::Command {
+    let top = cmd.get_name() == "apunet";
     cmd.mut_args(|mut a| {
         let takes_value = a.get_action().takes_values();
         let mut help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
@@ -213,7 +254,10 @@ fn decorate(cmd: clap::Command, defaults: Option<&toml::Value>) -> clap::Command
         }
         a.help(help.trim().to_string())
     })
-    .mut_subcommands(|c| decorate(c, defaults))
+    .mut_subcommands(|c| {
+        let train = top && c.get_name() == "train";
+        decorate(c, defaults, train)
+    })
 }
 
 /// The default of a [train] or [model] key as a flag would spell it.
@@ -277,6 +321,7 @@ pub fn sample_to(s: &SamplingArgs, data: &Path, out: &Path, figure_images: usize
     let n = s.n;
     let (device, cfg, model) = s.load()?;
     let ds = Dataset::load(data)?;
+    s.check_data(&cfg, &ds, data)?;
     cfg.model.check_size(ds.height(), ds.width())?;
     let pb = ProgressBar::new(ds.len() as u64);
     let samples =

@@ -12,8 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array3, Array4};
 
 use crate::data::intensity::Window;
+use crate::data::preprocess::{self, Units};
 use crate::data::npz::{self, NpzEntry};
-use crate::eval::review::Units;
+use crate::eval::review::Units as ReviewUnits;
 use crate::data::scan::{self, Scan};
 use crate::eval::{figures, metrics};
 use crate::predict::{Prediction, predict_image, window_starts};
@@ -34,9 +35,14 @@ pub struct PredictArgs {
     /// Patch overlap in [0, 1).
     #[arg(long, default_value_t = 0.5)]
     pub overlap: f64,
-    /// Override the run's window: lung, mediastinum, file, percentile or WIDTH,LEVEL.
+    /// Override the run's window: lung, mediastinum, file, percentile or WIDTH,LEVEL (for scans
+    /// in HU; needed where the run's training data carry no preprocessing record).
     #[arg(long)]
     pub window: Option<Window>,
+    /// What a NIfTI's values are: hu or unit (intensities in [0, 1]) [default: read from its
+    /// header and values; DICOM is HU, PNG/TIFF intensities].
+    #[arg(long, value_enum)]
+    pub units: Option<Units>,
     /// Do not write review.html (the page to look through the samples over the scan).
     #[arg(long)]
     pub no_review: bool,
@@ -76,12 +82,14 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
     if ph == 0 || pw == 0 {
         bail!("{}: config.toml has no [data] crop size; retrain with this version of apunet", s.run.display());
     }
-    let mut pre = cfg.data.preprocess.clone();
-    if let Some(w) = a.window {
-        pre.window = w;
-    }
     for input in inputs(&a.input)? {
-        let scan = scan::read_scan(&input)?;
+        let scan = scan::read_scan_as(&input, a.units)?;
+        let pre = preprocess::for_scan(
+            (&format!("run {}", s.run.display()), cfg.data.preprocess.as_ref()),
+            (&input.display().to_string(), scan.slices[0].units),
+            a.window,
+            s.allow_mismatch,
+        )?;
         let name = scan::stem(&input);
         let dir = a.out.join(&name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -100,7 +108,7 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
         let mut preds = Vec::with_capacity(scan.slices.len());
         let mut inputs01 = Vec::with_capacity(scan.slices.len());
         for slice in &scan.slices {
-            let x = slice.normalized(&pre);
+            let x = slice.normalized(&pre)?;
             preds.push(predict_image(
                 &model,
                 &x,
@@ -122,17 +130,19 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
             run: s.run.clone(),
             data: input.clone(),
             seed: s.seed,
-            units: match scan.slices[0].hounsfield {
-                true => Units::Hounsfield { file_window: scan.slices[0].file_window.map(|(c, w)| (w, c)) },
-                false => Units::Intensity,
+            units: match scan.slices[0].units {
+                Units::Hu => ReviewUnits::Hounsfield { file_window: scan.slices[0].file_window.map(|(c, w)| (w, c)) },
+                Units::Unit => ReviewUnits::Intensity,
             },
             volume: scan.slices.len() > 1,
         };
         write_review_files(&scan, &preds, &dir, &record, !a.no_review, a.open)?;
         let (h, w) = (scan.slices[0].height, scan.slices[0].width);
         crate::say!(
-            "{name}: {} slice(s) {h}x{w}, {total} patches of {ph}x{pw}, {} samples in {secs:.1} s ({:.2} slices/s) -> {}",
+            "{name}: {} slice(s) {h}x{w} in {}, input made with {}; {total} patches of {ph}x{pw}, {} samples in {secs:.1} s ({:.2} slices/s) -> {}",
             scan.slices.len(),
+            scan.slices[0].units,
+            preprocess::describe(Some(&pre)),
             s.n,
             scan.slices.len() as f64 / secs.max(1e-9),
             dir.display()

@@ -44,8 +44,8 @@ pub struct ReviewRecord {
 /// (per-file or percentile windows, CLAHE, or data that was never in HU).
 pub fn dataset_units(p: Option<&Preprocess>) -> Units {
     match p {
-        Some(p) if !p.clahe && matches!(p.window, Window::Lung | Window::Mediastinum | Window::Explicit { .. }) => {
-            match p.window.resolve(None) {
+        Some(Preprocess { window: Some(w), clahe: false, .. }) if matches!(w, Window::Lung | Window::Mediastinum | Window::Explicit { .. }) => {
+            match w.resolve(None) {
                 Some((width, level)) => Units::Mapped { width, level },
                 None => Units::Intensity,
             }

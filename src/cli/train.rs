@@ -33,6 +33,7 @@ pub struct TrainArgs {
     /// Epochs to train (on --resume: the total to reach).
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Images per step (under --distributed or --devices: the global batch).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Adam learning rate.
@@ -50,8 +51,10 @@ pub struct TrainArgs {
     /// Adam weight decay [default: off].
     #[arg(long)]
     pub weight_decay: Option<f32>,
+    /// Probabilistic U-Net: size of the latent vector.
     #[arg(long)]
     pub latent_dim: Option<usize>,
+    /// Seed of the weights, the split, the batches and the augmentation.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Filters per level, e.g. 32,64,128,192 (the count sets the depth).
@@ -83,6 +86,10 @@ pub struct TrainArgs {
     /// Share of each batch taken from --extra, in [0, 1).
     #[arg(long)]
     pub extra_ratio: Option<f64>,
+    /// Accept an --extra dataset whose preprocessing record (HU window, CLAHE) differs from
+    /// --data's [default: refused, naming both].
+    #[arg(long)]
+    pub allow_mismatch: bool,
     /// Train on random NxN patches of the crops (a third placed over a lesion); validation
     /// and inference still use whole crops [default: whole crops].
     #[arg(long, value_name = "N")]
@@ -194,6 +201,9 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     if let Some(v) = a.extra_ratio {
         t.extra_ratio = v;
     }
+    if a.allow_mismatch {
+        t.allow_mismatch = true;
+    }
     if let Some(v) = a.patch {
         t.patch = Some(v);
     }
@@ -231,6 +241,9 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
         cfg.model.transformer_levels = ModelConfig::hpunet_transformer_levels(cfg.model.depth(), true);
     }
     let m = &mut cfg.model;
+    if let Some(v) = &a.filters {
+        m.set_filters(v.clone());
+    }
     if let Some(v) = a.latent_scales {
         m.latent_scales = v;
     }
@@ -239,9 +252,6 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.latent_dim {
         m.latent_dim = v;
-    }
-    if let Some(v) = &a.filters {
-        m.filters = v.clone();
     }
     if let Some(v) = a.norm {
         m.norm = v;
@@ -326,6 +336,11 @@ fn mpi_run(_: TrainArgs) -> Result<()> {
 fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
     let lead = comm.rank() == 0;
     let (out, resume) = match (&a.resume, &a.out) {
+        (Some(r), Some(o)) if !crate::fsio::same_path(r, o) => bail!(
+            "--resume {} continues that run in its own directory; --out {} names another. Give one of them",
+            r.display(),
+            o.display()
+        ),
         (Some(r), _) => (r.clone(), true),
         (None, Some(o)) => (o.clone(), false),
         (None, None) => bail!("give --out RUN_DIR for a new run, or --resume RUN_DIR"),
@@ -333,7 +348,7 @@ fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
     if !lead {
         // Rank 0 resolves the run (config, data, resume) and hands it to the others, which
         // may not see its files.
-        let req = TrainRequest { data: PathBuf::new(), out, config: RunConfig::default(), device, resume, quiet: true };
+        let req = TrainRequest { data: PathBuf::new(), out, config: RunConfig::default(), device, resume, quiet: a.quiet };
         return train::train_with(req, comm).map(|_| ());
     }
     let mut cfg = match (&a.config, resume) {

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use ndarray::{Array3, Array4, Axis};
 
 use super::npz::{self, NpyArray, NpzEntry};
-use super::scan::Preprocess;
+use super::preprocess::Preprocess;
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -19,7 +19,8 @@ pub struct Dataset {
     pub series: Vec<String>,
     /// Marks examples made by a generator (CycleGAN), never real scans.
     pub synthetic: Vec<bool>,
-    /// How `apunet import` made the crops from scans (stored as JSON in the npz).
+    /// How `apunet import` made the crops from scans (stored as JSON in the npz); `None`:
+    /// unknown (the data never passed through `import`).
     pub preprocess: Option<Preprocess>,
 }
 

@@ -175,9 +175,10 @@ fn check_one_size(dir: &Path, read: &[(std::path::PathBuf, CtSlice)]) -> Result<
         .flat_map(|((rr, cc), v)| v.iter().map(move |p| format!("{} ({rr}x{cc})", p.display())))
         .collect();
     bail!(
-        "{}: the slices differ in size: {main} are {r}x{c} but {} {} not: {}; a series folder must hold one \
+        "{}: the slices differ in size: {main} {} {r}x{c} but {} {} not: {}; a series folder must hold one \
          series; move the odd files out (or predict them one by one)",
         dir.display(),
+        if main == 1 { "is" } else { "are" },
         odd.len(),
         if odd.len() == 1 { "is" } else { "are" },
         odd.join(", ")

@@ -8,6 +8,7 @@ pub mod dicom;
 pub mod dicom_guard;
 pub mod intensity;
 pub mod npz;
+pub mod preprocess;
 pub mod scan;
 pub mod split;
 pub mod synth;

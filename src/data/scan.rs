@@ -6,27 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
-use serde::{Deserialize, Serialize};
 
 use super::dicom::{self, CtSlice};
-use super::intensity::Window;
-
-/// How a scan becomes network input; recorded in the run so inference repeats it exactly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Preprocess {
-    /// For CT in HU (DICOM, NIfTI): lung, mediastinum, file, percentile or "WIDTH,LEVEL".
-    pub window: Window,
-    /// Contrast-limited adaptive histogram equalisation after windowing (for dark scans).
-    pub clahe: bool,
-    pub clahe_clip: f32,
-}
-
-impl Default for Preprocess {
-    fn default() -> Self {
-        Self { window: Window::Lung, clahe: false, clahe_clip: 2.0 }
-    }
-}
+pub use super::preprocess::{Preprocess, Units};
 
 /// Where the pixels came from, for writing results back.
 #[derive(Debug, Clone)]
@@ -42,16 +24,21 @@ pub struct Slice {
     pub height: usize,
     pub width: usize,
     pub values: Vec<f32>,
-    /// True when `values` are Hounsfield units (windowing applies).
-    pub hounsfield: bool,
+    /// Hounsfield units (a window applies) or intensities in [0, 1].
+    pub units: Units,
     pub file_window: Option<(f64, f64)>,
 }
 
 impl Slice {
-    /// Network input in [0, 1].
-    pub fn normalized(&self, p: &Preprocess) -> Vec<f32> {
-        let x = if self.hounsfield { p.window.apply(&self.values, self.file_window) } else { self.values.clone() };
-        if p.clahe { super::clahe::clahe(&x, self.height, self.width, p.clahe_clip) } else { x }
+    /// Network input in [0, 1]: HU through `p`'s window, intensities as they are; then CLAHE.
+    /// An HU slice needs a window (`preprocess::for_scan` resolves one or refuses).
+    pub fn normalized(&self, p: &Preprocess) -> Result<Vec<f32>> {
+        let x = match (self.units, &p.window) {
+            (Units::Hu, Some(w)) => w.apply(&self.values, self.file_window),
+            (Units::Hu, None) => bail!("a slice in Hounsfield units needs a window to become network input"),
+            (Units::Unit, _) => self.values.clone(),
+        };
+        Ok(if p.clahe { super::clahe::clahe(&x, self.height, self.width, p.clahe_clip) } else { x })
     }
 }
 
@@ -87,7 +74,30 @@ pub fn stem(p: &Path) -> String {
     name
 }
 
+/// A scan with its units decided from the file (DICOM: HU; PNG/TIFF: intensities; NIfTI: its
+/// header and values, see [`nifti_units`]).
 pub fn read_scan(path: &Path) -> Result<Scan> {
+    read_scan_as(path, None)
+}
+
+/// A scan whose units the user may state (`--units`); a statement a file type cannot hold is
+/// an error.
+pub fn read_scan_as(path: &Path, units: Option<Units>) -> Result<Scan> {
+    let scan = read_any(path, units)?;
+    if let Some(u) = units
+        && scan.slices.iter().any(|s| s.units != u)
+    {
+        bail!("{}: --units {}: this file type holds {} only", path.display(), format!("{u:?}").to_lowercase(), scan.slices[0].units);
+    }
+    Ok(scan)
+}
+
+/// A label map (a mask per annotator): raw values, units never asked.
+pub fn read_labels(path: &Path) -> Result<Scan> {
+    read_any(path, Some(Units::Unit)).or_else(|_| read_any(path, Some(Units::Hu)))
+}
+
+fn read_any(path: &Path, units: Option<Units>) -> Result<Scan> {
     if path.is_dir() {
         let slices = dicom::read_series(path)?;
         let geometry = Geometry::Dicom(Box::new(CtSlice { hu: Vec::new(), ..slices[0].clone() }));
@@ -97,7 +107,7 @@ pub fn read_scan(path: &Path) -> Result<Scan> {
         bail!("{} does not exist", path.display());
     }
     if is_nifti(path) {
-        return read_nifti(path);
+        return read_nifti(path, units);
     }
     match ext(path).as_str() {
         "dcm" | "dicom" => {
@@ -113,7 +123,7 @@ pub fn read_scan(path: &Path) -> Result<Scan> {
 /// One slice per frame.
 fn dicom_slices(s: CtSlice) -> Vec<Slice> {
     s.hu.chunks(s.rows * s.columns)
-        .map(|f| Slice { height: s.rows, width: s.columns, values: f.to_vec(), hounsfield: true, file_window: s.window })
+        .map(|f| Slice { height: s.rows, width: s.columns, values: f.to_vec(), units: Units::Hu, file_window: s.window })
         .collect()
 }
 
@@ -135,11 +145,12 @@ pub fn read_gray(path: &Path) -> Result<Slice> {
             other.to_luma16().into_raw().into_iter().map(|v| v as f32 / 65535.0).collect()
         }
     };
-    Ok(Slice { height: h, width: w, values, hounsfield: false, file_window: None })
+    Ok(Slice { height: h, width: w, values, units: Units::Unit, file_window: None })
 }
 
-/// A NIfTI volume as axial slices (index z), values scaled by scl_slope/scl_inter (HU for CT).
-pub fn read_nifti(path: &Path) -> Result<Scan> {
+/// A NIfTI volume as axial slices (index z), values scaled by scl_slope/scl_inter; its units
+/// as `units` states, else as [`nifti_units`] reads them.
+pub fn read_nifti(path: &Path, units: Option<Units>) -> Result<Scan> {
     check_nifti_size(path)?;
     let obj = ReaderOptions::new()
         .read_file(path)
@@ -161,17 +172,72 @@ pub fn read_nifti(path: &Path) -> Result<Scan> {
         3 => vol[[x, y, z]],
         _ => vol[[x, y, z, 0]],
     };
-    // Values look like CT when they go well below zero.
-    let min = vol.iter().copied().fold(f32::INFINITY, f32::min);
-    let hounsfield = min < -200.0;
+    let (min, max) = vol.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+    let units = match units {
+        Some(u) => u,
+        None => nifti_units(&header, min, max).map_err(|e| anyhow!("{}: {e}", path.display()))?,
+    };
+    // 8- and 16-bit intensities scale by their type's range, as PNG's do.
+    let scale = match (units, header.datatype) {
+        (Units::Unit, 2) if max > 1.0 => 1.0 / 255.0,
+        (Units::Unit, 512) if max > 1.0 => 1.0 / 65535.0,
+        _ => 1.0,
+    };
+    if units == Units::Unit && (min * scale < 0.0 || max * scale > 1.0) {
+        bail!("{}: read as intensities, but its values span [{min}, {max}], not [0, 1] (--units hu reads them as HU)", path.display());
+    }
     let slices = (0..nz)
         .map(|z| {
             // Row y, column x: the image as radiology viewers show the array.
-            let values = (0..ny).flat_map(|y| (0..nx).map(move |x| (x, y))).map(|(x, y)| at(x, y, z)).collect();
-            Slice { height: ny, width: nx, values, hounsfield, file_window: None }
+            let values = (0..ny).flat_map(|y| (0..nx).map(move |x| (x, y))).map(|(x, y)| at(x, y, z) * scale).collect();
+            Slice { height: ny, width: nx, values, units, file_window: None }
         })
         .collect();
     Ok(Scan { source: path.to_path_buf(), slices, geometry: Geometry::Nifti(Box::new(header)) })
+}
+
+/// Whether a NIfTI holds HU or intensities, from its header and values together (not from the
+/// minimum alone: a CT region without air has no value below zero):
+/// - a description or intent name that says HU or Hounsfield: HU;
+/// - values (after scl_slope/scl_inter) all in [0, 1]: intensities;
+/// - 8-bit data: intensities (scaled by 255, as an 8-bit PNG);
+/// - stored values rescaled by the header (CT kept as unsigned with an intercept), signed
+///   integers or floats: HU (the range must be one CT can have; floats over a span under 200
+///   may be z-scores and are ambiguous);
+/// - unsigned 16/32-bit data without a rescale: ambiguous (CT stored with its offset dropped
+///   looks the same as a 16-bit image), an error that asks for `--units`.
+pub fn nifti_units(h: &NiftiHeader, min: f32, max: f32) -> Result<Units> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_lowercase();
+    let says_hu = [text(&h.descrip), text(&h.intent_name)]
+        .iter()
+        .any(|t| t.contains("hounsfield") || t.split(|c: char| !c.is_alphanumeric()).any(|w| w == "hu"));
+    let rescaled = h.scl_slope != 0.0 && (h.scl_slope != 1.0 || h.scl_inter != 0.0);
+    let signed_or_float = matches!(h.datatype, 4 | 8 | 16 | 64 | 256 | 1024);
+    let ask = "give --units hu or --units unit";
+    if says_hu {
+        return Ok(Units::Hu);
+    }
+    if (0.0..=1.0).contains(&min) && max <= 1.0 {
+        return Ok(Units::Unit);
+    }
+    if h.datatype == 2 && !rescaled {
+        return Ok(Units::Unit);
+    }
+    if rescaled || signed_or_float {
+        if min < -32768.0 || max > 40_000.0 {
+            bail!("values span [{min}, {max}], beyond what CT in HU holds, and not [0, 1] intensities; {ask}");
+        }
+        // Floats over a span of a few units are normalised intensities (z-scores), not HU.
+        if matches!(h.datatype, 16 | 64) && !rescaled && max - min < 200.0 {
+            bail!("float values over [{min}, {max}] may be normalised intensities or a narrow range of HU; {ask}");
+        }
+        return Ok(Units::Hu);
+    }
+    bail!(
+        "cannot tell whether its values ([{min}, {max}], unsigned data type {} without a rescale) are HU stored \
+         with an offset or image intensities; {ask}",
+        h.datatype
+    )
 }
 
 /// The most that a file of this size can decode to: deflate expands at most about 1,032:1.

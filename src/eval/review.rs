@@ -65,8 +65,13 @@ pub struct ReviewInput<'a> {
 /// Writes the page to `path` (atomically).
 pub fn write_page(input: &ReviewInput<'_>, path: &Path) -> Result<()> {
     let (n, h, w) = input.images.dim();
-    if input.samples.dim().0 != n || input.mean.dim() != (n, h, w) || input.samples.dim().2 != h || input.samples.dim().3 != w {
-        bail!("review: the samples ({:?}) do not match the {n} images of {h}x{w}", input.samples.dim());
+    let s = input.samples.dim();
+    if s.0 != n || s.2 != h || s.3 != w {
+        bail!("review: the samples [{}, {}, {}, {}] do not match the {n} images of {h}x{w}", s.0, s.1, s.2, s.3);
+    }
+    if input.mean.dim() != (n, h, w) {
+        let m = input.mean.dim();
+        bail!("review: the mean map [{}, {}, {}] does not match the {n} images of {h}x{w}", m.0, m.1, m.2);
     }
     if input.experts.dim().1 > 0 && (input.experts.dim().0 != n || input.experts.dim().2 != h || input.experts.dim().3 != w) {
         bail!("review: the expert masks ({:?}) do not match the {n} images of {h}x{w}", input.experts.dim());

@@ -72,12 +72,20 @@ pub fn deform_masks<R: Rng>(masks: &[Vec<u8>], h: usize, w: usize, rng: &mut R) 
         .collect()
 }
 
-/// K new examples: deformed training mask sets translated to CT by the A->B generator.
-pub fn generate(gan_dir: &Path, data: &Dataset, count: usize, seed: u64, device: &Device) -> Result<Dataset> {
+/// K new examples: deformed training mask sets of `data` (its name and contents) translated to
+/// CT by the A->B generator; they carry the GAN's preprocessing record, which `data`'s must
+/// match (unless `allow_mismatch`).
+pub fn generate(gan_dir: &Path, data: (&Path, &Dataset), count: usize, seed: u64, allow_mismatch: bool, device: &Device) -> Result<Dataset> {
+    let (data_name, data) = data;
     let (cfg, g) = load_generator(gan_dir, device)?;
     if cfg.mode != GanMode::Mask2ct {
         bail!("{} was trained in {:?} mode; generating examples needs a mask2ct GAN", gan_dir.display(), cfg.mode);
     }
+    crate::data::preprocess::check_match(
+        (&format!("the GAN {}", gan_dir.display()), cfg.preprocess.as_ref()),
+        (&data_name.display().to_string(), data.preprocess.as_ref()),
+        allow_mismatch,
+    )?;
     if count == 0 {
         bail!("--count must be at least 1");
     }
@@ -107,6 +115,7 @@ pub fn generate(gan_dir: &Path, data: &Dataset, count: usize, seed: u64, device:
     let out_masks = ndarray::Array4::from_shape_vec((count, a, h, w), out_masks)?;
     let mut ds = Dataset::new(images, out_masks, Some(series), "generated")?;
     ds.synthetic = vec![true; count];
-    ds.preprocess = data.preprocess.clone();
+    // The images are the generator's: they look like the CT it learnt from.
+    ds.preprocess = cfg.preprocess.clone();
     Ok(ds)
 }

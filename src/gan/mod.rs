@@ -4,4 +4,5 @@
 pub mod generate;
 pub mod networks;
 pub mod pool;
+pub mod run;
 pub mod train;

@@ -14,6 +14,21 @@ impl<T: Clone> ImagePool<T> {
         Self { capacity, images: Vec::with_capacity(capacity) }
     }
 
+    /// A pool holding `images` (at most `capacity` of them), as a checkpoint saved it.
+    pub fn from_images(capacity: usize, mut images: Vec<T>) -> Self {
+        images.truncate(capacity);
+        Self { capacity, images }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The stored images, in the order `query` indexes them.
+    pub fn images(&self) -> &[T] {
+        &self.images
+    }
+
     pub fn len(&self) -> usize {
         self.images.len()
     }

@@ -7,21 +7,20 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::networks::{Discriminator, GanConfig, Generator, l1, lsgan};
 use super::pool::ImagePool;
 use crate::data::Dataset;
-use crate::eval::{figures, metrics};
-use crate::fsio;
+use crate::data::preprocess::Preprocess;
+use crate::eval::metrics;
 use crate::model::to_host;
-use crate::train::checkpoint::{load_model, load_optimizer, save_model, save_optimizer};
+use crate::fsio;
+use crate::train::checkpoint::{SetFile, load_model, load_optimizer, save_model, save_optimizer};
 
 pub use super::generate::{deform_masks, generate, side_by_side};
+pub use super::run::{GanOutcome, GanOverrides, GanRequest, GanState, GanSources, run_gan, train_gan};
 
 /// What the two domains are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -46,6 +45,11 @@ pub struct GanTrainConfig {
     pub pool_size: usize,
     pub seed: u64,
     pub net: GanConfig,
+    /// The crops' size (0: a run from before it was recorded).
+    pub height: usize,
+    pub width: usize,
+    /// The CT domain's preprocessing record (domain B's); unset: unknown.
+    pub preprocess: Option<Preprocess>,
 }
 
 impl Default for GanTrainConfig {
@@ -60,6 +64,9 @@ impl Default for GanTrainConfig {
             pool_size: 50,
             seed: 0,
             net: GanConfig::default(),
+            height: 0,
+            width: 0,
+            preprocess: None,
         }
     }
 }
@@ -105,25 +112,6 @@ pub(super) fn mean_masks(ds: &Dataset, n: usize) -> Vec<Vec<f32>> {
     let masks = ds.masks.as_standard_layout();
     let m = masks.as_slice().expect("standard layout");
     m.chunks(a * hw).take(n).map(|example| metrics::frequency(&example.chunks(hw).collect::<Vec<_>>())).collect()
-}
-
-pub struct GanRequest {
-    pub a: Domain,
-    pub b: Domain,
-    pub out: PathBuf,
-    pub config: GanTrainConfig,
-    pub device: Device,
-    pub resume: bool,
-    pub quiet: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct GanState {
-    pub epoch: usize,
-    /// Mean cycle loss per finished epoch.
-    pub cycle: Vec<f64>,
-    pub generator: Vec<f64>,
-    pub discriminator: Vec<f64>,
 }
 
 /// The four networks.
@@ -231,19 +219,24 @@ impl GanStepper {
         Ok(StepLosses { generator: vals[0], cycle: vals[1], discriminator: vd })
     }
 
-    /// Networks and optimizer states into GAN_DIR/checkpoints, each file atomically.
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        save_model(&self.net.g_ab, &file(dir, "g_ab.bpk"))?;
-        save_model(&self.net.g_ba, &file(dir, "g_ba.bpk"))?;
-        save_model(&self.net.d_a, &file(dir, "d_a.bpk"))?;
-        save_model(&self.net.d_b, &file(dir, "d_b.bpk"))?;
-        save_optimizer(&self.opt_g_ab, &file(dir, "opt_g_ab.bpk"))?;
-        save_optimizer(&self.opt_g_ba, &file(dir, "opt_g_ba.bpk"))?;
-        save_optimizer(&self.opt_d_a, &file(dir, "opt_d_a.bpk"))?;
-        save_optimizer(&self.opt_d_b, &file(dir, "opt_d_b.bpk"))
+    /// The checkpoint set: the four networks, their optimizer states and the fake pools (so a
+    /// resumed run continues bit for bit), each a file in GAN_DIR/checkpoints.
+    pub fn checkpoint_files(&self) -> Vec<SetFile<'_>> {
+        vec![
+            ("g_ab.bpk", Box::new(|p: &Path| save_model(&self.net.g_ab, p))),
+            ("g_ba.bpk", Box::new(|p: &Path| save_model(&self.net.g_ba, p))),
+            ("d_a.bpk", Box::new(|p: &Path| save_model(&self.net.d_a, p))),
+            ("d_b.bpk", Box::new(|p: &Path| save_model(&self.net.d_b, p))),
+            ("opt_g_ab.bpk", Box::new(|p: &Path| save_optimizer(&self.opt_g_ab, p))),
+            ("opt_g_ba.bpk", Box::new(|p: &Path| save_optimizer(&self.opt_g_ba, p))),
+            ("opt_d_a.bpk", Box::new(|p: &Path| save_optimizer(&self.opt_d_a, p))),
+            ("opt_d_b.bpk", Box::new(|p: &Path| save_optimizer(&self.opt_d_b, p))),
+            ("pools.bin", Box::new(|p: &Path| fsio::write_atomic(p, &pools_bytes(&[self.pool_a.images(), self.pool_b.images()])))),
+        ]
     }
 
-    fn load(&mut self, dir: &Path) -> Result<()> {
+    /// What [`Self::checkpoint_files`] wrote.
+    pub fn load(&mut self, dir: &Path) -> Result<()> {
         let net = &mut self.net;
         net.g_ab = load_model(net.g_ab.clone(), &file(dir, "g_ab.bpk"))?;
         net.g_ba = load_model(net.g_ba.clone(), &file(dir, "g_ba.bpk"))?;
@@ -254,11 +247,54 @@ impl GanStepper {
         self.opt_g_ba = load_optimizer(std::mem::replace(&mut self.opt_g_ba, adam().init()), &file(dir, "opt_g_ba.bpk"))?;
         self.opt_d_a = load_optimizer(std::mem::replace(&mut self.opt_d_a, adam().init()), &file(dir, "opt_d_a.bpk"))?;
         self.opt_d_b = load_optimizer(std::mem::replace(&mut self.opt_d_b, adam().init()), &file(dir, "opt_d_b.bpk"))?;
+        let pools = file(dir, "pools.bin");
+        // Runs from before the pools were saved refill them.
+        if pools.exists() {
+            let bytes = std::fs::read(&pools).with_context(|| format!("reading {}", pools.display()))?;
+            let [a, b] = pools_from_bytes(&bytes).with_context(|| format!("{} is damaged", pools.display()))?;
+            self.pool_a = ImagePool::from_images(self.pool_a.capacity(), a);
+            self.pool_b = ImagePool::from_images(self.pool_b.capacity(), b);
+        }
         Ok(())
     }
 }
 
-fn file(dir: &Path, name: &str) -> PathBuf {
+/// Two pools of images as bytes: per pool its image count and length (u64), then the floats,
+/// all little-endian.
+fn pools_bytes(pools: &[&[Vec<f32>]; 2]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for pool in pools {
+        out.extend((pool.len() as u64).to_le_bytes());
+        out.extend((pool.first().map_or(0, Vec::len) as u64).to_le_bytes());
+        for img in pool.iter() {
+            out.extend(img.iter().flat_map(|v| v.to_le_bytes()));
+        }
+    }
+    out
+}
+
+fn pools_from_bytes(mut b: &[u8]) -> Result<[Vec<Vec<f32>>; 2]> {
+    let mut take = |n: usize| -> Result<&[u8]> {
+        if b.len() < n {
+            bail!("it ends early");
+        }
+        let (head, rest) = b.split_at(n);
+        b = rest;
+        Ok(head)
+    };
+    let mut read_pool = || -> Result<Vec<Vec<f32>>> {
+        let count = u64::from_le_bytes(take(8)?.try_into()?) as usize;
+        let len = u64::from_le_bytes(take(8)?.try_into()?) as usize;
+        let bytes = take(count.checked_mul(len).and_then(|n| n.checked_mul(4)).ok_or_else(|| anyhow::anyhow!("absurd sizes"))?)?;
+        let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Ok(floats.chunks(len.max(1)).map(<[f32]>::to_vec).collect())
+    };
+    let a = read_pool()?;
+    let b = read_pool()?;
+    Ok([a, b])
+}
+
+pub(super) fn file(dir: &Path, name: &str) -> PathBuf {
     dir.join("checkpoints").join(name)
 }
 
@@ -273,106 +309,4 @@ pub fn load_generator(dir: &Path, device: &Device) -> Result<(GanTrainConfig, Ge
 
 pub(super) fn tensor(img: &[f32], h: usize, w: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(img.to_vec(), [1, 1, h, w]), device)
-}
-
-pub fn train_gan(req: GanRequest) -> Result<GanState> {
-    let (a, b) = (&req.a, &req.b);
-    if a.images.is_empty() || b.images.is_empty() {
-        bail!("both domains need images (A has {}, B has {})", a.images.len(), b.images.len());
-    }
-    if (a.height, a.width) != (b.height, b.width) {
-        bail!("domain A is {}x{} but domain B is {}x{}; crop them to one size", a.height, a.width, b.height, b.width);
-    }
-    let (h, w) = (a.height, a.width);
-    CycleGan::check_size(h, w)?;
-    let mut cfg = req.config;
-    let mut state = GanState::default();
-    if req.resume {
-        let text = std::fs::read_to_string(req.out.join("gan.toml")).with_context(|| format!("--resume: {} holds no GAN run", req.out.display()))?;
-        let saved: GanTrainConfig = toml::from_str(&text)?;
-        let epochs = cfg.epochs;
-        cfg = saved;
-        cfg.epochs = epochs;
-        let st = std::fs::read_to_string(file(&req.out, "state.json"))?;
-        state = serde_json::from_str(&st)?;
-    }
-    if cfg.net.channels_a != 1 || cfg.net.channels_b != 1 {
-        bail!("apunet's domains are single-channel CT and masks; got channels {} and {}", cfg.net.channels_a, cfg.net.channels_b);
-    }
-    std::fs::create_dir_all(req.out.join("checkpoints"))?;
-    fsio::write_atomic(&req.out.join("gan.toml"), toml::to_string_pretty(&cfg)?.as_bytes())?;
-    let device = req.device.clone().autodiff();
-    device.seed(cfg.seed);
-    let mut t = GanStepper::new(&cfg, &device);
-    if state.epoch > 0 {
-        t.load(&req.out)?;
-    }
-    for epoch in state.epoch + 1..=cfg.epochs {
-        let lr = cfg.lr_at(epoch);
-        let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(epoch as u64));
-        let steps = a.images.len().max(b.images.len());
-        let mut ia: Vec<usize> = (0..a.images.len()).collect();
-        let mut ib: Vec<usize> = (0..b.images.len()).collect();
-        ia.shuffle(&mut rng);
-        ib.shuffle(&mut rng);
-        let pb = if req.quiet { ProgressBar::hidden() } else { ProgressBar::new(steps as u64) };
-        pb.set_style(ProgressStyle::with_template("gan epoch {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-        pb.set_prefix(format!("{epoch}/{}", cfg.epochs));
-        let (mut sum_cyc, mut sum_g, mut sum_d) = (0f64, 0f64, 0f64);
-        for s in 0..steps {
-            let ra = tensor(&a.images[ia[s % ia.len()]], h, w, &device);
-            let rb = tensor(&b.images[ib[s % ib.len()]], h, w, &device);
-            let l = t.step(ra, rb, lr, &mut rng).with_context(|| format!("epoch {epoch}"))?;
-            sum_g += l.generator as f64;
-            sum_cyc += l.cycle as f64;
-            sum_d += l.discriminator as f64;
-            pb.inc(1);
-            pb.set_message(format!("G {:.3} cycle {:.3} D {:.3}", sum_g / (s + 1) as f64, sum_cyc / (s + 1) as f64, sum_d / (s + 1) as f64));
-        }
-        let net = &t.net;
-        pb.finish_and_clear();
-        state.cycle.push(sum_cyc / steps as f64);
-        state.generator.push(sum_g / steps as f64);
-        state.discriminator.push(sum_d / steps as f64);
-        state.epoch = epoch;
-        t.save(&req.out)?;
-        fsio::write_atomic(&file(&req.out, "state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
-        figure(net, a, b, &req.out.join(format!("figures/epoch_{epoch:03}.png")), epoch)?;
-        if !req.quiet {
-            let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
-            eprintln!(
-                "gan epoch {epoch:>3}: G {:.3} cycle {:.4} D {:.3} lr {lr:.2e}",
-                last(&state.generator),
-                last(&state.cycle),
-                last(&state.discriminator)
-            );
-        }
-    }
-    Ok(state)
-}
-
-/// Real A, fake B, reconstructed A, and the other way, for four examples.
-fn figure(net: &CycleGan, a: &Domain, b: &Domain, path: &Path, epoch: usize) -> Result<()> {
-    let (h, w) = (a.height, a.width);
-    let g_ab = net.g_ab.valid();
-    let g_ba = net.g_ba.valid();
-    let inner = net_device(&g_ab);
-    let k = 4.min(a.images.len()).min(b.images.len());
-    let to01 = |v: Vec<f32>| v.into_iter().map(|x| (x + 1.0) / 2.0).collect::<Vec<f32>>();
-    let run = |g: &Generator, img: &[f32]| -> Result<Vec<f32>> { to_host(g.forward(tensor(img, h, w, &inner))) };
-    let mut rows: Vec<(String, Vec<Vec<f32>>)> = ["real A", "fake B", "rec A", "real B", "fake A", "rec B"].iter().map(|s| (s.to_string(), Vec::new())).collect();
-    for i in 0..k {
-        let fb = run(&g_ab, &a.images[i])?;
-        let ra = run(&g_ba, &fb)?;
-        let fa = run(&g_ba, &b.images[i])?;
-        let rb = run(&g_ab, &fa)?;
-        for (r, img) in [a.images[i].clone(), fb, ra, b.images[i].clone(), fa, rb].into_iter().enumerate() {
-            rows[r].1.push(to01(img));
-        }
-    }
-    figures::save_png(&figures::image_rows(&rows, h, w, &format!("CycleGAN epoch {epoch}")), path)
-}
-
-fn net_device(g: &Generator) -> Device {
-    g.devices().into_iter().next().unwrap_or_else(Device::flex)
 }

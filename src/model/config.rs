@@ -102,7 +102,8 @@ impl ModelConfig {
     /// The reference HPU-Net's depth (2 to 8) for `h` x `w` inputs trained on `side`-px crops or
     /// patches: the most levels whose coarsest still holds a pixel and that h and w halve into.
     pub fn hpunet_depth(h: usize, w: usize, side: usize) -> usize {
-        let fits = |d: usize| side >= 1 << (d - 1) && h % (1 << (d - 1)) == 0 && w % (1 << (d - 1)) == 0;
+        // The crops and the training patches (`side`) must both halve d - 1 times.
+        let fits = |d: usize| side >= 1 << (d - 1) && [h, w, side].iter().all(|n| n % (1 << (d - 1)) == 0);
         (2..=HPUNET_FILTERS.len()).rev().find(|&d| fits(d)).unwrap_or(2)
     }
 
@@ -115,6 +116,23 @@ impl ModelConfig {
 
     pub fn depth(&self) -> usize {
         self.filters.len()
+    }
+
+    /// New filters (and so a new depth); the HPU-Net's reference defaults that depend on the
+    /// depth (its transformer level, its latent scales) follow it, settings given otherwise stay.
+    pub fn set_filters(&mut self, filters: Vec<usize>) {
+        let old = self.depth().max(1);
+        let hp = self.kind == ModelKind::Hpunet;
+        let default_levels = hp && self.transformer_levels == Self::hpunet_transformer_levels(old, self.attention_gates);
+        let default_scales = hp && self.latent_scales == 4.min(old - 1);
+        self.filters = filters;
+        let new = self.depth().max(1);
+        if default_levels {
+            self.transformer_levels = Self::hpunet_transformer_levels(new, self.attention_gates);
+        }
+        if default_scales {
+            self.latent_scales = 4.min(new - 1);
+        }
     }
 
     /// Decoder levels that get a transformer block, resolved from the default and "all".

@@ -131,32 +131,49 @@ pub fn load_state(path: &Path) -> Result<TrainState> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Names of the files a committed epoch consists of; state.json goes last (the commit).
-const SET: [&str; 3] = ["last.bpk", "optimizer.bpk", "best.bpk"];
+/// One file of a checkpoint set: its name in checkpoints/ and how to write it to a path.
+pub type SetFile<'a> = (&'a str, Box<dyn FnOnce(&Path) -> Result<()> + 'a>);
 
-/// Writes an epoch's weights, optimizer state (and best weights when `best`) into `staged/`,
-/// then `staged/state.json`, then moves them over the previous set with state.json last. A kill
-/// at any point leaves either the previous epoch or this one whole: `recover` finishes a staged
-/// set that was complete and drops one that was not. Weights and optimizer state always belong
-/// to the same epoch, so a resumed run continues exactly where it stopped.
-pub fn commit_epoch(paths: &RunPaths, model: &Segmenter, optim: &ModuleOptimizer, best: bool, state: &TrainState) -> Result<()> {
+/// Writes a checkpoint set (every trainer's: weights, optimizer states, ...) into `staged/`,
+/// then `staged/state.json` (`state`), then moves them over the previous set with state.json
+/// last. A kill at any point leaves either the previous set or this one whole: [`recover`]
+/// finishes a staged set that was complete and drops one that was not. Files of one set always
+/// belong to one epoch, so a resumed run continues exactly where it stopped.
+pub fn commit_set(paths: &RunPaths, files: Vec<SetFile<'_>>, state: &[u8]) -> Result<()> {
     let staged = paths.staged();
     if staged.exists() {
         std::fs::remove_dir_all(&staged).with_context(|| format!("clearing {}", staged.display()))?;
     }
-    save_segmenter(model, &staged.join(SET[0]))?;
-    save_optimizer(optim, &staged.join(SET[1]))?;
-    if best {
-        save_segmenter(model, &staged.join(SET[2]))?;
+    for (name, write) in files {
+        write(&staged.join(name))?;
     }
-    save_state(state, &staged.join("state.json"))?;
+    fsio::write_atomic(&staged.join("state.json"), state)?;
     promote(paths)
+}
+
+/// An epoch of `train`: last weights, optimizer state, and the best weights when `best`.
+pub fn commit_epoch(paths: &RunPaths, model: &Segmenter, optim: &ModuleOptimizer, best: bool, state: &TrainState) -> Result<()> {
+    let mut files: Vec<SetFile<'_>> = vec![
+        ("last.bpk", Box::new(|p: &Path| save_segmenter(model, p))),
+        ("optimizer.bpk", Box::new(|p: &Path| save_optimizer(optim, p))),
+    ];
+    if best {
+        files.push(("best.bpk", Box::new(|p: &Path| save_segmenter(model, p))));
+    }
+    commit_set(paths, files, serde_json::to_string_pretty(state)?.as_bytes())
 }
 
 /// Moves a complete staged set into place, state.json last.
 fn promote(paths: &RunPaths) -> Result<()> {
     let (staged, dir) = (paths.staged(), paths.root.join("checkpoints"));
-    for name in SET.iter().chain(&["state.json"]) {
+    let mut names: Vec<String> = std::fs::read_dir(&staged)
+        .with_context(|| format!("reading {}", staged.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n != "state.json" && !fsio::is_temp_name(n))
+        .collect();
+    names.sort();
+    names.push("state.json".into());
+    for name in &names {
         let from = staged.join(name);
         if from.exists() {
             std::fs::rename(&from, dir.join(name)).with_context(|| format!("moving {} into place", from.display()))?;

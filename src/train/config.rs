@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::data::AnnotatorChoice;
-use crate::data::scan::Preprocess;
+use crate::data::preprocess::Preprocess;
 use crate::fsio;
 use super::objective::{LossKind, Objective};
 use crate::model::ModelConfig;
@@ -50,6 +50,8 @@ pub struct TrainConfig {
     pub extra: Option<String>,
     /// Share of each training batch drawn from `extra`, in [0, 1).
     pub extra_ratio: f64,
+    /// Accept an `extra` dataset whose preprocessing record differs from the data's.
+    pub allow_mismatch: bool,
     /// Train on random square patches of this size instead of whole crops; validation,
     /// figures and inference still see whole crops.
     pub patch: Option<usize>,
@@ -89,6 +91,7 @@ impl Default for TrainConfig {
             select: Select::Loss,
             extra: None,
             extra_ratio: 0.5,
+            allow_mismatch: false,
             patch: None,
             patch_foreground: 0.33,
             figure_every: 1,
@@ -162,7 +165,8 @@ impl TrainConfig {
 pub struct DataConfig {
     pub height: usize,
     pub width: usize,
-    pub preprocess: Preprocess,
+    /// The training data's record; unset: unknown (never taken for a window).
+    pub preprocess: Option<Preprocess>,
 }
 
 /// Everything needed to rebuild and continue a run.
@@ -174,29 +178,56 @@ pub struct RunConfig {
     pub data: DataConfig,
 }
 
-/// The settings a resumed run may change; everything else is fixed when a run starts.
-pub const RESUMABLE: [&str; 6] =
-    ["train.epochs", "train.lr", "train.figure_every", "train.max_bad_steps", "train.grad_clip_norm", "train.weight_decay"];
+/// The settings a resumed run may change, as config keys and the flags that set them (None:
+/// only a --config file sets it); everything else is fixed when a run starts.
+pub const RESUMABLE: [(&str, Option<&str>); 6] = [
+    ("train.epochs", Some("--epochs")),
+    ("train.lr", Some("--lr")),
+    ("train.figure_every", Some("--figure-every")),
+    ("train.grad_clip_norm", Some("--grad-clip-norm")),
+    ("train.weight_decay", Some("--weight-decay")),
+    ("train.max_bad_steps", None),
+];
+
+/// What a resume may change, as a user gives it: "--epochs, --lr, ... and max_bad_steps in a
+/// --config file".
+pub fn resumable_text() -> String {
+    let flags: Vec<&str> = RESUMABLE.iter().filter_map(|(_, f)| *f).collect();
+    let keys: Vec<&str> = RESUMABLE.iter().filter(|(_, f)| f.is_none()).map(|(k, _)| &k[k.find('.').map_or(0, |i| i + 1)..]).collect();
+    format!("{} (and {} in a --config file)", flags.join(", "), keys.join(", "))
+}
+
+/// "key saved -> requested" for every setting (dotted, nested tables flattened) that differs
+/// between two configs, but those in `changeable`.
+pub fn differences<T: Serialize>(saved: &T, requested: &T, changeable: &[&str]) -> Result<Vec<String>> {
+    fn flatten(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, toml::Value>) {
+        match v.as_table() {
+            Some(t) => t.iter().for_each(|(k, v)| flatten(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out)),
+            None => {
+                out.insert(prefix.to_string(), v.clone());
+            }
+        }
+    }
+    let (mut a, mut b) = (Default::default(), Default::default());
+    flatten("", &toml::Value::try_from(saved)?, &mut a);
+    flatten("", &toml::Value::try_from(requested)?, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+    Ok(keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k) && !changeable.contains(&k.as_str()))
+        .map(|k| format!("{k} {} -> {}", show(a.get(k)), show(b.get(k))))
+        .collect())
+}
 
 impl RunConfig {
     /// "key: saved -> requested" for every [model] and [train] setting that differs from this
     /// (saved) config and may not change on a resume.
     pub fn fixed_differences(&self, requested: &RunConfig) -> Result<Vec<String>> {
-        let (a, b) = (toml::Value::try_from(self)?, toml::Value::try_from(requested)?);
-        let mut out = Vec::new();
-        for section in ["model", "train"] {
-            let (sa, sb) = (a.get(section).and_then(|v| v.as_table()), b.get(section).and_then(|v| v.as_table()));
-            let keys: std::collections::BTreeSet<&String> =
-                sa.into_iter().chain(sb).flat_map(|t| t.keys()).collect();
-            for key in keys {
-                let full = format!("{section}.{key}");
-                let (va, vb) = (sa.and_then(|t| t.get(key)), sb.and_then(|t| t.get(key)));
-                if va != vb && !RESUMABLE.contains(&full.as_str()) {
-                    let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
-                    out.push(format!("{full} {} -> {}", show(va), show(vb)));
-                }
-            }
-        }
+        let keys: Vec<&str> = RESUMABLE.iter().map(|(k, _)| *k).collect();
+        let mut out = differences(self, requested, &keys)?;
+        // [data] is what the run trained on, checked against the data itself.
+        out.retain(|d| !d.starts_with("data."));
         Ok(out)
     }
 

@@ -46,7 +46,10 @@ pub fn batches(tc: &TrainConfig, epoch: usize, train_idx: &[usize], extra_idx: &
 pub struct Stepper<'a> {
     pub tc: &'a TrainConfig,
     pub consecutive_bad: usize,
+    /// No progress bar (every rank but rank 0, or --quiet).
     pub quiet: bool,
+    /// Each rank's all-reduce time per epoch, unless the user asked for --quiet.
+    pub report_exchange: bool,
     /// GECO's state, carried across epochs and saved with the run.
     pub geco: GecoState,
     /// The ranks sharing each step (one process alone: [`distributed::Alone`]).
@@ -94,7 +97,7 @@ impl Stepper<'_> {
             pb.set_message(format!("loss {:.2} rec {:.2} kl {:.3} {ips:.1} img/s", sum / s, rec / s, kl / s));
         }
         pb.finish_and_clear();
-        if self.comm.size() > 1 {
+        if self.comm.size() > 1 && self.report_exchange {
             let took = step_start.elapsed().as_secs_f64();
             tracing::info!(
                 "rank {}, epoch {epoch}: {:.2} s of the {took:.2} s of steps in the all-reduce (waiting for the other ranks included)",

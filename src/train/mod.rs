@@ -31,7 +31,7 @@ pub use config::{DataConfig, RunConfig, Select, TrainConfig};
 pub use history::{EpochMetrics, read_metrics, write_metrics};
 pub use validation::{figure, render_figure};
 
-use crate::data::{AnnotatorChoice, Dataset, split};
+use crate::data::{AnnotatorChoice, Dataset, preprocess, split};
 use crate::eval::figures;
 use crate::model::config::HPUNET_FILTERS;
 use objective::LossKind;
@@ -121,7 +121,7 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
     // Every rank starts from rank 0's weights and optimizer state.
     let mut model = distributed::broadcast_module(comm, model)?;
     let mut optim = distributed::broadcast_optimizer(comm, optim)?;
-    if comm.size() > 1 && lead {
+    if comm.size() > 1 && lead && !req.quiet {
         let params = model.num_params();
         tracing::info!(
             "data-parallel over {} ranks: global batch {}, {params} parameters, {:.1} MB of gradients summed per step",
@@ -136,7 +136,7 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
     }
     let epochs_run = tc.epochs.saturating_sub(state.epoch);
     let quiet = req.quiet || !lead;
-    let mut stepper = epoch::Stepper { tc: &tc, consecutive_bad: 0, quiet, geco: state.geco.clone(), comm, exchange_seconds: 0.0 };
+    let mut stepper = epoch::Stepper { tc: &tc, consecutive_bad: 0, quiet, report_exchange: !req.quiet, geco: state.geco.clone(), comm, exchange_seconds: 0.0 };
     for epoch in state.epoch + 1..=tc.epochs {
         let started = Instant::now();
         let (batches, mut rng) = epoch::batches(&tc, epoch, &train_idx, &extra_idx);
@@ -196,7 +196,7 @@ fn prepare_ranks(req: &TrainRequest, paths: &RunPaths, comm: &dyn Collective) ->
         return Ok(setup);
     }
     let data = Dataset::load(&data_path).with_context(|| format!("rank {}", comm.rank()))?;
-    let (data, train_idx, val_idx, extra_idx) = split_data(&cfg, data)?;
+    let (data, train_idx, val_idx, extra_idx) = split_data(&cfg, data, &data_path)?;
     Ok(Setup { cfg, state, data, train_idx, val_idx, extra_idx })
 }
 
@@ -213,7 +213,7 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
                 "--resume cannot change what a run started with: {}. Only {} can change on a resume; \
                  start a new run (--out) to change the rest",
                 fixed.join("; "),
-                config::RESUMABLE.join(", ")
+                config::resumable_text()
             );
         }
         cfg.data = saved.data;
@@ -224,15 +224,29 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
         if cfg.train.epochs < state.epoch {
             bail!("--epochs {} is below the {} epochs {} has already trained", cfg.train.epochs, state.epoch, req.out.display());
         }
+        check_same_data(&state.data, &req.data, &req.out)?;
     }
     cfg.validate()?;
     let data = Dataset::load(&req.data)?;
+    let saved_size = (cfg.data.height, cfg.data.width);
     check_data(&mut cfg, &data, &req.data)?;
-    let (data, train_idx, val_idx, extra_idx) = split_data(&cfg, data)?;
+    if req.resume && saved_size != (0, 0) && saved_size != (cfg.data.height, cfg.data.width) {
+        bail!(
+            "--resume: {} trained on {}x{} crops but {} holds {}x{} crops; a run keeps its data",
+            req.out.display(),
+            saved_size.0,
+            saved_size.1,
+            req.data.display(),
+            cfg.data.height,
+            cfg.data.width
+        );
+    }
+    let (data, train_idx, val_idx, extra_idx) = split_data(&cfg, data, &req.data)?;
     std::fs::create_dir_all(req.out.join("checkpoints"))
         .with_context(|| format!("creating run directory {}", req.out.display()))?;
     cfg.save(&paths.config())?;
-    state.data = req.data.display().to_string();
+    // Absolute, so a resume from another directory finds it.
+    state.data = std::fs::canonicalize(&req.data).unwrap_or_else(|_| req.data.clone()).display().to_string();
     // Saved before the first step: a run killed during epoch 1 resumes from the start.
     if state.epoch == 0 {
         checkpoint::save_state(&state, &paths.state())?;
@@ -240,11 +254,32 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
     Ok(Setup { cfg, state, data, train_idx, val_idx, extra_idx })
 }
 
+/// A resumed run trains on the data it started with: another file is refused, unless the
+/// recorded one is gone (moved), when the new path is recorded.
+fn check_same_data(recorded: &str, given: &Path, run: &Path) -> Result<()> {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let old = Path::new(recorded);
+    if recorded.is_empty() || canon(old) == canon(given) {
+        return Ok(());
+    }
+    if old.exists() {
+        bail!(
+            "--resume: {} trains on {recorded}, and --data {} is another file; a resumed run keeps its data. \
+             Start a new run (--out) to train on {}",
+            run.display(),
+            given.display(),
+            given.display()
+        );
+    }
+    tracing::warn!("{recorded}, the data {} started with, is gone; continuing on {}", run.display(), given.display());
+    Ok(())
+}
+
 /// The data (synthetic extras appended) and its training, validation and extra indices.
 type Split = (Dataset, Vec<usize>, Vec<usize>, Vec<usize>);
 
 /// The split of `data` by series, with `[train] extra`'s synthetic examples appended.
-fn split_data(cfg: &RunConfig, data: Dataset) -> Result<Split> {
+fn split_data(cfg: &RunConfig, data: Dataset, data_path: &Path) -> Result<Split> {
     let tc = &cfg.train;
     let sp = split::split_by_series(&data.series, tc.val_fraction, tc.seed)?;
     // Synthetic examples never validate.
@@ -253,6 +288,12 @@ fn split_data(cfg: &RunConfig, data: Dataset) -> Result<Split> {
     let (data, extra_idx) = match &tc.extra {
         Some(path) => {
             let extra = Dataset::load(Path::new(path))?;
+            // Crops windowed otherwise would teach the model intensities it never sees.
+            preprocess::check_match(
+                (&data_path.display().to_string(), data.preprocess.as_ref()),
+                (&format!("--extra {path}"), extra.preprocess.as_ref()),
+                tc.allow_mismatch,
+            )?;
             let first = data.len();
             let all = data.append_synthetic(&extra, path)?;
             (all, (first..first + extra.len()).collect::<Vec<_>>())
@@ -281,9 +322,7 @@ fn check_data(cfg: &mut RunConfig, data: &Dataset, path: &Path) -> Result<()> {
     }
     cfg.data.height = data.height();
     cfg.data.width = data.width();
-    if let Some(p) = &data.preprocess {
-        cfg.data.preprocess = p.clone();
-    }
+    cfg.data.preprocess = data.preprocess.clone();
     if let AnnotatorChoice::Fixed(k) = cfg.train.annotator
         && k >= data.annotators()
     {
@@ -351,7 +390,7 @@ fn epoch_line(m: &EpochMetrics, no_validation: bool) -> String {
     )
 }
 
-fn progress_bar(len: u64, quiet: bool, prefix: &str) -> ProgressBar {
+pub fn progress_bar(len: u64, quiet: bool, prefix: &str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }

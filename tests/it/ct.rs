@@ -188,4 +188,10 @@ fn a_series_folder_with_slices_of_another_size_is_an_error_naming_them() {
         let scan = apunet::data::scan::read_scan(dir.path());
         assert!(scan.is_err(), "read_scan must refuse the folder too");
     }
+    // One slice of each size: the count agrees with its verb.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(ct("693_UNCR.dcm"), dir.path().join("a.dcm")).unwrap();
+    std::fs::copy(ct("CT_small.dcm"), dir.path().join("c.dcm")).unwrap();
+    let e = format!("{:#}", read_series(dir.path()).unwrap_err());
+    assert!(e.contains(": 1 is ") && e.contains("but 1 is not") && !e.contains("1 are"), "{e}");
 }

@@ -83,11 +83,12 @@ fn gan_train_resume_and_generate() {
         device: Device::flex(),
         resume,
         quiet: true,
+        sources: Vec::new(),
     };
-    let s1 = train_gan(req(1, false)).unwrap();
+    let s1 = train_gan(req(1, false)).unwrap().state;
     assert_eq!(s1.epoch, 1);
     assert!(out.join("checkpoints/g_ab.bpk").exists() && out.join("figures/epoch_001.png").exists());
-    let s2 = train_gan(req(2, true)).unwrap();
+    let s2 = train_gan(req(2, true)).unwrap().state;
     assert_eq!((s2.epoch, s2.cycle.len()), (2, 2));
     assert_eq!(s2.cycle[0], s1.cycle[0]);
     // The schedule: constant, then linear decay.
@@ -95,11 +96,12 @@ fn gan_train_resume_and_generate() {
     assert_eq!(c.lr_at(6), 2e-4);
     assert!(c.lr_at(7) < 2e-4 && c.lr_at(10) > 0.0 && c.lr_at(10) < c.lr_at(9));
 
-    let g = generate(&out, &ds, 5, 1, &Device::flex()).unwrap();
+    let name = std::path::Path::new("ds.npz");
+    let g = generate(&out, (name, &ds), 5, 1, false, &Device::flex()).unwrap();
     assert_eq!((g.len(), g.annotators(), g.height()), (5, 4, 32));
     assert!(g.synthetic.iter().all(|&s| s));
     assert!(g.images.iter().all(|v| (0.0..=1.0).contains(v)));
-    assert!(generate(&out, &ds, 0, 1, &Device::flex()).is_err());
+    assert!(generate(&out, (name, &ds), 0, 1, false, &Device::flex()).is_err());
     // The side-by-side figure: 4 rows (real CT, real masks, generated CT, generated masks) of 5
     // columns at 3x zoom for 32-pixel crops.
     let fig = apunet::gan::train::side_by_side(&ds, &g, 8).unwrap();

@@ -230,7 +230,8 @@ fn hpunet_trains_with_geco_resumes_and_serves_every_command() {
     }
     sample_to(&sampling(Some(vec![1])), &data, &dir.path().join("fine.npz"), 2).unwrap();
     let e = sample_to(&sampling(Some(vec![2])), &data, &dir.path().join("x.npz"), 2).unwrap_err();
-    assert!(format!("{e:#}").contains("does not exist"), "{e:#}");
+    // "0..2" read as a range that holds 2: the message names the last scale that exists.
+    assert!(format!("{e:#}").contains("scale 2 does not exist: this model has 2 latent scale(s), numbered 0 (the coarsest) to 1"), "{e:#}");
 
     // eval and predict on an image larger than the crops.
     let ev = dir.path().join("eval");
@@ -240,7 +241,7 @@ fn hpunet_trains_with_geco_resumes_and_serves_every_command() {
     let img = image::GrayImage::from_fn(40, 28, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
     img.save(&big).unwrap();
     let pred = dir.path().join("pred");
-    predict_cmd(PredictArgs { sampling: sampling(None), input: big, out: pred.clone(), overlap: 0.5, window: None, no_review: false, open: false }).unwrap();
+    predict_cmd(PredictArgs { sampling: sampling(None), input: big, out: pred.clone(), overlap: 0.5, window: None, units: None, no_review: false, open: false }).unwrap();
     assert!(std::fs::read_dir(&pred).unwrap().count() > 0);
 }
 

@@ -48,6 +48,7 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
         background_share: 0.5,
         window: Window::Lung,
         clahe: true,
+        units: None,
         seed: 1,
     })
     .unwrap();
@@ -58,7 +59,8 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
     let mut cases = ds.series.clone();
     cases.dedup();
     assert_eq!(cases, vec!["c1", "c2"]);
-    assert!(ds.preprocess.as_ref().is_some_and(|p| p.clahe));
+    // PNG scans are intensities: the record says so rather than naming a window never applied.
+    assert!(ds.preprocess.as_ref().is_some_and(|p| p.clahe && p.window.is_none()), "{:?}", ds.preprocess);
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.with_extension("manifest.json")).unwrap()).unwrap();
     let crops = manifest["crops"].as_array().unwrap();
     assert_eq!(crops.len(), 4);
@@ -88,6 +90,7 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
         background_share: 0.2,
         window: Window::Lung,
         clahe: false,
+        units: None,
         seed: 0,
     })
     .unwrap_err();

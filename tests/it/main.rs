@@ -9,11 +9,13 @@ mod data;
 mod fortran;
 mod fuzz;
 mod gan;
+mod gan_run;
 mod hpunet;
 mod import;
 mod kernels;
 mod kill;
 mod metrics;
+mod mismatch;
 mod model;
 #[cfg(feature = "mpi")]
 mod mpi;

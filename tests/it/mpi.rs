@@ -31,9 +31,17 @@ fn two_ranks_reproduce_one_process_with_the_same_global_batch() {
     let data = synth(dir.path(), 8);
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     run_ok(single(&train_args(&data, &one, "5", &TINY)), "one process");
-    run_ok(mpirun(&train_args(&data, &two, "5", &TINY)), "mpirun -np 2");
+    let out = run_ok(mpirun(&train_args(&data, &two, "5", &TINY)), "mpirun -np 2");
     assert_eq!(losses(&two).len(), 5);
     assert_same_run(&one, &two);
+    // --quiet is quiet on every rank.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("all-reduce") && !said.contains("data-parallel over"), "--quiet printed:\n{said}");
+    // A bad flag is reported once, not once per rank.
+    let out = mpirun(&["--bogus-flag"]).output().unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(said.matches("unexpected argument").count(), 1, "{said}");
 }
 
 #[test]

@@ -55,7 +55,7 @@ fn nifti_round_trip_keeps_values_and_geometry() {
     scan::write_nifti(&path, &out_header, &[hu.clone()], h, w).unwrap();
     let s = read_scan(&path).unwrap();
     assert_eq!(s.slices.len(), d);
-    assert!(s.slices[0].hounsfield);
+    assert_eq!(s.slices[0].units, scan::Units::Hu);
     for z in 0..d {
         assert_eq!((s.slices[z].height, s.slices[z].width), (h, w));
         assert_eq!(s.slices[z].values, hu[z]);
@@ -97,7 +97,7 @@ fn eight_and_sixteen_bit_png_and_tiff_read_to_unit_range() {
     let s = read_scan(&p).unwrap();
     assert_eq!((s.slices[0].height, s.slices[0].width), (3, 5));
     assert!((s.slices[0].values[4] - 40000.0 / 65535.0).abs() < 1e-6);
-    assert!(!s.slices[0].hounsfield);
+    assert_eq!(s.slices[0].units, scan::Units::Unit);
     let tif = dir.path().join("x.tif");
     img.save(&tif).unwrap();
     assert_eq!(read_scan(&tif).unwrap().slices[0].values, s.slices[0].values);
@@ -134,13 +134,14 @@ fn predict_writes_png_and_nifti_for_any_size() {
     .unwrap();
     let cfg = RunConfig::load(&run.join("config.toml")).unwrap();
     assert_eq!((cfg.data.height, cfg.data.width), (16, 16));
-    assert_eq!(cfg.data.preprocess, Preprocess::default());
+    // synth writes no preprocessing record: the run says unknown, never "lung".
+    assert_eq!(cfg.data.preprocess, None::<Preprocess>);
 
     let png = dir.path().join("scan.png");
     image::GrayImage::from_fn(52, 40, |x, y| image::Luma([((x * 3 + y) % 256) as u8])).save(&png).unwrap();
     let out = dir.path().join("pred");
     let sampling = SamplingArgs { n: 3, checkpoint: train::Which::Last, batch_size: 4, ..SamplingArgs::for_run(&run) };
-    predict_cmd(PredictArgs { sampling: sampling.clone(), input: png, out: out.clone(), overlap: 0.5, window: None, no_review: false, open: false })
+    predict_cmd(PredictArgs { sampling: sampling.clone(), input: png, out: out.clone(), overlap: 0.5, window: None, units: None, no_review: false, open: false })
     .unwrap();
     let d = out.join("scan");
     for f in ["sample_00.png", "sample_02.png", "mean.png", "entropy.png", "overlay.png", "samples.nii.gz", "mean.nii.gz", "entropy.nii.gz"] {
@@ -167,7 +168,7 @@ fn predict_writes_png_and_nifti_for_any_size() {
     apunet::cli::review::review_cmd(apunet::cli::review::ReviewArgs { dir: d.clone(), out: None, open: false }).unwrap();
     assert_eq!(std::fs::read_to_string(d.join("review.html")).unwrap(), page);
 
-    let missing = predict_cmd(PredictArgs { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None, no_review: false, open: false })
+    let missing = predict_cmd(PredictArgs { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None, units: None, no_review: false, open: false })
     .unwrap_err();
     assert!(format!("{missing:#}").contains("does not exist"));
 }
