@@ -1,5 +1,6 @@
 //! apunet: ambiguous medical image segmentation with a Probabilistic Attention U-Net.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;

@@ -9,6 +9,8 @@ use clap::Args;
 
 use crate::data::synth::{self, SynthConfig};
 use crate::device::parse_device;
+use crate::eval::run::{EvalRequest, evaluate_run, plot_run};
+use crate::inference::{RunSampling, sample_to_file};
 use crate::model::ModelConfig;
 use crate::train::{self, RunConfig, TrainConfig, TrainRequest};
 
@@ -91,20 +93,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
     crate::say!("2/4 trained: {} (best epoch {})", run_dir.display(), summary.best_epoch);
 
     let samples = a.out.join("samples.npz");
-    let sampling = super::SamplingArgs { seed: a.seed, device: a.device.clone(), ..super::SamplingArgs::for_run(&run_dir) };
-    super::sample_to(&sampling, &heldout, &samples, 8)?;
+    let sampling = RunSampling { seed: a.seed, device: a.device.clone(), ..RunSampling::for_run(&run_dir) };
+    sample_to_file(&sampling, &heldout, &samples, 8)?;
     crate::say!("3/4 sampled 16 masks per held-out image: {}", samples.display());
     let eval_dir = a.out.join("eval");
-    super::evaluate::eval_cmd(super::evaluate::EvalArgs {
-        sampling,
-        data: heldout.clone(),
-        out: eval_dir.clone(),
-        images: None,
-        overlay: false,
-        no_review: false,
-        open: false,
-    })?;
-    super::evaluate::plot_cmd(super::evaluate::PlotArgs { run: run_dir.clone(), out: None })?;
+    let req = EvalRequest { sampling, data: heldout.clone(), out: eval_dir.clone(), images: None, overlay: false, review: true, open: false };
+    let report = evaluate_run(&req)?;
+    let curves = plot_run(&run_dir, None)?;
+    let stat = |k: &str| report.stat(k).map_or(f64::NAN, |s| s.mean);
+    crate::say!("GED {:.3}, HM-IoU {:.3}, Dice (majority) {:.3}; curves: {}", stat("ged"), stat("hm_iou"), stat("dice_majority"), curves.display());
     crate::say!("4/4 evaluated on the held-out images: {}/report.md; look through every case: {}/review.html", eval_dir.display(), eval_dir.display());
     let last = summary.history.last();
     if let Some(m) = last {

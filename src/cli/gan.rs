@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use crate::data::Dataset;
 use crate::device::parse_device;
-use crate::eval::figures;
-use crate::gan::train::{GanMode, GanOverrides, GanSources, generate, run_gan, side_by_side};
+use crate::gan::generate::generate_to_file;
+use crate::gan::train::{GanMode, GanOverrides, GanSources, run_gan};
 
 #[derive(Subcommand, Debug)]
 pub enum GanCommand {
@@ -18,7 +17,7 @@ pub enum GanCommand {
     Generate(GanGenerateArgs),
     /// Time CycleGAN training iterations (both generators and discriminators, batch 1) as JSON;
     /// compare with `bench/torch_cyclegan.py` on the same machine.
-    Bench(super::bench::GanBenchArgs),
+    Bench(crate::bench::GanBenchSettings),
 }
 
 /// Flags left out take their value from the run on --resume, else the defaults shown.
@@ -98,7 +97,7 @@ pub fn run(cmd: GanCommand) -> Result<()> {
     match cmd {
         GanCommand::Train(a) => train_cmd(a),
         GanCommand::Generate(a) => generate_cmd(a),
-        GanCommand::Bench(a) => super::bench::gan(a),
+        GanCommand::Bench(a) => super::print_json(&crate::bench::gan_bench(&a)?),
     }
 }
 
@@ -131,11 +130,7 @@ fn train_cmd(a: GanTrainArgs) -> Result<()> {
 
 fn generate_cmd(a: GanGenerateArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let data = Dataset::load(&a.data)?;
-    let ds = generate(&a.gan, (&a.data, &data), a.count, a.seed, a.allow_mismatch, &device)?;
-    ds.save(&a.out)?;
-    let fig = a.out.with_extension("png");
-    figures::save_png(&side_by_side(&data, &ds, 8)?, &fig)?;
+    let (ds, fig) = generate_to_file(&a.gan, &a.data, &a.out, (a.count, a.seed), a.allow_mismatch, &device)?;
     crate::say!(
         "wrote {} ({} synthetic examples, {} annotators) and {} (real and generated side by side)",
         a.out.display(),

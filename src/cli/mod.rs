@@ -1,6 +1,5 @@
 //! The `apunet` command line.
 
-pub mod bench;
 pub mod demo;
 pub mod evaluate;
 pub mod gan;
@@ -9,22 +8,17 @@ pub mod predict;
 pub mod review;
 pub mod train;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use indicatif::ProgressBar;
-use ndarray::Axis;
 
-use crate::data::npz::{self, NpzEntry};
 use crate::data::synth::{self, SynthConfig};
-use crate::data::Dataset;
-use crate::device::parse_device;
-use crate::eval::figures;
 use crate::inference;
-use crate::train::{RunConfig, Which};
+use crate::train::RunConfig;
 
-pub use train::{TrainArgs, TransformerLevels, apply_overrides};
+pub use crate::inference::RunSampling as SamplingArgs;
+pub use train::{TrainArgs, apply_overrides};
 
 #[derive(Parser, Debug)]
 #[command(name = "apunet", version, about = "Ambiguous medical image segmentation: Probabilistic Attention U-Net")]
@@ -59,7 +53,7 @@ pub enum Command {
     /// Synthetic data, brief training, sampling and figures in one go.
     Demo(demo::DemoArgs),
     /// Training and sampling throughput as JSON.
-    Bench(bench::BenchArgs),
+    Bench(crate::bench::BenchSettings),
     /// The review page (one HTML file) for a folder `eval` wrote: every case's CT, expert
     /// contours, samples as a flip-book, uncertainty, sortable by GED and more.
     Review(review::ReviewArgs),
@@ -101,98 +95,6 @@ pub struct SplitArgs {
     /// The validation part (npz).
     #[arg(long)]
     pub val_out: PathBuf,
-}
-
-/// What every command that samples from a trained run takes.
-#[derive(Args, Debug, Clone)]
-pub struct SamplingArgs {
-    /// The run directory (config.toml + checkpoints).
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Samples per image.
-    #[arg(long, default_value_t = 16)]
-    pub n: usize,
-    /// Which checkpoint: best (by the run's selection) or last.
-    #[arg(long, value_enum, default_value_t = Which::Best)]
-    pub checkpoint: Which,
-    /// Seed of the generator (split: of the series drawn for validation).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Images (or patches) per forward pass.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// cpu | wgpu | cuda
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// HPU-Net: the latent scales to sample (0 = coarsest, comma-separated); the others take
-    /// the prior's mean. Coarse scales alone vary the whole finding, fine ones its outline.
-    /// Default: every scale.
-    #[arg(long, value_delimiter = ',')]
-    pub scales: Option<Vec<usize>>,
-    /// Go on with data or scans whose preprocessing (HU window, CLAHE, units) differs from
-    /// what the run trained on [default: refused, naming both].
-    #[arg(long)]
-    pub allow_mismatch: bool,
-}
-
-impl SamplingArgs {
-    /// The sampling settings for `model`, checking `--scales` against its latent scales.
-    pub fn sampling(&self, cfg: &RunConfig) -> Result<crate::inference::Sampling> {
-        let mean_scales = match &self.scales {
-            None => Vec::new(),
-            Some(list) => {
-                if cfg.model.kind != crate::model::ModelKind::Hpunet {
-                    bail!("--scales applies to the HPU-Net only; this run's model has one global latent");
-                }
-                let count = cfg.model.latent_scales;
-                if let Some(bad) = list.iter().find(|&&s| s >= count) {
-                    bail!(
-                        "--scales: scale {bad} does not exist: this model has {count} latent scale(s), numbered 0 (the coarsest) to {}",
-                        count.saturating_sub(1)
-                    );
-                }
-                (0..count).map(|s| !list.contains(&s)).collect()
-            }
-        };
-        Ok(crate::inference::Sampling { n: self.n, seed: self.seed, batch: self.batch_size, mean_scales })
-    }
-
-    /// Checks `--n` and `--batch-size`, opens the device and rebuilds the trained model from the run.
-    pub fn load(&self) -> Result<(burn::prelude::Device, RunConfig, crate::model::Segmenter)> {
-        if self.n == 0 {
-            bail!("--n must be at least 1");
-        }
-        if self.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
-        }
-        let device = parse_device(&self.device)?;
-        let (cfg, model) = crate::train::load_run(&self.run, self.checkpoint, &device)?;
-        Ok((device, cfg, model))
-    }
-
-    /// Refuses a dataset preprocessed otherwise than the run's training data (unless
-    /// --allow-mismatch), naming both.
-    pub fn check_data(&self, cfg: &RunConfig, ds: &Dataset, data: &Path) -> Result<()> {
-        crate::data::preprocess::check_match(
-            (&format!("run {}", self.run.display()), cfg.data.preprocess.as_ref()),
-            (&data.display().to_string(), ds.preprocess.as_ref()),
-            self.allow_mismatch,
-        )
-    }
-
-    /// Defaults for `run`, as the command line gives them.
-    pub fn for_run(run: &Path) -> Self {
-        Self {
-            run: run.to_path_buf(),
-            n: 16,
-            checkpoint: Which::Best,
-            seed: 0,
-            batch_size: 8,
-            device: "cpu".into(),
-            scales: None,
-            allow_mismatch: false,
-        }
-    }
 }
 
 #[derive(Args, Debug)]
@@ -283,68 +185,32 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => predict::predict_cmd(a),
         Command::Gan(c) => gan::run(c),
         Command::Demo(a) => demo::run(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Bench(a) => print_json(&crate::bench::bench(&a)?),
         Command::Review(a) => review::review_cmd(a),
     }
 }
 
+/// A report on stdout, pretty-printed.
+pub fn print_json(v: &serde_json::Value) -> Result<()> {
+    crate::say!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
 fn synth_cmd(a: SynthArgs) -> Result<()> {
-    let ds = synth::generate(&SynthConfig {
-        count: a.count,
-        size: a.size,
-        annotators: a.annotators,
-        seed: a.seed,
-        ..Default::default()
-    })?;
-    ds.save(&a.out)?;
+    let cfg = SynthConfig { count: a.count, size: a.size, annotators: a.annotators, seed: a.seed, ..Default::default() };
+    let ds = synth::generate_to(&cfg, &a.out)?;
     crate::say!("wrote {} ({} images {}x{}, {} annotators)", a.out.display(), ds.len(), a.size, a.size, a.annotators);
     Ok(())
 }
 
 fn split_cmd(a: SplitArgs) -> Result<()> {
-    let ds = Dataset::load(&a.data)?;
-    let sp = crate::data::split::split_by_series(&ds.series, a.val_fraction, a.seed)?;
-    ds.subset(&sp.train).save(&a.train_out)?;
-    ds.subset(&sp.val).save(&a.val_out)?;
-    crate::say!(
-        "wrote {} ({} images) and {} ({} images); no series on both sides",
-        a.train_out.display(),
-        sp.train.len(),
-        a.val_out.display(),
-        sp.val.len()
-    );
-    Ok(())
-}
-
-/// Samples a dataset with a run and writes the npz + figure; used by `sample` and `demo`.
-pub fn sample_to(s: &SamplingArgs, data: &Path, out: &Path, figure_images: usize) -> Result<()> {
-    let n = s.n;
-    let (device, cfg, model) = s.load()?;
-    let ds = Dataset::load(data)?;
-    s.check_data(&cfg, &ds, data)?;
-    cfg.model.check_size(ds.height(), ds.width())?;
-    let pb = ProgressBar::new(ds.len() as u64);
-    let samples =
-        inference::sample_images(&model, &ds.images, &crate::inference::Sampling { n, ..s.sampling(&cfg)? }, &device, |k| pb.inc(k as u64))?;
-    pb.finish_and_clear();
-    let masks = samples.masks.clone().into_dyn();
-    let mean = samples.mean.clone().into_dyn();
-    let prior_mean = samples.prior_mean.clone().into_dyn();
-    npz::write_npz(
-        out,
-        &[("samples", NpzEntry::U8(&masks)), ("mean", NpzEntry::F32(&mean)), ("prior_mean", NpzEntry::U8(&prior_mean))],
-    )?;
-    let k = figure_images.min(ds.len());
-    let idx: Vec<usize> = (0..k).collect();
-    let sub = ds.subset(&idx);
-    let smp = samples.masks.select(Axis(0), &idx);
-    let fig = crate::train::render_figure(&sub, &smp, n.min(6), &format!("{n} samples from the prior"));
-    let png = out.with_extension("png");
-    figures::save_png(&fig, &png)?;
-    crate::say!("wrote {} (samples [{}, {n}, {}, {}]) and {}", out.display(), ds.len(), ds.height(), ds.width(), png.display());
+    let (train, val) = crate::data::split::split_file(&a.data, a.val_fraction, a.seed, &a.train_out, &a.val_out)?;
+    crate::say!("wrote {} ({train} images) and {} ({val} images); no series on both sides", a.train_out.display(), a.val_out.display());
     Ok(())
 }
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
-    sample_to(&a.sampling, &a.data, &a.out, a.figure_images)
+    let done = inference::sample_to_file(&a.sampling, &a.data, &a.out, a.figure_images)?;
+    crate::say!("wrote {} (samples [{}, {}, {}, {}]) and {}", a.out.display(), done.images, a.sampling.n, done.height, done.width, done.figure.display());
+    Ok(())
 }

@@ -1,26 +1,16 @@
 //! `apunet predict`: samples, mean and uncertainty for scans of any size (DICOM, NIfTI, PNG),
 //! written as PNG and as NIfTI in the input's geometry.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Args;
-use image::{GrayImage, Luma, Rgb, RgbImage};
-use indicatif::{ProgressBar, ProgressStyle};
-
-use ndarray::{Array3, Array4};
 
 use crate::data::intensity::Window;
 use crate::data::preprocess::{self, Units};
-use crate::data::npz::{self, NpzEntry};
-use crate::eval::review::Units as ReviewUnits;
-use crate::data::scan::{self, Scan};
-use crate::eval::{figures, metrics};
-use crate::predict::{Prediction, predict_image, window_starts};
+use crate::predict::files::{PredictRequest, predict_files};
 
 use super::SamplingArgs;
-use super::review;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -51,174 +41,34 @@ pub struct PredictArgs {
     pub open: bool,
 }
 
-/// A folder of DICOM files is one series; any other folder is a set of scans.
-fn inputs(path: &Path) -> Result<Vec<PathBuf>> {
-    if !path.exists() {
-        bail!("--input {} does not exist", path.display());
-    }
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && scan::is_supported(p))
-        .collect();
-    files.sort();
-    let dicom = |p: &PathBuf| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm"));
-    if !files.is_empty() && files.iter().all(dicom) && files.len() > 1 {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    if files.is_empty() {
-        bail!("{} holds no .dcm, .nii(.gz), .png or .tif files", path.display());
-    }
-    Ok(files)
-}
-
 pub fn predict_cmd(a: PredictArgs) -> Result<()> {
-    let s = &a.sampling;
-    let (device, cfg, model) = s.load()?;
-    let sampling = s.sampling(&cfg)?;
-    let (ph, pw) = (cfg.data.height, cfg.data.width);
-    if ph == 0 || pw == 0 {
-        bail!("{}: config.toml has no [data] crop size; retrain with this version of apunet", s.run.display());
-    }
-    for input in inputs(&a.input)? {
-        let scan = scan::read_scan_as(&input, a.units)?;
-        let pre = preprocess::for_scan(
-            (&format!("run {}", s.run.display()), cfg.data.preprocess.as_ref()),
-            (&input.display().to_string(), scan.slices[0].units),
-            a.window,
-            s.allow_mismatch,
-        )?;
-        let name = scan::stem(&input);
-        let dir = a.out.join(&name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let total: usize = scan
-            .slices
-            .iter()
-            .map(|sl| window_starts(sl.height.max(ph), ph, a.overlap).len() * window_starts(sl.width.max(pw), pw, a.overlap).len())
-            .sum();
-        let pb = ProgressBar::new(total as u64);
-        pb.set_style(
-            ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} patches")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        pb.set_prefix(name.clone());
-        let started = Instant::now();
-        let mut preds = Vec::with_capacity(scan.slices.len());
-        let mut inputs01 = Vec::with_capacity(scan.slices.len());
-        for slice in &scan.slices {
-            let x = slice.normalized(&pre)?;
-            preds.push(predict_image(
-                &model,
-                &x,
-                slice.height,
-                slice.width,
-                (ph, pw),
-                &sampling,
-                a.overlap,
-                &device,
-                |k| pb.inc(k as u64),
-            )?);
-            inputs01.push(x);
-        }
-        pb.finish_and_clear();
-        let secs = started.elapsed().as_secs_f64();
-        write_outputs(&scan, &preds, &inputs01, &dir)?;
-        let record = review::ReviewRecord {
-            kind: "predict".into(),
-            run: s.run.clone(),
-            data: input.clone(),
-            seed: s.seed,
-            units: match scan.slices[0].units {
-                Units::Hu => ReviewUnits::Hounsfield { file_window: scan.slices[0].file_window.map(|(c, w)| (w, c)) },
-                Units::Unit => ReviewUnits::Intensity,
-            },
-            volume: scan.slices.len() > 1,
-        };
-        write_review_files(&scan, &preds, &dir, &record, !a.no_review, a.open)?;
-        let (h, w) = (scan.slices[0].height, scan.slices[0].width);
+    let n = a.sampling.n;
+    let req = PredictRequest {
+        sampling: a.sampling,
+        input: a.input,
+        out: a.out,
+        overlap: a.overlap,
+        window: a.window,
+        units: a.units,
+        review: !a.no_review,
+        open: a.open,
+    };
+    predict_files(&req, |r| {
         crate::say!(
-            "{name}: {} slice(s) {h}x{w} in {}, input made with {}; {total} patches of {ph}x{pw}, {} samples in {secs:.1} s ({:.2} slices/s) -> {}",
-            scan.slices.len(),
-            scan.slices[0].units,
-            preprocess::describe(Some(&pre)),
-            s.n,
-            scan.slices.len() as f64 / secs.max(1e-9),
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// inputs.npz, samples.npz and review.json (what `apunet review` reads), and the page.
-fn write_review_files(scan: &Scan, preds: &[Prediction], dir: &Path, record: &review::ReviewRecord, page: bool, open: bool) -> Result<()> {
-    let (h, w, n) = (preds[0].height, preds[0].width, preds[0].probs.len());
-    let d = preds.len();
-    if preds.iter().zip(&scan.slices).any(|(p, sl)| p.height != h || p.width != w || sl.values.len() != h * w) {
-        tracing::warn!("{}: slices of different sizes; no review page", dir.display());
-        return Ok(());
-    }
-    let images = Array3::from_shape_fn((d, h, w), |(z, y, x)| scan.slices[z].values[y * w + x]);
-    let samples = Array4::from_shape_fn((d, n, h, w), |(z, k, y, x)| (preds[z].probs[k][y * w + x] > 0.5) as u8);
-    let mean = Array3::from_shape_fn((d, h, w), |(z, y, x)| preds[z].mean[y * w + x]);
-    let (sd, md) = (samples.clone().into_dyn(), mean.clone().into_dyn());
-    npz::write_npz(&dir.join("samples.npz"), &[("samples", NpzEntry::U8(&sd)), ("mean", NpzEntry::F32(&md))])?;
-    let arrays = review::Arrays { images, masks: Array4::zeros((d, 0, h, w)), samples, mean };
-    review::publish(dir, &arrays, record, None, page, open)
-}
-
-fn gray_png(values: &[f32], h: usize, w: usize, path: &Path) -> Result<()> {
-    let img = GrayImage::from_fn(w as u32, h as u32, |x, y| Luma([(values[y as usize * w + x as usize].clamp(0.0, 1.0) * 255.0).round() as u8]));
-    crate::fsio::write_atomic_with(path, |tmp| Ok(img.save_with_format(tmp, image::ImageFormat::Png)?))
-}
-
-const PALETTE: [[u8; 3]; 6] = [[250, 170, 60], [80, 220, 120], [90, 160, 255], [240, 90, 200], [250, 240, 90], [120, 240, 240]];
-
-/// The windowed scan with every sample's contour in its own colour.
-fn overlay(input: &[f32], pred: &Prediction) -> RgbImage {
-    let (h, w) = (pred.height, pred.width);
-    let gray = figures::display_stretch(input);
-    let mut img = RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb([gray[y as usize * w + x as usize]; 3]));
-    for (k, p) in pred.probs.iter().enumerate() {
-        let mask: Vec<u8> = p.iter().map(|&v| (v > 0.5) as u8).collect();
-        let c = PALETTE[k % PALETTE.len()];
-        for (q, edge) in figures::contour(&mask, h, w).into_iter().enumerate() {
-            if edge {
-                img.put_pixel((q % w) as u32, (q / w) as u32, Rgb(c));
-            }
-        }
-    }
-    img
-}
-
-fn write_outputs(scan: &Scan, preds: &[Prediction], inputs01: &[Vec<f32>], dir: &Path) -> Result<()> {
-    let (h, w) = (preds[0].height, preds[0].width);
-    let n = preds[0].probs.len();
-    let depth = preds.len();
-    // PNGs for the slice with the most predicted lesion (the only one for 2D inputs).
-    let z = (0..depth)
-        .max_by(|&a, &b| preds[a].mean.iter().sum::<f32>().total_cmp(&preds[b].mean.iter().sum::<f32>()))
-        .unwrap_or(0);
-    let p = &preds[z];
-    for (k, m) in p.probs.iter().enumerate() {
-        let mask: Vec<f32> = m.iter().map(|&v| if v > 0.5 { 1.0 } else { 0.0 }).collect();
-        gray_png(&mask, h, w, &dir.join(format!("sample_{k:02}.png")))?;
-    }
-    gray_png(&p.mean, h, w, &dir.join("mean.png"))?;
-    let entropy = metrics::entropy(&p.mean);
-    let heat = RgbImage::from_fn(w as u32, h as u32, |x, y| figures::viridis(entropy[y as usize * w + x as usize]));
-    figures::save_png(&heat, &dir.join("entropy.png"))?;
-    figures::save_png(&overlay(&inputs01[z], p), &dir.join("overlay.png"))?;
-
-    let samples: Vec<Vec<Vec<u8>>> =
-        (0..n).map(|k| preds.iter().map(|p| p.probs[k].iter().map(|&v| (v > 0.5) as u8).collect()).collect()).collect();
-    let header4 = scan::output_header(&scan.geometry, w, h, depth, n);
-    scan::write_nifti(&dir.join("samples.nii.gz"), &header4, &samples, h, w)?;
-    let header3 = scan::output_header(&scan.geometry, w, h, depth, 1);
-    let mean: Vec<Vec<f32>> = preds.iter().map(|p| p.mean.clone()).collect();
-    scan::write_nifti(&dir.join("mean.nii.gz"), &header3, &[mean], h, w)?;
-    let ent: Vec<Vec<f32>> = preds.iter().map(|p| metrics::entropy(&p.mean)).collect();
-    scan::write_nifti(&dir.join("entropy.nii.gz"), &header3, &[ent], h, w)?;
+            "{}: {} slice(s) {}x{} in {}, input made with {}; {} patches of {}x{}, {n} samples in {:.1} s ({:.2} slices/s) -> {}",
+            r.name,
+            r.slices,
+            r.height,
+            r.width,
+            r.units,
+            preprocess::describe(Some(&r.applied)),
+            r.patches,
+            r.patch.0,
+            r.patch.1,
+            r.seconds,
+            r.slices as f64 / r.seconds.max(1e-9),
+            r.dir.display()
+        )
+    })?;
     Ok(())
 }

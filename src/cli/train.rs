@@ -2,16 +2,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::prelude::Device;
 use clap::Args;
 
 use crate::data::AnnotatorChoice;
 use crate::device::parse_device;
-use crate::model::{ModelConfig, ModelKind, NormKind};
+use crate::model::{ModelConfig, ModelKind, NormKind, TransformerLevels};
 use crate::train::objective::LossKind;
 use crate::train::distributed::Alone;
-use crate::train::{self, Collective, RunConfig, Select, TrainRequest};
+use crate::train::{self, Collective, Launch, RunConfig, Select};
 
 /// Flags left out take their value from --config, else from the defaults shown; on --resume,
 /// from the run's own config.toml.
@@ -148,26 +148,6 @@ pub struct TrainArgs {
     pub dist_timeout: u64,
 }
 
-/// `--transformer-levels 1,2` or `none`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TransformerLevels(pub Vec<usize>);
-
-impl std::str::FromStr for TransformerLevels {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s.trim().eq_ignore_ascii_case("none") {
-            return Ok(Self(Vec::new()));
-        }
-        if s.trim().eq_ignore_ascii_case("all") {
-            return Ok(Self(vec![crate::model::config::ALL_LEVELS]));
-        }
-        s.split(',')
-            .map(|v| v.trim().parse::<usize>().map_err(|_| format!("'{v}' is not a level (use e.g. 2, 1,2, all or none)")))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map(Self)
-    }
-}
-
 /// Applies command-line overrides on top of a config.
 pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     let t = &mut cfg.train;
@@ -231,14 +211,10 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     if let Some(v) = a.geco_kappa {
         t.geco_kappa = v;
     }
-    if a.model == Some(ModelKind::Hpunet) && cfg.model.kind != ModelKind::Hpunet {
-        // The reference for 128-px crops; its depth is fitted to the data when the run starts.
-        cfg.model = ModelConfig { in_channels: cfg.model.in_channels, ..ModelConfig::hpunet(128, a.attention) };
-    } else if a.model == Some(ModelKind::Punet) && cfg.model.kind != ModelKind::Punet {
-        cfg.model = ModelConfig { in_channels: cfg.model.in_channels, ..ModelConfig::default() };
-    } else if a.attention && cfg.model.kind == ModelKind::Hpunet {
-        cfg.model.attention_gates = true;
-        cfg.model.transformer_levels = ModelConfig::hpunet_transformer_levels(cfg.model.depth(), true);
+    match a.model {
+        Some(kind) if kind != cfg.model.kind => cfg.model = ModelConfig::for_kind(kind, a.attention, cfg.model.in_channels),
+        _ if a.attention && cfg.model.kind == ModelKind::Hpunet => cfg.model.with_hpunet_attention(),
+        _ => {}
     }
     let m = &mut cfg.model;
     if let Some(v) = &a.filters {
@@ -257,14 +233,13 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
         m.norm = v;
     }
     if let Some(v) = &a.transformer_levels {
-        m.transformer_levels = Some(v.0.clone());
+        m.transformer_levels = v.clone();
     }
     if let Some(v) = a.transformer_heads {
         m.transformer_heads = v;
     }
     if a.no_attention {
-        m.attention_gates = false;
-        m.transformer_levels = Some(Vec::new());
+        m.without_attention();
     }
 }
 
@@ -334,54 +309,30 @@ fn mpi_run(_: TrainArgs) -> Result<()> {
 }
 
 fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
-    let lead = comm.rank() == 0;
-    let (out, resume) = match (&a.resume, &a.out) {
+    let out = match (&a.resume, &a.out) {
         (Some(r), Some(o)) if !crate::fsio::same_path(r, o) => bail!(
             "--resume {} continues that run in its own directory; --out {} names another. Give one of them",
             r.display(),
             o.display()
         ),
-        (Some(r), _) => (r.clone(), true),
-        (None, Some(o)) => (o.clone(), false),
+        (Some(r), _) => r.clone(),
+        (None, Some(o)) => o.clone(),
         (None, None) => bail!("give --out RUN_DIR for a new run, or --resume RUN_DIR"),
     };
-    if !lead {
-        // Rank 0 resolves the run (config, data, resume) and hands it to the others, which
-        // may not see its files.
-        let req = TrainRequest { data: PathBuf::new(), out, config: RunConfig::default(), device, resume, quiet: a.quiet };
-        return train::train_with(req, comm).map(|_| ());
-    }
-    let mut cfg = match (&a.config, resume) {
-        (Some(p), _) => RunConfig::load(p)?,
-        // Resuming keeps the run's own settings unless a flag overrides them.
-        (None, true) => RunConfig::load(&train::RunPaths::new(&out).config())
-            .with_context(|| format!("--resume: {} holds no run to resume", out.display()))?,
-        (None, false) => RunConfig::default(),
-    };
-    apply_overrides(&mut cfg, a);
-    if a.attention && cfg.model.kind != ModelKind::Hpunet {
-        bail!(
-            "--attention applies to --model hpunet; the Probabilistic U-Net has attention gates and a \
-             transformer by default (--no-attention removes them)"
-        );
-    }
-    let data = match (&a.data, resume) {
-        (Some(d), _) => d.clone(),
-        (None, true) => {
-            let state = train::checkpoint::load_state(&train::RunPaths::new(&out).state())
-                .context("--resume without --data needs the run's checkpoints/state.json")?;
-            PathBuf::from(state.data)
+    let launch = Launch { out: out.clone(), resume: a.resume.is_some(), config: a.config.clone(), data: a.data.clone(), device, quiet: a.quiet };
+    let summary = train::launch(launch, comm, |cfg| {
+        apply_overrides(cfg, a);
+        if a.attention && cfg.model.kind != ModelKind::Hpunet {
+            bail!(
+                "--attention applies to --model hpunet; the Probabilistic U-Net has attention gates and a \
+                 transformer by default (--no-attention removes them)"
+            );
         }
-        (None, false) => bail!("--data FILE.npz is required"),
-    };
-    if !resume && out.join("checkpoints/state.json").exists() {
-        bail!(
-            "{} already holds a run; continue it with --resume {} or choose another --out",
-            out.display(),
-            out.display()
-        );
+        Ok(())
+    })?;
+    if comm.rank() != 0 {
+        return Ok(());
     }
-    let summary = train::train_with(TrainRequest { data, out: out.clone(), config: cfg, device, resume, quiet: a.quiet }, comm)?;
     if summary.epochs_run == 0 {
         crate::say!(
             "nothing to train: {} already finished epoch {} of {}; give --epochs N (more than {}) to train further",

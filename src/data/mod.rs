@@ -6,6 +6,7 @@ pub mod batch;
 pub mod dataset;
 pub mod dicom;
 pub mod dicom_guard;
+pub mod import;
 pub mod intensity;
 pub mod npz;
 pub mod preprocess;

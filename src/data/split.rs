@@ -49,6 +49,15 @@ pub fn split_by_series(series: &[String], val_fraction: f64, seed: u64) -> Resul
     Ok(Split { train, val })
 }
 
+/// `apunet split`: `data` split by series into two npz files; the two sizes.
+pub fn split_file(data: &std::path::Path, val_fraction: f64, seed: u64, train_out: &std::path::Path, val_out: &std::path::Path) -> Result<(usize, usize)> {
+    let ds = super::Dataset::load(data)?;
+    let sp = split_by_series(&ds.series, val_fraction, seed)?;
+    ds.subset(&sp.train).save(train_out)?;
+    ds.subset(&sp.val).save(val_out)?;
+    Ok((sp.train.len(), sp.val.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,3 +181,11 @@ fn add_blob(img: &mut [f32], s: usize, cx: f32, cy: f32, sigma: f32, amp: f32) {
         }
     }
 }
+
+/// `apunet synth`: a generated dataset saved to `out`.
+pub fn generate_to(cfg: &SynthConfig, out: &std::path::Path) -> Result<Dataset> {
+    let ds = generate(cfg)?;
+    ds.save(out)?;
+    Ok(ds)
+}
+

@@ -3,5 +3,7 @@
 pub mod figures;
 pub mod metrics;
 pub mod plots;
+pub mod publish;
 pub mod report;
 pub mod review;
+pub mod run;

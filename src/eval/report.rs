@@ -6,13 +6,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use ndarray::{ArrayView3, ArrayView4, Axis};
+use ndarray::{Array4, ArrayView3, ArrayView4, Axis, Ix4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::metrics::{self, BitMask, Calibration};
+use crate::data::npz::{self, NpyArray};
 use crate::fsio;
 
 /// One image's scores.
@@ -258,4 +259,27 @@ impl Report {
         );
         fsio::write_atomic(&dir.join("report.md"), md.as_bytes())
     }
+}
+
+/// A uint8 4-D array under `key`, with errors that name the file and the expected shape.
+pub fn read_masks(path: &Path, key: &str, expected: &str) -> Result<Array4<u8>> {
+    let mut arrays = npz::read_npz(path)?;
+    let arr = match arrays.remove(key) {
+        Some(NpyArray::U8(a)) => a,
+        Some(NpyArray::I64(a)) => {
+            if let Some(v) = a.iter().find(|&&v| !(0..=1).contains(&v)) {
+                bail!("{}: '{key}' must be binary (0 or 1), found {v}", path.display());
+            }
+            a.mapv(|v| v as u8)
+        }
+        Some(other) => bail!("{}: '{key}' must be uint8 {expected}, got {}", path.display(), other.kind()),
+        None => bail!(
+            "{}: no '{key}' array (found {:?}); expected '{key}' with shape {expected}",
+            path.display(),
+            arrays.keys().collect::<Vec<_>>()
+        ),
+    };
+    let shape = arr.shape().to_vec();
+    arr.into_dimensionality::<Ix4>()
+        .map_err(|_| anyhow::anyhow!("{}: '{key}' has shape {shape:?}; expected {expected}", path.display()))
 }

@@ -119,3 +119,14 @@ pub fn generate(gan_dir: &Path, data: (&Path, &Dataset), count: usize, seed: u64
     ds.preprocess = cfg.preprocess.clone();
     Ok(ds)
 }
+
+/// `apunet gan generate`: `count` examples from the GAN in `gan_dir` and `data`'s mask sets
+/// (seeded), saved to `out` with the real-versus-generated figure beside it (returned).
+pub fn generate_to_file(gan_dir: &Path, data: &Path, out: &Path, (count, seed): (usize, u64), allow_mismatch: bool, device: &Device) -> Result<(Dataset, std::path::PathBuf)> {
+    let real = Dataset::load(data)?;
+    let ds = generate(gan_dir, (data, &real), count, seed, allow_mismatch, device)?;
+    ds.save(out)?;
+    let fig = out.with_extension("png");
+    figures::save_png(&side_by_side(&real, &ds, 8)?, &fig)?;
+    Ok((ds, fig))
+}

@@ -39,12 +39,12 @@ impl<B: CpuKernels> Backward<B, 3> for ConvBackward {
             }
             (input, node_x, node_w) => {
                 if let Some(node) = node_x {
-                    grads.register::<B>(node.id, B::conv2d_gemm_x_backward(w, grad.clone(), g));
+                    grads.register::<B>(node.id, B::conv2d_x_grad(w, grad.clone(), g));
                 }
                 if let Some(node) = node_w {
                     let dw = match input {
                         ConvInput::Nhwc(x) => B::conv2d_direct_weight_backward(x, grad.clone(), g),
-                        ConvInput::Node(x) => B::conv2d_gemm_weight_backward(checkpointer.retrieve_node_output(x), grad.clone(), g),
+                        ConvInput::Node(x) => B::conv2d_weight_grad(checkpointer.retrieve_node_output(x), grad.clone(), g),
                     };
                     grads.register::<B>(node.id, dw);
                 }
@@ -58,7 +58,7 @@ impl<B: CpuKernels> Backward<B, 3> for ConvBackward {
 }
 
 impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
-    fn conv2d_gemm(
+    fn conv2d_forward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -74,9 +74,9 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
             }
             OpsKind::Tracked(mut prep) => {
                 let state = (ConvInput::Node(prep.checkpoint(&x)), prep.checkpoint(&weight), g);
-                prep.finish(state, B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
+                prep.finish(state, B::conv2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
+            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
         }
     }
 
@@ -104,32 +104,32 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
         (Self::from_inner(dx), Self::from_inner(dw))
     }
 
-    fn conv2d_gemm_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
-        Self::from_inner(B::conv2d_gemm_x_backward(Self::inner(weight), Self::inner(grad), g))
+    fn conv2d_x_grad(weight: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_x_grad(Self::inner(weight), Self::inner(grad), g))
     }
 
-    fn conv2d_gemm_weight_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
-        Self::from_inner(B::conv2d_gemm_weight_backward(Self::inner(x), Self::inner(grad), g))
+    fn conv2d_weight_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+        Self::from_inner(B::conv2d_weight_grad(Self::inner(x), Self::inner(grad), g))
     }
 
-    fn conv_transpose2d_gemm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+    fn conv_transpose2d_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
         let prep = <ConvTransposeBackward as Backward<B, 3>>::prepare::<C>(ConvTransposeBackward, [x.node(), weight.node(), bias.node()]);
         match prep.compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
-                prep.finish(state, B::conv_transpose2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
+                prep.finish(state, B::conv_transpose2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv_transpose2d_gemm(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
+            OpsKind::UnTracked(prep) => prep.finish(B::conv_transpose2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
         }
     }
 
-    fn conv_transpose2d_gemm_backward(
+    fn conv_transpose2d_grads(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         g: ConvGeom,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (dx, dw) = B::conv_transpose2d_gemm_backward(Self::inner(x), Self::inner(weight), Self::inner(grad), g);
+        let (dx, dw) = B::conv_transpose2d_grads(Self::inner(x), Self::inner(weight), Self::inner(grad), g);
         (Self::from_inner(dx), Self::from_inner(dw))
     }
 
@@ -220,7 +220,7 @@ impl<B: CpuKernels> Backward<B, 3> for ConvTransposeBackward {
         if node_x.is_some() || node_w.is_some() {
             let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
             let w = checkpointer.retrieve_node_output::<FloatTensor<B>>(w_id);
-            let (dx, dw) = B::conv_transpose2d_gemm_backward(x, w, grad.clone(), g);
+            let (dx, dw) = B::conv_transpose2d_grads(x, w, grad.clone(), g);
             for (node, grad) in [(node_x, dx), (node_w, dw)] {
                 if let Some(node) = node {
                     grads.register::<B>(node.id, grad);

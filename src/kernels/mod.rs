@@ -61,18 +61,21 @@ fn on_kernels(device: &Device, dtype: DType) -> bool {
 
 #[backend_extension(Flex, Autodiff)]
 pub trait CpuKernels: Backend {
-    /// `[n, c_out, ho, wo]` from `x [n, c_in, h, w]`, `weight [c_out, c_in, kh, kw]`.
-    fn conv2d_gemm(
+    /// `[n, c_out, ho, wo]` from `x [n, c_in, h, w]`, `weight [c_out, c_in, kh, kw]`: the direct
+    /// kernels where the CPU has them (`direct::available`), else flex's im2col + GEMM.
+    fn conv2d_forward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         geom: ConvGeom,
     ) -> FloatTensor<Self>;
-    /// The input gradient of [`CpuKernels::conv2d_gemm`].
-    fn conv2d_gemm_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
-    /// The weight gradient of [`CpuKernels::conv2d_gemm`], summed over the batch.
-    fn conv2d_gemm_weight_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
-    /// [`CpuKernels::conv2d_gemm`] on the direct kernels, also returning the padded NHWC copy of
+    /// The input gradient of [`CpuKernels::conv2d_forward`]: direct, per output phase for strides,
+    /// or im2col + GEMM (`conv.rs`) without AVX2.
+    fn conv2d_x_grad(weight: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    /// The weight gradient of [`CpuKernels::conv2d_forward`], summed over the batch (direct, or
+    /// im2col + GEMM without AVX2).
+    fn conv2d_weight_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    /// [`CpuKernels::conv2d_forward`] on the direct kernels, also returning the padded NHWC copy of
     /// `x` it made (flat), for the backward pass to reuse.
     fn conv2d_direct_keep(
         x: FloatTensor<Self>,
@@ -93,10 +96,10 @@ pub trait CpuKernels: Backend {
     /// The transposed convolution `[n, c_in, h, w]` of `x [n, c_out, ho, wo]` (the convolution
     /// `g`'s input gradient, plus `bias [c_in]`), `weight [c_out, c_in, kh, kw]` as burn's
     /// `ConvTranspose2d` holds it: `g` is the convolution it transposes.
-    fn conv_transpose2d_gemm(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
-    /// `(dx, dweight)` of [`CpuKernels::conv_transpose2d_gemm`]: the convolution `g` of the
+    fn conv_transpose2d_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    /// `(dx, dweight)` of [`CpuKernels::conv_transpose2d_forward`]: the convolution `g` of the
     /// gradient, and `g`'s weight gradient with the gradient as its input and `x` as its output's.
-    fn conv_transpose2d_gemm_backward(
+    fn conv_transpose2d_grads(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -148,7 +151,7 @@ fn input_grad(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
 }
 
 impl CpuKernels for Flex {
-    fn conv2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> FlexTensor {
+    fn conv2d_forward(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> FlexTensor {
         if !direct::available() {
             // flex's own forward (tiled im2col, then gemm) measured as fast as `conv::forward`.
             let options = ConvOptions::new_with_padding(g.stride, [(g.pad[0], g.pad[2]), (g.pad[1], g.pad[3])], [1, 1], 1);
@@ -160,13 +163,13 @@ impl CpuKernels for Flex {
         flex_out(out, &[g.batch, g.c_out, ho, wo], x.dtype())
     }
 
-    fn conv2d_gemm_x_backward(weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
+    fn conv2d_x_grad(weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
         let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
         let dx = input_grad(&g, &values(&weight), &values(&grad));
         flex_out(dx, &[g.batch, g.c_in, g.h, g.w], grad.dtype())
     }
 
-    fn conv_transpose2d_gemm(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> FlexTensor {
+    fn conv_transpose2d_forward(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> FlexTensor {
         let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
         let mut y = input_grad(&g, &values(&weight), &values(&x));
         let plane = g.h * g.w;
@@ -175,7 +178,7 @@ impl CpuKernels for Flex {
         flex_out(y, &[g.batch, g.c_in, g.h, g.w], x.dtype())
     }
 
-    fn conv_transpose2d_gemm_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> (FlexTensor, FlexTensor) {
+    fn conv_transpose2d_grads(x: FlexTensor, weight: FlexTensor, grad: FlexTensor, g: ConvGeom) -> (FlexTensor, FlexTensor) {
         let (x, weight, grad) = (x.to_contiguous(), weight.to_contiguous(), grad.to_contiguous());
         let (ho, wo) = g.out_hw().expect("geometry checked by the router");
         let (grad_v, x_v, w_v) = (values(&grad), values(&x), values(&weight));
@@ -187,7 +190,7 @@ impl CpuKernels for Flex {
         (flex_out(dx, &[g.batch, g.c_out, ho, wo], grad.dtype()), flex_out(dw, &[g.c_out, g.c_in, g.kh, g.kw], grad.dtype()))
     }
 
-    fn conv2d_gemm_weight_backward(x: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
+    fn conv2d_weight_grad(x: FlexTensor, grad: FlexTensor, g: ConvGeom) -> FlexTensor {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let dw = if direct::available() {
             weight_grad::backward_weight(&g, &values(&x), &values(&grad))
@@ -286,7 +289,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     // device's RNG on first read, so the order decides a seeded model's initial weights.
     let weight = conv.weight.val();
     let bias = conv.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
-    let out = <Dispatch as CpuKernels>::conv2d_gemm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), g);
+    let out = <Dispatch as CpuKernels>::conv2d_forward(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), g);
     Tensor::from_dispatch(out)
 }
 
@@ -310,7 +313,7 @@ pub fn conv_transpose2d(layer: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
     }
     let weight = layer.weight.val();
     let bias = layer.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([c_out], &x.device()));
-    let out = <Dispatch as CpuKernels>::conv_transpose2d_gemm(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), g);
+    let out = <Dispatch as CpuKernels>::conv_transpose2d_forward(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), g);
     Tensor::from_dispatch(out)
 }
 

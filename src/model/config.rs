@@ -3,6 +3,8 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use super::levels::TransformerLevels;
+
 /// Normalisation after each 3x3 convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -40,10 +42,8 @@ pub struct ModelConfig {
     pub norm: NormKind,
     /// Additive attention gates on the skip connections (off: a plain U-Net, for ablation).
     pub attention_gates: bool,
-    /// Decoder levels (0 = full resolution) with a self-attention block before them, or "all".
-    /// `None` means the coarsest decoder level; an empty list turns transformers off.
-    #[serde(with = "levels_serde")]
-    pub transformer_levels: Option<Vec<usize>>,
+    /// Decoder levels (0 = full resolution) with a self-attention block before them.
+    pub transformer_levels: TransformerLevels,
     pub transformer_heads: usize,
     pub latent_dim: usize,
     /// 1x1 conv + ReLU layers in fcomb before the final 1x1 conv to logits.
@@ -67,7 +67,7 @@ impl Default for ModelConfig {
             convs_per_block: 3,
             norm: NormKind::Group,
             attention_gates: true,
-            transformer_levels: None,
+            transformer_levels: TransformerLevels::Coarsest,
             transformer_heads: 4,
             latent_dim: 6,
             fcomb_layers: 3,
@@ -110,8 +110,31 @@ impl ModelConfig {
     /// The reference HPU-Net's transformer levels at `depth`: with `attention`, self-attention
     /// over the features before the finest of its 4 latent scales (8x8, 64 tokens, at 128 px;
     /// the coarser levels hold 1 to 16 tokens); none without.
-    pub fn hpunet_transformer_levels(depth: usize, attention: bool) -> Option<Vec<usize>> {
-        Some(if attention { vec![depth - 1 - 4.min(depth - 1)] } else { vec![] })
+    pub fn hpunet_transformer_levels(depth: usize, attention: bool) -> TransformerLevels {
+        if attention { TransformerLevels::Levels(vec![depth - 1 - 4.min(depth - 1)]) } else { TransformerLevels::None }
+    }
+
+    /// The model a run of `kind` starts from: the Probabilistic U-Net's defaults, or the
+    /// reference HPU-Net for 128-px crops (its depth is fitted to the data when the run starts),
+    /// `attention` making it the attention variant. `in_channels` carries over.
+    pub fn for_kind(kind: ModelKind, attention: bool, in_channels: usize) -> Self {
+        let base = match kind {
+            ModelKind::Punet => Self::default(),
+            ModelKind::Hpunet => Self::hpunet(128, attention),
+        };
+        Self { in_channels, ..base }
+    }
+
+    /// A plain U-Net backbone: no attention gates, no transformer.
+    pub fn without_attention(&mut self) {
+        self.attention_gates = false;
+        self.transformer_levels = TransformerLevels::None;
+    }
+
+    /// Turns an HPU-Net into its attention variant (gates and the reference's transformer).
+    pub fn with_hpunet_attention(&mut self) {
+        self.attention_gates = true;
+        self.transformer_levels = Self::hpunet_transformer_levels(self.depth(), true);
     }
 
     pub fn depth(&self) -> usize {
@@ -137,12 +160,7 @@ impl ModelConfig {
 
     /// Decoder levels that get a transformer block, resolved from the default and "all".
     pub fn transformer_levels(&self) -> Vec<usize> {
-        match &self.transformer_levels {
-            Some(v) if v.contains(&ALL_LEVELS) => (0..self.depth().saturating_sub(1)).collect(),
-            Some(v) => v.clone(),
-            None if self.depth() >= 2 => vec![self.depth() - 2],
-            None => vec![],
-        }
+        self.transformer_levels.resolve(self.depth())
     }
 
     /// H and W must halve cleanly at every level.
@@ -242,38 +260,6 @@ impl ModelConfig {
             );
         }
         Ok(())
-    }
-}
-
-/// `transformer_levels` = "all", held as this one-element list so the field stays a list.
-pub const ALL_LEVELS: usize = usize::MAX;
-
-/// `transformer_levels` in TOML: a list of levels or the string "all".
-mod levels_serde {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::ALL_LEVELS;
-
-    pub fn serialize<S: Serializer>(v: &Option<Vec<usize>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(l) if l.contains(&ALL_LEVELS) => s.serialize_str("all"),
-            other => other.serialize(s),
-        }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Levels {
-        List(Vec<usize>),
-        Word(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Error> {
-        match Levels::deserialize(d)? {
-            Levels::List(l) => Ok(Some(l)),
-            Levels::Word(w) if w.eq_ignore_ascii_case("all") => Ok(Some(vec![ALL_LEVELS])),
-            Levels::Word(w) => Err(serde::de::Error::custom(format!("transformer_levels: expected a list of levels or \"all\", got \"{w}\""))),
-        }
     }
 }
 

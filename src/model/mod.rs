@@ -6,6 +6,7 @@ pub mod config;
 pub mod fcomb;
 pub mod gaussian;
 pub mod hpunet;
+pub mod levels;
 pub mod prob_unet;
 pub mod residual;
 pub mod segmenter;
@@ -13,6 +14,7 @@ pub mod transformer;
 pub mod unet;
 
 pub use config::{ModelConfig, ModelKind, NormKind};
+pub use levels::TransformerLevels;
 pub use hpunet::HPUNet;
 pub use prob_unet::{ProbUNet, elbo_loss};
 pub use segmenter::{Encoded, Segmenter, TrainOut};

@@ -6,6 +6,7 @@ pub mod config;
 pub mod distributed;
 mod epoch;
 pub mod history;
+mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod objective;
@@ -29,6 +30,7 @@ pub use checkpoint::{RunPaths, TrainState, Which, load_run};
 pub use distributed::Collective;
 pub use config::{DataConfig, RunConfig, Select, TrainConfig};
 pub use history::{EpochMetrics, read_metrics, write_metrics};
+pub use launch::{Launch, launch};
 pub use validation::{figure, render_figure};
 
 use crate::data::{AnnotatorChoice, Dataset, preprocess, split};
@@ -412,7 +414,7 @@ mod tests {
     fn every_config_survives_the_trip_to_the_other_ranks() {
         let mut hp = RunConfig::default();
         hp.model.kind = ModelKind::Hpunet;
-        hp.model.transformer_levels = Some(vec![crate::model::config::ALL_LEVELS]);
+        hp.model.transformer_levels = crate::model::TransformerLevels::All;
         for cfg in [RunConfig::default(), hp] {
             let text = toml::to_string(&cfg).unwrap();
             let sent = serde_json::to_vec(&(text, TrainState::default(), PathBuf::from("d.npz"))).unwrap();

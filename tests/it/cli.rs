@@ -29,7 +29,7 @@ fn every_train_flag_reaches_the_config() {
     assert_eq!((t.epochs, t.batch_size, t.lr, t.beta, t.kl_warmup_epochs), (7, 3, 0.01, 0.5, 2));
     assert_eq!((t.grad_clip_norm, t.weight_decay, t.seed), (Some(5.0), Some(0.001), 9));
     assert_eq!((m.latent_dim, m.filters.clone(), m.norm), (4, vec![8, 16, 32], NormKind::Batch));
-    assert_eq!((m.transformer_levels.clone(), m.transformer_heads), (Some(vec![0, 1]), 2));
+    assert_eq!((m.transformer_levels.clone(), m.transformer_heads), (apunet::model::TransformerLevels::Levels(vec![0, 1]), 2));
     assert_eq!(t.annotator, apunet::data::AnnotatorChoice::Majority);
     assert_eq!((t.val_fraction, t.select, t.extra.as_deref()), (0.3, apunet::train::Select::Ged, Some("x.npz")));
     assert_eq!((t.extra_ratio, t.patch, t.figure_every), (0.25, Some(32), 3));
@@ -129,6 +129,6 @@ fn a_closed_pipe_is_not_a_panic() {
 
 #[test]
 fn a_zero_batch_size_is_refused_for_sampling() {
-    let e = format!("{:#}", cli::SamplingArgs { batch_size: 0, ..cli::SamplingArgs::for_run(std::path::Path::new("r")) }.load().unwrap_err());
+    let e = format!("{:#}", apunet::inference::RunSampling { batch_size: 0, ..apunet::inference::RunSampling::for_run(std::path::Path::new("r")) }.load().unwrap_err());
     assert!(e.contains("--batch-size must be at least 1"), "{e}");
 }

@@ -5,8 +5,8 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use apunet::cli::evaluate::{MetricsArgs, metrics_cmd};
-use apunet::cli::{SamplingArgs, sample_to};
+use apunet::eval::run::score_files;
+use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::data::Dataset;
 use apunet::data::npz::{self, NpyArray, NpzEntry, parse_header};
 use apunet::data::synth::{SynthConfig, generate};
@@ -120,7 +120,7 @@ fn sampling_training_and_metrics_agree_on_c_and_fortran_order() {
     npz::write_npz(&sf_only, &[("samples", NpzEntry::U8(&fs))]).unwrap();
     let (mc, mf) = (dir.path().join("mc"), dir.path().join("mf"));
     let run = |s: &Path, l: &Path, out: &Path| {
-        metrics_cmd(MetricsArgs { samples: s.into(), labels: l.into(), out: Some(out.into()), quiet: true }).unwrap();
+        score_files(s, l, Some(out)).unwrap();
         std::fs::read_to_string(out.join("per_image.csv")).unwrap()
     };
     assert_eq!(run(&sc, &c, &mc), run(&sf_only, &f, &mf));

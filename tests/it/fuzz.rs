@@ -9,7 +9,7 @@ use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use apunet::cli::evaluate::{MetricsArgs, metrics_cmd};
+use apunet::eval::run::score_files;
 use apunet::data::Dataset;
 use apunet::data::dicom::read_dicom;
 use apunet::data::npz::{self, NpzEntry};
@@ -189,7 +189,7 @@ fn npz_datasets_and_metrics_inputs() {
     let labels = good.clone();
     let bases = [("npz", samples, 120)];
     let t = run(dir.path(), "metrics", &bases, 1000, &|p| {
-        metrics_cmd(MetricsArgs { samples: p.to_path_buf(), labels: labels.clone(), out: None, quiet: true })
+        score_files(p, &labels, None).map(|_| ())
     });
     assert!(t.files >= 1000 && t.errors > t.files / 2, "{t:?}");
 }

@@ -3,13 +3,13 @@
 
 use crate::common;
 
-use apunet::cli::evaluate::{EvalArgs, eval_cmd};
-use apunet::cli::predict::{PredictArgs, predict_cmd};
-use apunet::cli::{SamplingArgs, sample_to};
+use apunet::eval::run::{EvalRequest, evaluate_run};
+use apunet::predict::files::{PredictRequest, predict_files};
+use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::data::npz::{self, NpyArray};
 use apunet::data::synth::{SynthConfig, generate};
 use apunet::model::hpunet::{PixelGaussian, nearest2x};
-use apunet::model::{ModelConfig, ModelKind, NormKind, ProbUNet, Segmenter, to_host};
+use apunet::model::{ModelConfig, ModelKind, NormKind, ProbUNet, Segmenter, TransformerLevels, to_host};
 use apunet::train::checkpoint::{load_segmenter, save_model};
 use apunet::train::objective::{GecoState, LossKind, Objective};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};
@@ -26,7 +26,7 @@ fn tiny_hpu(attention: bool) -> ModelConfig {
         res_blocks: 1,
         transformer_heads: 2,
         attention_gates: attention,
-        transformer_levels: Some(if attention { vec![1] } else { vec![] }),
+        transformer_levels: if attention { TransformerLevels::Levels(vec![1]) } else { TransformerLevels::None },
         ..ModelConfig::hpunet(16, false)
     }
 }
@@ -235,13 +235,13 @@ fn hpunet_trains_with_geco_resumes_and_serves_every_command() {
 
     // eval and predict on an image larger than the crops.
     let ev = dir.path().join("eval");
-    eval_cmd(EvalArgs { sampling: sampling(None), data: data.clone(), out: ev.clone(), images: None, overlay: false, no_review: false, open: false }).unwrap();
+    evaluate_run(&EvalRequest { sampling: sampling(None), data: data.clone(), out: ev.clone(), images: None, overlay: false, review: true, open: false }).unwrap();
     assert!(ev.join("metrics.json").exists());
     let big = dir.path().join("big.png");
     let img = image::GrayImage::from_fn(40, 28, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
     img.save(&big).unwrap();
     let pred = dir.path().join("pred");
-    predict_cmd(PredictArgs { sampling: sampling(None), input: big, out: pred.clone(), overlap: 0.5, window: None, units: None, no_review: false, open: false }).unwrap();
+    predict_files(&PredictRequest { sampling: sampling(None), input: big, out: pred.clone(), overlap: 0.5, window: None, units: None, review: true, open: false }, |_| {}).unwrap();
     assert!(std::fs::read_dir(&pred).unwrap().count() > 0);
 }
 

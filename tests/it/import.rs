@@ -1,4 +1,4 @@
-use apunet::cli::import::{ImportArgs, import_cmd};
+use apunet::data::import::{ImportSettings as ImportArgs, import_folder};
 use apunet::data::Dataset;
 use apunet::data::intensity::Window;
 use image::{GrayImage, Luma};
@@ -41,7 +41,7 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
     std::fs::write(root.join("labels/badlabel_A2.png"), b"\x89PNG broken").unwrap();
 
     let out = root.join("ds.npz");
-    import_cmd(ImportArgs {
+    import_folder(&ImportArgs {
         input: root.to_path_buf(),
         out: out.clone(),
         crop: 32,
@@ -83,7 +83,7 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
     assert!(reasons.iter().any(|r| r.contains("bad") && r.contains("64x64")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("nolabels") && r.contains("no labels")), "{reasons:?}");
 
-    let e = import_cmd(ImportArgs {
+    let e = import_folder(&ImportArgs {
         input: root.join("images"),
         out: root.join("x.npz"),
         crop: 32,

@@ -1,4 +1,4 @@
-use apunet::cli::evaluate::{MetricsArgs, metrics_cmd};
+use apunet::eval::run::score_files;
 use apunet::data::npz::{self, NpzEntry};
 use apunet::eval::metrics::{BitMask, dice, ged, ged_squared, hungarian_iou, iou, majority};
 use apunet::eval::report::{check_inputs, evaluate};
@@ -130,7 +130,7 @@ fn metrics_command_errors_name_the_file_and_shape() {
     };
     let labels = write("l.npz", "masks", &Array4::zeros((3, 4, 8, 8)));
     let run = |s: std::path::PathBuf, l: std::path::PathBuf| {
-        metrics_cmd(MetricsArgs { samples: s, labels: l, out: None, quiet: true }).err().map(|e| format!("{e:#}"))
+        score_files(&s, &l, None).err().map(|e| format!("{e:#}"))
     };
     let good = write("s.npz", "samples", &Array4::zeros((3, 8, 8, 8)));
     assert_eq!(run(good.clone(), labels.clone()), None);

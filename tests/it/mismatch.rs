@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use apunet::cli::predict::{PredictArgs, predict_cmd};
-use apunet::cli::{SamplingArgs, parse_from};
+use apunet::cli::parse_from;
+use apunet::inference::RunSampling as SamplingArgs;
+use apunet::predict::files::{PredictRequest, predict_files};
 use apunet::data::dicom::read_dicom;
 use apunet::data::intensity::{Window, apply_window};
 use apunet::data::preprocess::{Preprocess, Units};
@@ -60,7 +61,7 @@ fn ct_piece_without_air(dir: &Path) -> (PathBuf, Vec<f32>) {
 
 fn predict(run: &Path, input: &Path, out: &Path, window: Option<Window>, allow: bool) -> anyhow::Result<()> {
     let sampling = SamplingArgs { n: 2, checkpoint: train::Which::Last, batch_size: 8, allow_mismatch: allow, ..SamplingArgs::for_run(run) };
-    predict_cmd(PredictArgs { sampling, input: input.into(), out: out.into(), overlap: 0.5, window, units: None, no_review: true, open: false })
+    predict_files(&PredictRequest { sampling, input: input.into(), out: out.into(), overlap: 0.5, window, units: None, review: false, open: false }, |_| {}).map(|_| ())
 }
 
 fn mean_of(dir: &Path) -> Vec<f32> {
@@ -244,7 +245,7 @@ fn messages_blame_what_the_user_gave() {
     let mut cfg = RunConfig::default();
     apunet::cli::apply_overrides(&mut cfg, &a);
     cfg.validate().unwrap();
-    assert_eq!(cfg.model.transformer_levels, Some(vec![0]));
+    assert_eq!(cfg.model.transformer_levels, apunet::model::TransformerLevels::Levels(vec![0]));
 
     // Each flag's help is there once, and says its default once.
     for sub in apunet::cli::command().get_subcommands() {

@@ -1,7 +1,7 @@
 use crate::common;
 
-use apunet::cli::SamplingArgs;
-use apunet::cli::predict::{PredictArgs, predict_cmd};
+use apunet::inference::RunSampling as SamplingArgs;
+use apunet::predict::files::{PredictRequest, predict_files};
 use apunet::data::scan::{self, Geometry, Preprocess, read_scan};
 use apunet::data::synth::{SynthConfig, generate};
 use apunet::data::Dataset;
@@ -141,7 +141,7 @@ fn predict_writes_png_and_nifti_for_any_size() {
     image::GrayImage::from_fn(52, 40, |x, y| image::Luma([((x * 3 + y) % 256) as u8])).save(&png).unwrap();
     let out = dir.path().join("pred");
     let sampling = SamplingArgs { n: 3, checkpoint: train::Which::Last, batch_size: 4, ..SamplingArgs::for_run(&run) };
-    predict_cmd(PredictArgs { sampling: sampling.clone(), input: png, out: out.clone(), overlap: 0.5, window: None, units: None, no_review: false, open: false })
+    predict_files(&PredictRequest { sampling: sampling.clone(), input: png, out: out.clone(), overlap: 0.5, window: None, units: None, review: true, open: false }, |_| {})
     .unwrap();
     let d = out.join("scan");
     for f in ["sample_00.png", "sample_02.png", "mean.png", "entropy.png", "overlay.png", "samples.nii.gz", "mean.nii.gz", "entropy.nii.gz"] {
@@ -165,17 +165,17 @@ fn predict_writes_png_and_nifti_for_any_size() {
     }
     let page = std::fs::read_to_string(d.join("review.html")).unwrap();
     std::fs::remove_file(d.join("review.html")).unwrap();
-    apunet::cli::review::review_cmd(apunet::cli::review::ReviewArgs { dir: d.clone(), out: None, open: false }).unwrap();
+    apunet::eval::publish::rebuild(&d, None).unwrap();
     assert_eq!(std::fs::read_to_string(d.join("review.html")).unwrap(), page);
 
-    let missing = predict_cmd(PredictArgs { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None, units: None, no_review: false, open: false })
+    let missing = predict_files(&PredictRequest { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None, units: None, review: true, open: false }, |_| {})
     .unwrap_err();
     assert!(format!("{missing:#}").contains("does not exist"));
 }
 
 /// An untrained model without a transformer, so 128 px patches stay cheap.
 fn plain_model(d: &Device) -> (ProbUNet, usize) {
-    let cfg = apunet::model::ModelConfig { transformer_levels: Some(vec![]), ..common::tiny_config() };
+    let cfg = apunet::model::ModelConfig { transformer_levels: apunet::model::TransformerLevels::None, ..common::tiny_config() };
     d.seed(21);
     (ProbUNet::new(&cfg, d), cfg.latent_dim)
 }

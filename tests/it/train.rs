@@ -1,6 +1,6 @@
 use crate::common;
 
-use apunet::cli::{SamplingArgs, sample_to};
+use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::data::npz::{self, NpyArray};
 use apunet::data::synth::{SynthConfig, generate};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};

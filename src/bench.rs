@@ -1,4 +1,5 @@
-//! `apunet bench`: training images/s, sampled masks/s and peak memory, as JSON.
+//! `apunet bench` and `apunet gan bench`: training images/s, sampled masks/s (or CycleGAN
+//! iterations/s) and peak memory, as JSON.
 //! Timings are measured, never asserted; compare with `bench/torch_peer.py` in the same run.
 
 use std::time::Instant;
@@ -20,7 +21,7 @@ use crate::train::distributed::Collective;
 use crate::train::objective::bce_with_logits;
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub struct BenchSettings {
     /// cpu | wgpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -53,7 +54,7 @@ pub struct BenchArgs {
     pub no_attention: bool,
     /// Decoder levels with a transformer: e.g. 2, 0,1,2, all or none [default: the model's].
     #[arg(long, value_name = "LEVELS")]
-    pub transformer_levels: Option<crate::cli::train::TransformerLevels>,
+    pub transformer_levels: Option<crate::model::TransformerLevels>,
     /// Time training as `train --devices` does with this many ranks on --device, one thread
     /// each, every rank stepping on its rows of the batch [default: 1, one rank].
     #[arg(long, default_value_t = 1)]
@@ -72,7 +73,9 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+/// The default model (or the one the settings name) trained and sampled on random data: a
+/// JSON report.
+pub fn bench(a: &BenchSettings) -> Result<serde_json::Value> {
     let device = parse_device(&a.device)?;
     let gpu = a.device != "cpu" && a.device != "flex";
     let b = a.batch_size.unwrap_or(if gpu { 32 } else { 8 });
@@ -87,11 +90,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         cfg.filters = f.clone();
     }
     if a.no_attention {
-        cfg.attention_gates = false;
-        cfg.transformer_levels = Some(Vec::new());
+        cfg.without_attention();
     }
     if let Some(l) = &a.transformer_levels {
-        cfg.transformer_levels = Some(l.0.clone());
+        cfg.transformer_levels = l.clone();
     }
     cfg.validate()?;
     cfg.check_size(a.size, a.size)?;
@@ -167,8 +169,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "peak_rss_mib": peak_rss_mib(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
-    crate::say!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    Ok(report)
 }
 
 /// The training half of `bench`: the same step on every rank, timed on each.
@@ -212,7 +213,7 @@ impl TrainBench<'_> {
 }
 
 #[derive(Args, Debug)]
-pub struct GanBenchArgs {
+pub struct GanBenchSettings {
     /// cpu | wgpu | cuda
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -235,7 +236,7 @@ pub struct GanBenchArgs {
 
 /// CycleGAN iterations/s at batch 1: the exact step `apunet gan train` runs (two generators,
 /// two discriminators, LSGAN + cycle + identity losses, pools, four Adam updates).
-pub fn gan(a: GanBenchArgs) -> Result<()> {
+pub fn gan_bench(a: &GanBenchSettings) -> Result<serde_json::Value> {
     let device = parse_device(&a.device)?;
     let ad = device.clone().autodiff();
     let mut rows = Vec::new();
@@ -272,8 +273,7 @@ pub fn gan(a: GanBenchArgs) -> Result<()> {
         "peak_rss_mib": peak_rss_mib(),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
-    crate::say!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    Ok(report)
 }
 
 /// Runs `warmup + steps` steps, printing each time; returns the timed (post-warm-up) ones.

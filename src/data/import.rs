@@ -1,0 +1,286 @@
+//! A dataset from a folder laid out like nnU-Net's raw data (`images/CASE.{dcm,nii.gz,png}` or
+//! `images/CASE/` a DICOM series, `labels/CASE_A{k}.{png,nii.gz}` for annotator k): fixed-size
+//! crops around labelled regions plus a share of background crops, grouped by case, with a
+//! manifest of every source file and the crop it produced.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use ndarray::{Array3, Array4};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::Dataset;
+use super::intensity::Window;
+use super::scan::{self, Preprocess, Scan, Units};
+use crate::fsio;
+
+/// How `import` cuts a folder into crops.
+#[derive(Debug, Clone)]
+pub struct ImportSettings {
+    /// The folder with images/ and labels/.
+    pub input: PathBuf,
+    /// The npz to write; the manifest goes beside it.
+    pub out: PathBuf,
+    pub crop: usize,
+    /// Background crops as a share of all crops, in [0, 1).
+    pub background_share: f64,
+    /// The window for CT in HU.
+    pub window: Window,
+    pub clahe: bool,
+    /// What NIfTI images hold, where the user says so.
+    pub units: Option<Units>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct CropRecord {
+    index: usize,
+    case: String,
+    image: String,
+    labels: Vec<String>,
+    slice: usize,
+    y0: usize,
+    x0: usize,
+    kind: &'static str,
+}
+
+/// A case left out, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub case: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Manifest {
+    input: String,
+    crop: usize,
+    annotators: usize,
+    preprocess: Preprocess,
+    crops: Vec<CropRecord>,
+    skipped: Vec<Skipped>,
+}
+
+/// What `import_folder` wrote.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub crops: usize,
+    pub annotators: usize,
+    pub skipped: Vec<Skipped>,
+    pub manifest: PathBuf,
+}
+
+/// `CASE_A{k}.ext` -> (CASE, k).
+fn label_key(p: &Path) -> Option<(String, usize)> {
+    let stem = scan::stem(p);
+    let at = stem.rfind("_A")?;
+    let k = stem[at + 2..].parse().ok()?;
+    Some((stem[..at].to_string(), k))
+}
+
+/// Centres of the 4-connected components of `mask`.
+fn component_centres(mask: &[u8], h: usize, w: usize) -> Vec<(usize, usize)> {
+    let mut seen = vec![false; h * w];
+    let mut centres = Vec::new();
+    for start in 0..h * w {
+        if mask[start] == 0 || seen[start] {
+            continue;
+        }
+        let (mut stack, mut sy, mut sx, mut n) = (vec![start], 0usize, 0usize, 0usize);
+        seen[start] = true;
+        while let Some(p) = stack.pop() {
+            let (y, x) = (p / w, p % w);
+            (sy, sx, n) = (sy + y, sx + x, n + 1);
+            let neighbours = [(y > 0).then(|| p - w), (y + 1 < h).then(|| p + w), (x > 0).then(|| p - 1), (x + 1 < w).then(|| p + 1)];
+            for q in neighbours.into_iter().flatten() {
+                if mask[q] != 0 && !seen[q] {
+                    seen[q] = true;
+                    stack.push(q);
+                }
+            }
+        }
+        centres.push((sy / n, sx / n));
+    }
+    centres
+}
+
+/// A crop x crop window at (y0, x0), zero-padded where it leaves the image.
+fn cut<T: Copy + Default>(src: &[T], h: usize, w: usize, y0: isize, x0: isize, c: usize) -> Vec<T> {
+    (0..c * c)
+        .map(|p| {
+            let (y, x) = (y0 + (p / c) as isize, x0 + (p % c) as isize);
+            if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w { src[y as usize * w + x as usize] } else { T::default() }
+        })
+        .collect()
+}
+
+/// The folder's images and, per case, its annotators' label files.
+type Layout = (Vec<PathBuf>, BTreeMap<String, BTreeMap<usize, PathBuf>>);
+
+fn layout(input: &Path) -> Result<Layout> {
+    let (img_dir, lab_dir) = (input.join("images"), input.join("labels"));
+    if !img_dir.is_dir() || !lab_dir.is_dir() {
+        bail!("{} must contain images/ and labels/ folders (nnU-Net layout)", input.display());
+    }
+    let mut labels: BTreeMap<String, BTreeMap<usize, PathBuf>> = BTreeMap::new();
+    for e in std::fs::read_dir(&lab_dir)? {
+        let p = e?.path();
+        if let Some((case, k)) = label_key(&p).filter(|_| scan::is_supported(&p)) {
+            labels.entry(case).or_default().insert(k, p);
+        }
+    }
+    let mut images: Vec<PathBuf> =
+        std::fs::read_dir(&img_dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| scan::is_supported(p) || p.is_dir()).collect();
+    images.sort();
+    if images.is_empty() {
+        bail!("{} holds no images", img_dir.display());
+    }
+    if labels.is_empty() {
+        bail!("{} holds no labels named CASE_A<k>.(png|nii.gz)", lab_dir.display());
+    }
+    Ok((images, labels))
+}
+
+/// A case's scan and its annotators' label maps, each the scan's size; or why not.
+fn load_case(img_path: &Path, files: &BTreeMap<usize, PathBuf>, units: Option<Units>) -> std::result::Result<(Scan, Vec<Scan>), String> {
+    let scan = scan::read_scan_as(img_path, units).map_err(|e| format!("{e:#}"))?;
+    let mut label_scans = Vec::new();
+    for p in files.values() {
+        let l = scan::read_labels(p).map_err(|e| format!("{e:#}"))?;
+        let same = l.slices.len() == scan.slices.len()
+            && l.slices.iter().zip(&scan.slices).all(|(a, b)| a.height == b.height && a.width == b.width);
+        if !same {
+            let (s, t) = (&l.slices[0], &scan.slices[0]);
+            return Err(format!(
+                "label {} is {}x{}x{} but the image is {}x{}x{}",
+                p.display(),
+                l.slices.len(),
+                s.height,
+                s.width,
+                scan.slices.len(),
+                t.height,
+                t.width
+            ));
+        }
+        label_scans.push(l);
+    }
+    Ok((scan, label_scans))
+}
+
+/// The crops made so far: images, masks (annotator-major per crop), series and records.
+#[derive(Default)]
+struct Crops {
+    images: Vec<f32>,
+    masks: Vec<u8>,
+    series: Vec<String>,
+    records: Vec<CropRecord>,
+}
+
+/// One slice's crops: one per labelled region (the union of annotators), then background
+/// crops in `share` of all, at random places with no label.
+fn crop_slice(out: &mut Crops, x: &[f32], masks: &[Vec<u8>], (h, w): (usize, usize), at: (&str, &Path, &[String], usize), s: &ImportSettings, rng: &mut StdRng) {
+    let (case, image, labels, z) = at;
+    let c = s.crop;
+    let union: Vec<u8> = (0..h * w).map(|p| masks.iter().any(|m| m[p] != 0) as u8).collect();
+    let mut take = |y0: isize, x0: isize, kind: &'static str| {
+        out.images.extend(cut(x, h, w, y0, x0, c));
+        for m in masks {
+            out.masks.extend(cut(m, h, w, y0, x0, c));
+        }
+        out.series.push(case.to_string());
+        let index = out.records.len();
+        let (image, labels) = (image.display().to_string(), labels.to_vec());
+        out.records.push(CropRecord { index, case: case.to_string(), image, labels, slice: z, y0: y0.max(0) as usize, x0: x0.max(0) as usize, kind });
+    };
+    let centres = component_centres(&union, h, w);
+    let clamp = |v: usize, len: usize| (v as isize - c as isize / 2).clamp(0, (len as isize - c as isize).max(0));
+    for &(cy, cx) in &centres {
+        take(clamp(cy, h), clamp(cx, w), "lesion");
+    }
+    let want = ((centres.len() as f64) * s.background_share / (1.0 - s.background_share)).round() as usize;
+    let mut got = 0;
+    for _ in 0..want * 20 {
+        if got == want || h < c || w < c {
+            break;
+        }
+        let (y0, x0) = (rng.gen_range(0..=h - c), rng.gen_range(0..=w - c));
+        if (0..c * c).all(|p| union[(y0 + p / c) * w + x0 + p % c] == 0) {
+            take(y0 as isize, x0 as isize, "background");
+            got += 1;
+        }
+    }
+}
+
+/// `apunet import`: the dataset npz and its manifest. Cases with missing, mis-sized or
+/// unreadable labels are skipped (reported, never resized); scans of other units than the
+/// first case's are an error, since one dataset records one preprocessing.
+pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
+    if s.crop < 8 {
+        bail!("--crop must be at least 8");
+    }
+    if !(0.0..1.0).contains(&s.background_share) {
+        bail!("--background-share must be in [0, 1)");
+    }
+    let (images, labels) = layout(&s.input)?;
+    let annotators = labels.values().map(|m| m.len()).max().unwrap_or(0);
+    // The record follows the scans' units: a window only touches HU.
+    let mut units: Option<(Units, String)> = None;
+    let pre_for = |u: Units| Preprocess { window: (u == Units::Hu).then_some(s.window), clahe: s.clahe, ..Default::default() };
+    let mut rng = StdRng::seed_from_u64(s.seed);
+    let (mut crops, mut skipped) = (Crops::default(), Vec::new());
+    for img_path in &images {
+        let case = scan::stem(img_path);
+        let mut skip = |reason: String| {
+            eprintln!("skipping case {case}: {reason}");
+            skipped.push(Skipped { case: case.clone(), reason });
+        };
+        let Some(files) = labels.get(&case) else {
+            skip("no labels".into());
+            continue;
+        };
+        if files.len() != annotators {
+            skip(format!("{} annotators' labels, the others have {annotators}", files.len()));
+            continue;
+        }
+        let (scan, label_scans) = match load_case(img_path, files, s.units) {
+            Ok(v) => v,
+            Err(reason) => {
+                skip(reason);
+                continue;
+            }
+        };
+        let u = scan.slices[0].units;
+        match &units {
+            Some((first, name)) if *first != u => bail!(
+                "{} holds {u} but {name} holds {first}: one dataset takes one kind of input (give --units to read NIfTI files alike)",
+                img_path.display()
+            ),
+            Some(_) => {}
+            None => units = Some((u, img_path.display().to_string())),
+        }
+        let pre = pre_for(u);
+        let label_names: Vec<String> = files.values().map(|p| p.display().to_string()).collect();
+        for (z, sl) in scan.slices.iter().enumerate() {
+            let x = sl.normalized(&pre)?;
+            let masks: Vec<Vec<u8>> = label_scans.iter().map(|l| l.slices[z].values.iter().map(|&v| (v > 0.0) as u8).collect()).collect();
+            crop_slice(&mut crops, &x, &masks, (sl.height, sl.width), (&case, img_path, &label_names, z), s, &mut rng);
+        }
+    }
+    if crops.records.is_empty() {
+        bail!("no crops made from {}: every case was skipped or unlabelled", s.input.display());
+    }
+    let (n, c) = (crops.records.len(), s.crop);
+    let images = Array3::from_shape_vec((n, c, c), crops.images)?;
+    let masks = Array4::from_shape_vec((n, annotators, c, c), crops.masks)?;
+    let mut ds = Dataset::new(images, masks, Some(crops.series), &s.input.display().to_string())?;
+    let pre = pre_for(units.map_or(Units::Unit, |(u, _)| u));
+    ds.preprocess = Some(pre.clone());
+    ds.save(&s.out)?;
+    let manifest = Manifest { input: s.input.display().to_string(), crop: c, annotators, preprocess: pre, crops: crops.records, skipped: skipped.clone() };
+    let mpath = s.out.with_extension("manifest.json");
+    fsio::write_atomic(&mpath, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    Ok(Imported { crops: n, annotators, skipped, manifest: mpath })
+}
