@@ -45,9 +45,19 @@ fn main() {
     // and 256 px, the small network at 128 px), on inputs already reflection-padded; then the
     // LIDC recipe's (filters 16-32-64-96, 64 px): its encoder levels and a decoder block's first conv.
     let geoms = [
-        (8, 32, 32, 128, 1), (8, 64, 64, 64, 1), (8, 128, 128, 32, 1), (8, 192, 192, 16, 1), (8, 96, 32, 128, 1),
-        (1, 256, 256, 34, 0), (1, 256, 256, 66, 0), (1, 64, 64, 34, 0),
-        (8, 16, 16, 64, 1), (8, 48, 16, 64, 1), (8, 32, 32, 32, 1), (8, 64, 64, 16, 1), (8, 96, 96, 8, 1),
+        (8, 32, 32, 128, 1),
+        (8, 64, 64, 64, 1),
+        (8, 128, 128, 32, 1),
+        (8, 192, 192, 16, 1),
+        (8, 96, 32, 128, 1),
+        (1, 256, 256, 34, 0),
+        (1, 256, 256, 66, 0),
+        (1, 64, 64, 34, 0),
+        (8, 16, 16, 64, 1),
+        (8, 48, 16, 64, 1),
+        (8, 32, 32, 32, 1),
+        (8, 64, 64, 16, 1),
+        (8, 96, 96, 8, 1),
     ];
     for (batch, ci, co, hw, pad) in geoms {
         let g = ConvGeom { batch, c_in: ci, h: hw, w: hw, c_out: co, kh: 3, kw: 3, stride: [1, 1], pad: [pad; 4] };
@@ -61,7 +71,12 @@ fn main() {
         let bw = best_of_5(|| weight_grad::backward_weight(&g, &x, &grad));
         println!(
             "n{batch} {ci:>3}->{co:<3} @{hw:<3}  forward {:6.1} ms {:5.1} GFLOP/s | input grad {:6.1} ms {:5.1} | weight grad {:6.1} ms {:5.1}",
-            fwd * 1e3, gflop / fwd, bx * 1e3, gflop / bx, bw * 1e3, gflop / bw
+            fwd * 1e3,
+            gflop / fwd,
+            bx * 1e3,
+            gflop / bx,
+            bw * 1e3,
+            gflop / bw
         );
         let (a, b, c) = (direct::forward(&g, &x, &w, None), direct::backward_x(&g, &w, &grad), weight_grad::backward_weight(&g, &x, &grad));
         println!("             bits: {:016x} {:016x} {:016x}", bits_hash(&a), bits_hash(&b), bits_hash(&c));

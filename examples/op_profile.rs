@@ -14,9 +14,9 @@ use apunet::kernels::{self, conv2d, group_norm, instance_norm};
 use apunet::model::to_host;
 use burn::nn::conv::{Conv2dConfig, ConvTranspose2dConfig};
 use burn::nn::{GroupNormConfig, InstanceNormConfig, PaddingConfig2d};
-use burn::tensor::ops::PadMode;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use burn::tensor::ops::PadMode;
 
 /// ms per call of `f`, with apunet's kernels on or off.
 fn ms(reps: usize, kernels_on: bool, f: &mut impl FnMut()) -> f64 {
@@ -42,7 +42,10 @@ fn randn(shape: [usize; 4], d: &Device) -> Tensor<4> {
 /// The ResNet generator's and PatchGAN's layers, one CycleGAN iteration's worth of shapes.
 fn gan_ops(d: &Device) {
     let conv = |ci: usize, co: usize, k: usize, stride: usize, pad: usize| {
-        Conv2dConfig::new([ci, co], [k, k]).with_stride([stride, stride]).with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad)).init(d)
+        Conv2dConfig::new([ci, co], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .init(d)
     };
     let stem = conv(1, 64, 7, 1, 0);
     let x = randn([1, 1, 256, 256], d);

@@ -52,8 +52,7 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
         let _ = fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", path.display()));
     }
-    fs::rename(&tmp, path)
-        .with_context(|| format!("moving {} into place at {}", tmp.display(), path.display()))
+    fs::rename(&tmp, path).with_context(|| format!("moving {} into place at {}", tmp.display(), path.display()))
 }
 
 #[cfg(test)]

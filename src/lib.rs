@@ -5,13 +5,13 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod eval;
-pub mod inference;
-pub mod kernels;
-pub mod train;
 pub mod fsio;
 pub mod gan;
+pub mod inference;
+pub mod kernels;
 pub mod model;
 pub mod predict;
+pub mod train;
 
 /// `println!` that never panics on a closed pipe (`apunet eval ... | head`): the command still
 /// finishes its work and writes its files.

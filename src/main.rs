@@ -2,9 +2,7 @@ fn main() {
     keep_freed_memory();
     cpu_default_device();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "apunet=info,warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "apunet=info,warn".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -32,9 +30,7 @@ fn cpu_default_device() {
 
 /// This process's rank when an MPI launcher or SLURM started it.
 fn launcher_rank() -> Option<u64> {
-    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"].iter().find_map(|k| std::env::var(k).ok()?.parse().ok())
 }
 
 /// glibc hands a freed buffer above a moving threshold (at most 32 MiB) back to the kernel, so

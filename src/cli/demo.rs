@@ -40,15 +40,7 @@ pub struct DemoArgs {
 pub fn demo_config(epochs: usize, seed: u64) -> RunConfig {
     RunConfig {
         model: ModelConfig { filters: vec![16, 32, 64, 96], ..Default::default() },
-        train: TrainConfig {
-            epochs,
-            batch_size: 8,
-            lr: 2e-3,
-            seed,
-            figure_images: 8,
-            figure_samples: 4,
-            ..Default::default()
-        },
+        train: TrainConfig { epochs, batch_size: 8, lr: 2e-3, seed, figure_images: 8, figure_samples: 4, ..Default::default() },
         ..Default::default()
     }
 }
@@ -67,7 +59,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     ds.save(&data)?;
     // Scored on images it never saw: another seed's draw of the same generator.
     let heldout = a.out.join("heldout.npz");
-    let test = synth::generate(&SynthConfig { count: (a.count / 3).max(1), size: a.size, seed: heldout_seed(a.seed), ..Default::default() })?;
+    let test =
+        synth::generate(&SynthConfig { count: (a.count / 3).max(1), size: a.size, seed: heldout_seed(a.seed), ..Default::default() })?;
     test.save(&heldout)?;
     crate::say!(
         "1/4 synthetic data: {} ({} crops {}x{}, {} annotators) and held-out {} ({} crops)",
@@ -97,18 +90,26 @@ pub fn run(a: DemoArgs) -> Result<()> {
     sample_to_file(&sampling, &heldout, &samples, 8)?;
     crate::say!("3/4 sampled 16 masks per held-out image: {}", samples.display());
     let eval_dir = a.out.join("eval");
-    let req = EvalRequest { sampling, data: heldout.clone(), out: eval_dir.clone(), images: None, overlay: false, review: true, open: false };
+    let req =
+        EvalRequest { sampling, data: heldout.clone(), out: eval_dir.clone(), images: None, overlay: false, review: true, open: false };
     let report = evaluate_run(&req)?;
     let curves = plot_run(&run_dir, None)?;
     let stat = |k: &str| report.stat(k).map_or(f64::NAN, |s| s.mean);
-    crate::say!("GED {:.3}, HM-IoU {:.3}, Dice (majority) {:.3}; curves: {}", stat("ged"), stat("hm_iou"), stat("dice_majority"), curves.display());
-    crate::say!("4/4 evaluated on the held-out images: {}/report.md; look through every case: {}/review.html", eval_dir.display(), eval_dir.display());
+    crate::say!(
+        "GED {:.3}, HM-IoU {:.3}, Dice (majority) {:.3}; curves: {}",
+        stat("ged"),
+        stat("hm_iou"),
+        stat("dice_majority"),
+        curves.display()
+    );
+    crate::say!(
+        "4/4 evaluated on the held-out images: {}/report.md; look through every case: {}/review.html",
+        eval_dir.display(),
+        eval_dir.display()
+    );
     let last = summary.history.last();
     if let Some(m) = last {
-        crate::say!(
-            "final epoch {}: train loss {:.3}, val loss {:.3}, val GED {:.4}",
-            m.epoch, m.loss, m.val_loss, m.val_ged
-        );
+        crate::say!("final epoch {}: train loss {:.3}, val loss {:.3}, val GED {:.4}", m.epoch, m.loss, m.val_loss, m.val_ged);
     }
     crate::say!(
         "figures: {}/figures/, {}/curves.png, {} and {}/samples.png; {:.0} s in all",

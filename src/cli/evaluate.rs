@@ -96,7 +96,15 @@ pub fn metrics_cmd(a: MetricsArgs) -> Result<()> {
 impl EvalArgs {
     /// The request these flags make.
     pub fn request(self) -> EvalRequest {
-        EvalRequest { sampling: self.sampling, data: self.data, out: self.out, images: self.images, overlay: self.overlay, review: !self.no_review, open: self.open }
+        EvalRequest {
+            sampling: self.sampling,
+            data: self.data,
+            out: self.out,
+            images: self.images,
+            overlay: self.overlay,
+            review: !self.no_review,
+            open: self.open,
+        }
     }
 }
 

@@ -104,7 +104,15 @@ pub fn run(cmd: GanCommand) -> Result<()> {
 fn train_cmd(a: GanTrainArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let sources = GanSources { data: a.data, a: a.a, b: a.b };
-    let o = GanOverrides { mode: a.mode, epochs: a.epochs, decay_epochs: a.decay_epochs, base: a.base, blocks: a.blocks, seed: a.seed, pool_size: a.pool_size };
+    let o = GanOverrides {
+        mode: a.mode,
+        epochs: a.epochs,
+        decay_epochs: a.decay_epochs,
+        base: a.base,
+        blocks: a.blocks,
+        seed: a.seed,
+        pool_size: a.pool_size,
+    };
     let done = run_gan(&a.out, a.resume, &sources, &o, device, a.quiet)?;
     let s = &done.state;
     if done.epochs_run == 0 {

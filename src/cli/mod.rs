@@ -211,6 +211,14 @@ fn split_cmd(a: SplitArgs) -> Result<()> {
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
     let done = inference::sample_to_file(&a.sampling, &a.data, &a.out, a.figure_images)?;
-    crate::say!("wrote {} (samples [{}, {}, {}, {}]) and {}", a.out.display(), done.images, a.sampling.n, done.height, done.width, done.figure.display());
+    crate::say!(
+        "wrote {} (samples [{}, {}, {}, {}]) and {}",
+        a.out.display(),
+        done.images,
+        a.sampling.n,
+        done.height,
+        done.width,
+        done.figure.display()
+    );
     Ok(())
 }

@@ -9,8 +9,8 @@ use clap::Args;
 use crate::data::AnnotatorChoice;
 use crate::device::parse_device;
 use crate::model::{ModelConfig, ModelKind, NormKind, TransformerLevels};
-use crate::train::objective::LossKind;
 use crate::train::distributed::Alone;
+use crate::train::objective::LossKind;
 use crate::train::{self, Collective, Launch, RunConfig, Select};
 
 /// Flags left out take their value from --config, else from the defaults shown; on --resume,
@@ -310,16 +310,15 @@ fn mpi_run(_: TrainArgs) -> Result<()> {
 
 fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
     let out = match (&a.resume, &a.out) {
-        (Some(r), Some(o)) if !crate::fsio::same_path(r, o) => bail!(
-            "--resume {} continues that run in its own directory; --out {} names another. Give one of them",
-            r.display(),
-            o.display()
-        ),
+        (Some(r), Some(o)) if !crate::fsio::same_path(r, o) => {
+            bail!("--resume {} continues that run in its own directory; --out {} names another. Give one of them", r.display(), o.display())
+        }
         (Some(r), _) => r.clone(),
         (None, Some(o)) => o.clone(),
         (None, None) => bail!("give --out RUN_DIR for a new run, or --resume RUN_DIR"),
     };
-    let launch = Launch { out: out.clone(), resume: a.resume.is_some(), config: a.config.clone(), data: a.data.clone(), device, quiet: a.quiet };
+    let launch =
+        Launch { out: out.clone(), resume: a.resume.is_some(), config: a.config.clone(), data: a.data.clone(), device, quiet: a.quiet };
     let summary = train::launch(launch, comm, |cfg| {
         apply_overrides(cfg, a);
         if a.attention && cfg.model.kind != ModelKind::Hpunet {

@@ -173,9 +173,6 @@ pub fn training_patches<R: Rng>(
 /// Just the images at `idx`, [B,1,H,W].
 pub fn images_tensor(ds: &Dataset, idx: &[usize], device: &Device) -> Tensor<4> {
     let (h, w) = (ds.height(), ds.width());
-    let data: Vec<f32> = idx
-        .iter()
-        .flat_map(|&i| ds.images.index_axis(ndarray::Axis(0), i).iter().copied().collect::<Vec<_>>())
-        .collect();
+    let data: Vec<f32> = idx.iter().flat_map(|&i| ds.images.index_axis(ndarray::Axis(0), i).iter().copied().collect::<Vec<_>>()).collect();
     Tensor::from_data(TensorData::new(data, [idx.len(), 1, h, w]), device)
 }

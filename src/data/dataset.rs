@@ -46,12 +46,7 @@ impl Dataset {
     }
 
     /// Builds a dataset and checks everything a user file can get wrong.
-    pub fn new(
-        images: Array3<f32>,
-        masks: Array4<u8>,
-        series: Option<Vec<String>>,
-        source: &str,
-    ) -> Result<Self> {
+    pub fn new(images: Array3<f32>, masks: Array4<u8>, series: Option<Vec<String>>, source: &str) -> Result<Self> {
         let [n, h, w] = [images.shape()[0], images.shape()[1], images.shape()[2]];
         let ms = masks.shape();
         if n == 0 {
@@ -61,10 +56,7 @@ impl Dataset {
             bail!("{source}: 'masks' has annotator count 0 (shape {ms:?}); expected [N, A, H, W] with A >= 1");
         }
         if ms[0] != n || ms[2] != h || ms[3] != w {
-            bail!(
-                "{source}: 'masks' has shape {ms:?} but 'images' has shape {:?}; expected masks [{n}, A, {h}, {w}]",
-                images.shape()
-            );
+            bail!("{source}: 'masks' has shape {ms:?} but 'images' has shape {:?}; expected masks [{n}, A, {h}, {w}]", images.shape());
         }
         if let Some(bad) = images.iter().position(|v| !v.is_finite()) {
             let idx = bad / (h * w);
@@ -146,9 +138,7 @@ impl Dataset {
         if let Some(NpyArray::Str(s, _)) = arrays.remove("preprocess")
             && let Some(json) = s.first()
         {
-            ds.preprocess = Some(
-                serde_json::from_str(json).map_err(|e| anyhow::anyhow!("{src}: bad 'preprocess' record: {e}"))?,
-            );
+            ds.preprocess = Some(serde_json::from_str(json).map_err(|e| anyhow::anyhow!("{src}: bad 'preprocess' record: {e}"))?);
         }
         if let Some(NpyArray::U8(s)) = arrays.remove("synthetic")
             && s.len() == ds.len()

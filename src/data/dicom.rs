@@ -56,18 +56,12 @@ pub fn read_dicom(path: &Path) -> Result<CtSlice> {
     let obj = open_file(path).map_err(|e| anyhow!("{name}: not a readable DICOM file: {e}"))?;
     check_pixel_size(&obj, bytes.len()).map_err(|e| anyhow!("{name}: {e}"))?;
     let transfer_syntax = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    let modality = obj
-        .element_opt(tags::MODALITY)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim().to_string());
+    let modality = obj.element_opt(tags::MODALITY).ok().flatten().and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string());
     if let Some(m) = modality.as_deref().filter(|m| *m != "CT") {
         tracing::warn!("{name}: modality is {m}, not CT; Hounsfield windowing may not apply");
     }
-    let pixels = obj.decode_pixel_data().map_err(|e| {
-        anyhow!("{name}: cannot decode the pixel data (transfer syntax {transfer_syntax}): {e}")
-    })?;
+    let pixels =
+        obj.decode_pixel_data().map_err(|e| anyhow!("{name}: cannot decode the pixel data (transfer syntax {transfer_syntax}): {e}"))?;
     let rescale = pixels.rescale().map_err(|e| anyhow!("{name}: bad rescale attributes: {e}"))?;
     let (slope, intercept) = rescale.first().map_or((1.0, 0.0), |r| (r.slope, r.intercept));
     let (rows, columns) = (pixels.rows() as usize, pixels.columns() as usize);
@@ -170,10 +164,8 @@ fn check_one_size(dir: &Path, read: &[(std::path::PathBuf, CtSlice)]) -> Result<
     }
     sizes.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
     let ((r, c), main) = (&sizes[0].0, sizes[0].1.len());
-    let odd: Vec<String> = sizes[1..]
-        .iter()
-        .flat_map(|((rr, cc), v)| v.iter().map(move |p| format!("{} ({rr}x{cc})", p.display())))
-        .collect();
+    let odd: Vec<String> =
+        sizes[1..].iter().flat_map(|((rr, cc), v)| v.iter().map(move |p| format!("{} ({rr}x{cc})", p.display()))).collect();
     bail!(
         "{}: the slices differ in size: {main} {} {r}x{c} but {} {} not: {}; a series folder must hold one \
          series; move the odd files out (or predict them one by one)",

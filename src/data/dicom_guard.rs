@@ -8,8 +8,8 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// VRs with a 2-byte length in explicit VR; every other VR, an unknown one too (read as UN, as
 /// dicom-parser does), has a 2-byte reserved field and a 4-byte length.
 const SHORT_VRS: [&[u8; 2]; 21] = [
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
-    b"ST", b"TM", b"UI", b"UL", b"US",
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI",
+    b"UL", b"US",
 ];
 
 struct Reader<'a> {

@@ -181,7 +181,15 @@ struct Crops {
 
 /// One slice's crops: one per labelled region (the union of annotators), then background
 /// crops in `share` of all, at random places with no label.
-fn crop_slice(out: &mut Crops, x: &[f32], masks: &[Vec<u8>], (h, w): (usize, usize), at: (&str, &Path, &[String], usize), s: &ImportSettings, rng: &mut StdRng) {
+fn crop_slice(
+    out: &mut Crops,
+    x: &[f32],
+    masks: &[Vec<u8>],
+    (h, w): (usize, usize),
+    at: (&str, &Path, &[String], usize),
+    s: &ImportSettings,
+    rng: &mut StdRng,
+) {
     let (case, image, labels, z) = at;
     let c = s.crop;
     let union: Vec<u8> = (0..h * w).map(|p| masks.iter().any(|m| m[p] != 0) as u8).collect();
@@ -193,7 +201,16 @@ fn crop_slice(out: &mut Crops, x: &[f32], masks: &[Vec<u8>], (h, w): (usize, usi
         out.series.push(case.to_string());
         let index = out.records.len();
         let (image, labels) = (image.display().to_string(), labels.to_vec());
-        out.records.push(CropRecord { index, case: case.to_string(), image, labels, slice: z, y0: y0.max(0) as usize, x0: x0.max(0) as usize, kind });
+        out.records.push(CropRecord {
+            index,
+            case: case.to_string(),
+            image,
+            labels,
+            slice: z,
+            y0: y0.max(0) as usize,
+            x0: x0.max(0) as usize,
+            kind,
+        });
     };
     let centres = component_centres(&union, h, w);
     let clamp = |v: usize, len: usize| (v as isize - c as isize / 2).clamp(0, (len as isize - c as isize).max(0));
@@ -279,7 +296,14 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
     let pre = pre_for(units.map_or(Units::Unit, |(u, _)| u));
     ds.preprocess = Some(pre.clone());
     ds.save(&s.out)?;
-    let manifest = Manifest { input: s.input.display().to_string(), crop: c, annotators, preprocess: pre, crops: crops.records, skipped: skipped.clone() };
+    let manifest = Manifest {
+        input: s.input.display().to_string(),
+        crop: c,
+        annotators,
+        preprocess: pre,
+        crops: crops.records,
+        skipped: skipped.clone(),
+    };
     let mpath = s.out.with_extension("manifest.json");
     fsio::write_atomic(&mpath, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     Ok(Imported { crops: n, annotators, skipped, manifest: mpath })

@@ -1,8 +1,8 @@
 //! Data in and out: the npz format, the synthetic generator, augmentation, splits, batches.
 
 pub mod augment;
-pub mod clahe;
 pub mod batch;
+pub mod clahe;
 pub mod dataset;
 pub mod dicom;
 pub mod dicom_guard;

@@ -86,12 +86,8 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader> {
         bail!("truncated .npy header");
     }
     let text = std::str::from_utf8(&bytes[start..end]).context("non-UTF-8 .npy header")?;
-    let descr = dict_value(text, "descr")
-        .and_then(|v| quoted(v))
-        .ok_or_else(|| anyhow!("npy header has no 'descr': {text}"))?;
-    let fortran_order = dict_value(text, "fortran_order")
-        .map(|v| v.trim_start().starts_with("True"))
-        .unwrap_or(false);
+    let descr = dict_value(text, "descr").and_then(|v| quoted(v)).ok_or_else(|| anyhow!("npy header has no 'descr': {text}"))?;
+    let fortran_order = dict_value(text, "fortran_order").map(|v| v.trim_start().starts_with("True")).unwrap_or(false);
     let shape_src = dict_value(text, "shape").ok_or_else(|| anyhow!("npy header has no 'shape'"))?;
     let open = shape_src.find('(').ok_or_else(|| anyhow!("bad shape in npy header"))?;
     let close = shape_src.find(')').ok_or_else(|| anyhow!("bad shape in npy header"))?;
@@ -167,10 +163,7 @@ fn parse_strings(bytes: &[u8], h: &NpyHeader) -> Result<Vec<String>> {
 /// Encodes strings as a numpy `<U` array, the dtype numpy itself gives `np.array([...str])`.
 pub fn encode_strings(values: &[String]) -> Vec<u8> {
     let width = values.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(1);
-    let dict = format!(
-        "{{'descr': '<U{width}', 'fortran_order': False, 'shape': ({},), }}",
-        values.len()
-    );
+    let dict = format!("{{'descr': '<U{width}', 'fortran_order': False, 'shape': ({},), }}", values.len());
     let mut bytes = npy_preamble(&dict);
     for s in values {
         let mut n = 0;
@@ -247,8 +240,7 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
     let file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // Deflate expands at most about 1,032:1: no member can honestly be larger than this.
     let most = file.metadata().map(|m| m.len()).unwrap_or(0).saturating_mul(1100);
-    let mut zip = zip::ZipArchive::new(file)
-        .with_context(|| format!("{} is not a valid .npz (zip) archive", path.display()))?;
+    let mut zip = zip::ZipArchive::new(file).with_context(|| format!("{} is not a valid .npz (zip) archive", path.display()))?;
     let mut out = BTreeMap::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).with_context(|| format!("reading {}", path.display()))?;
@@ -257,9 +249,7 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, NpyArray>> {
             bail!("{}: array '{name}' declares {} bytes, more than the file could hold", path.display(), entry.size());
         }
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("{}: array '{name}' is truncated or corrupt", path.display()))?;
+        entry.read_to_end(&mut bytes).with_context(|| format!("{}: array '{name}' is truncated or corrupt", path.display()))?;
         let arr = decode(&name, &bytes).with_context(|| format!("reading {}", path.display()))?;
         out.insert(name, arr);
     }
@@ -282,9 +272,7 @@ pub fn write_npz(path: &Path, entries: &[(&str, NpzEntry<'_>)]) -> Result<()> {
     fsio::write_atomic_with(path, |tmp| {
         let file = fs::File::create(tmp)?;
         let mut zip = zip::ZipWriter::new(file);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .large_file(true);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).large_file(true);
         for (name, entry) in entries {
             let mut bytes = Vec::new();
             match entry {

@@ -70,13 +70,7 @@ pub fn check_match(expected: (&str, Option<&Preprocess>), got: (&str, Option<&Pr
     if expected.1 == got.1 {
         return Ok(());
     }
-    let text = format!(
-        "{} was made with {}, but {} with {}",
-        expected.0,
-        describe(expected.1),
-        got.0,
-        describe(got.1)
-    );
+    let text = format!("{} was made with {}, but {} with {}", expected.0, describe(expected.1), got.0, describe(got.1));
     if allow {
         tracing::warn!("{text}; going on as --allow-mismatch asks");
         return Ok(());

@@ -152,14 +152,9 @@ pub fn read_gray(path: &Path) -> Result<Slice> {
 /// as `units` states, else as [`nifti_units`] reads them.
 pub fn read_nifti(path: &Path, units: Option<Units>) -> Result<Scan> {
     check_nifti_size(path)?;
-    let obj = ReaderOptions::new()
-        .read_file(path)
-        .map_err(|e| anyhow!("{}: not a readable NIfTI file: {e}", path.display()))?;
+    let obj = ReaderOptions::new().read_file(path).map_err(|e| anyhow!("{}: not a readable NIfTI file: {e}", path.display()))?;
     let header = obj.header().clone();
-    let vol = obj
-        .into_volume()
-        .into_ndarray::<f32>()
-        .map_err(|e| anyhow!("{}: cannot read the NIfTI volume: {e}", path.display()))?;
+    let vol = obj.into_volume().into_ndarray::<f32>().map_err(|e| anyhow!("{}: cannot read the NIfTI volume: {e}", path.display()))?;
     let shape = vol.shape().to_vec();
     let (nx, ny) = match shape.as_slice() {
         [x, y] | [x, y, _] | [x, y, _, 1] => (*x, *y),
@@ -312,11 +307,7 @@ where
     }
     crate::fsio::write_atomic_with(path, |tmp| {
         let opts = nifti::writer::WriterOptions::new(tmp).reference_header(header);
-        let result = if frames.len() == 1 {
-            opts.write_nifti(&arr.index_axis(ndarray::Axis(3), 0))
-        } else {
-            opts.write_nifti(&arr)
-        };
+        let result = if frames.len() == 1 { opts.write_nifti(&arr.index_axis(ndarray::Axis(3), 0)) } else { opts.write_nifti(&arr) };
         result.map_err(|e| anyhow!("{e}"))
     })
 }

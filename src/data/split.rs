@@ -39,10 +39,7 @@ pub fn split_by_series(series: &[String], val_fraction: f64, seed: u64) -> Resul
         }
     }
     if val_fraction > 0.0 && val.is_empty() {
-        bail!(
-            "cannot make a validation split: only {} series; add data or use --val-fraction 0",
-            keys.len()
-        );
+        bail!("cannot make a validation split: only {} series; add data or use --val-fraction 0", keys.len());
     }
     train.sort_unstable();
     val.sort_unstable();
@@ -50,7 +47,13 @@ pub fn split_by_series(series: &[String], val_fraction: f64, seed: u64) -> Resul
 }
 
 /// `apunet split`: `data` split by series into two npz files; the two sizes.
-pub fn split_file(data: &std::path::Path, val_fraction: f64, seed: u64, train_out: &std::path::Path, val_out: &std::path::Path) -> Result<(usize, usize)> {
+pub fn split_file(
+    data: &std::path::Path,
+    val_fraction: f64,
+    seed: u64,
+    train_out: &std::path::Path,
+    val_out: &std::path::Path,
+) -> Result<(usize, usize)> {
     let ds = super::Dataset::load(data)?;
     let sp = split_by_series(&ds.series, val_fraction, seed)?;
     ds.subset(&sp.train).save(train_out)?;

@@ -149,7 +149,8 @@ pub fn generate(cfg: &SynthConfig) -> Result<Dataset> {
                 if !seen {
                     continue;
                 }
-                let jitter = [rng.gen_range(0.0..0.08), rng.gen_range(0.0..2.0 * PI), rng.gen_range(0.0..0.06), rng.gen_range(0.0..2.0 * PI)];
+                let jitter =
+                    [rng.gen_range(0.0..0.08), rng.gen_range(0.0..2.0 * PI), rng.gen_range(0.0..0.06), rng.gen_range(0.0..2.0 * PI)];
                 let level = (st.level + rng.gen_range(-0.1..0.1)).clamp(0.05, 0.95);
                 for y in 0..s {
                     for x in 0..s {
@@ -188,4 +189,3 @@ pub fn generate_to(cfg: &SynthConfig, out: &std::path::Path) -> Result<Dataset> 
     ds.save(out)?;
     Ok(ds)
 }
-

@@ -59,8 +59,7 @@ pub fn draw_text(canvas: &mut RgbImage, x: u32, y: u32, text: &str, scale: u32, 
 
 /// A perceptually ordered colour map (viridis control points), t in [0,1].
 pub fn viridis(t: f32) -> Rgb<u8> {
-    const STOPS: [[f32; 3]; 5] =
-        [[68.0, 1.0, 84.0], [59.0, 82.0, 139.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
+    const STOPS: [[f32; 3]; 5] = [[68.0, 1.0, 84.0], [59.0, 82.0, 139.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
     let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 } * (STOPS.len() - 1) as f32;
     let i = (t as usize).min(STOPS.len() - 2);
     let f = t - i as f32;

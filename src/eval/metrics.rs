@@ -170,11 +170,7 @@ impl Calibration {
         if total == 0 {
             return 0.0;
         }
-        self.bins
-            .iter()
-            .filter(|b| b.0 > 0)
-            .map(|&(n, p, o)| (n as f64 / total as f64) * ((p - o) / n as f64).abs())
-            .sum()
+        self.bins.iter().filter(|b| b.0 > 0).map(|&(n, p, o)| (n as f64 / total as f64) * ((p - o) / n as f64).abs()).sum()
     }
 }
 

@@ -74,8 +74,7 @@ pub fn training_curves(history: &[EpochMetrics], path: &Path) -> Result<()> {
                 .map_err(err)?;
             for (k, (name, f)) in series.iter().enumerate() {
                 let color = Palette99::pick(k).to_rgba();
-                let pts: Vec<(f64, f64)> =
-                    history.iter().map(|m| (m.epoch as f64, f(m))).filter(|(_, v)| v.is_finite()).collect();
+                let pts: Vec<(f64, f64)> = history.iter().map(|m| (m.epoch as f64, f(m))).filter(|(_, v)| v.is_finite()).collect();
                 chart
                     .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                     .map_err(err)?
@@ -119,14 +118,7 @@ pub fn ged_histogram(values: &[f64], path: &Path) -> Result<()> {
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..hi, 0u32..top + 1)
             .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("GED")
-            .y_desc("images")
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
-            .draw()
-            .map_err(err)?;
+        chart.configure_mesh().x_desc("GED").y_desc("images").label_style((FONT, 14)).axis_desc_style((FONT, 15)).draw().map_err(err)?;
         chart
             .draw_series(counts.iter().enumerate().map(|(i, &c)| {
                 let x0 = i as f64 * width;

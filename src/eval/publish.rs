@@ -31,7 +31,9 @@ pub struct ReviewRecord {
 /// (per-file or percentile windows, CLAHE, or data that was never in HU).
 pub fn dataset_units(p: Option<&Preprocess>) -> Units {
     match p {
-        Some(Preprocess { window: Some(w), clahe: false, .. }) if matches!(w, Window::Lung | Window::Mediastinum | Window::Explicit { .. }) => {
+        Some(Preprocess { window: Some(w), clahe: false, .. })
+            if matches!(w, Window::Lung | Window::Mediastinum | Window::Explicit { .. }) =>
+        {
             match w.resolve(None) {
                 Some((width, level)) => Units::Mapped { width, level },
                 None => Units::Intensity,
@@ -106,7 +108,10 @@ pub fn rebuild(dir: &Path, out: Option<&Path>) -> Result<Rebuilt> {
     let need = |name: &str| {
         let p = dir.join(name);
         if !p.exists() {
-            bail!("{} has no {name}: review reads a folder written by `apunet eval` or `apunet predict` (rerun it to add the file)", dir.display());
+            bail!(
+                "{} has no {name}: review reads a folder written by `apunet eval` or `apunet predict` (rerun it to add the file)",
+                dir.display()
+            );
         }
         Ok(p)
     };
@@ -132,11 +137,7 @@ fn read_arrays(inputs: &Path, samples_file: &Path) -> Result<Arrays> {
     };
     let Some(images) = images else { bail!("{}: no float32 'images' array [N,H,W]", inputs.display()) };
     let (n, h, w) = images.dim();
-    let masks = if inp.contains_key("masks") {
-        read_masks(inputs, "masks", "[N,A,H,W]")?
-    } else {
-        Array4::zeros((n, 0, h, w))
-    };
+    let masks = if inp.contains_key("masks") { read_masks(inputs, "masks", "[N,A,H,W]")? } else { Array4::zeros((n, 0, h, w)) };
     let samples = read_masks(samples_file, "samples", "[N,S,H,W]")?;
     let mean = match npz::read_npz(samples_file)?.remove("mean") {
         Some(NpyArray::F32(a)) => a.into_dimensionality::<Ix3>().ok(),
@@ -148,7 +149,13 @@ fn read_arrays(inputs: &Path, samples_file: &Path) -> Result<Arrays> {
 
 /// Best effort: the page is written either way.
 pub fn open_in_browser(page: &Path) {
-    let opener = if cfg!(target_os = "macos") { "open" } else if cfg!(windows) { "explorer" } else { "xdg-open" };
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else if cfg!(windows) {
+        "explorer"
+    } else {
+        "xdg-open"
+    };
     if let Err(e) = std::process::Command::new(opener).arg(page).spawn() {
         eprintln!("could not start {opener} ({e}); open {} in a browser", page.display());
     }

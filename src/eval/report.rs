@@ -142,10 +142,8 @@ pub fn evaluate(samples: ArrayView4<'_, u8>, labels: ArrayView4<'_, u8>, seed: u
         per_image.push(p);
     }
     let m = labels.shape()[1];
-    let mut columns: Vec<(String, Vec<f64>)> = vec![
-        ("ged".into(), per_image.iter().map(|p| p.ged).collect()),
-        ("hm_iou".into(), per_image.iter().map(|p| p.hm_iou).collect()),
-    ];
+    let mut columns: Vec<(String, Vec<f64>)> =
+        vec![("ged".into(), per_image.iter().map(|p| p.ged).collect()), ("hm_iou".into(), per_image.iter().map(|p| p.hm_iou).collect())];
     for k in 0..m {
         columns.push((format!("dice_annotator_{}", k + 1), per_image.iter().map(|p| p.dice[k]).collect()));
     }
@@ -181,9 +179,7 @@ pub fn bootstrap(values: &[f64], seed: u64) -> Stat {
         return Stat { mean, ci95: [mean, mean] };
     }
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut means: Vec<f64> = (0..1000)
-        .map(|_| (0..n).map(|_| values[rng.gen_range(0..n)]).sum::<f64>() / n as f64)
-        .collect();
+    let mut means: Vec<f64> = (0..1000).map(|_| (0..n).map(|_| values[rng.gen_range(0..n)]).sum::<f64>() / n as f64).collect();
     means.sort_by(f64::total_cmp);
     Stat { mean, ci95: [means[24], means[974]] }
 }
@@ -280,6 +276,5 @@ pub fn read_masks(path: &Path, key: &str, expected: &str) -> Result<Array4<u8>> 
         ),
     };
     let shape = arr.shape().to_vec();
-    arr.into_dimensionality::<Ix4>()
-        .map_err(|_| anyhow::anyhow!("{}: '{key}' has shape {shape:?}; expected {expected}", path.display()))
+    arr.into_dimensionality::<Ix4>().map_err(|_| anyhow::anyhow!("{}: '{key}' has shape {shape:?}; expected {expected}", path.display()))
 }

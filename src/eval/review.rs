@@ -179,7 +179,14 @@ fn manifest(input: &ReviewInput<'_>, cases: Vec<Value>, range: (f32, f32)) -> Va
     let summary = match input.report {
         Some(r) => {
             let s = |k: &str| r.stat(k).map_or("n/a".into(), |s| format!("{:.3}", s.mean));
-            format!("{n} cases, {} samples each, {} experts. GED {}, HM-IoU {}, Dice (majority) {}", input.samples.dim().1, input.experts.dim().1, s("ged"), s("hm_iou"), s("dice_majority"))
+            format!(
+                "{n} cases, {} samples each, {} experts. GED {}, HM-IoU {}, Dice (majority) {}",
+                input.samples.dim().1,
+                input.experts.dim().1,
+                s("ged"),
+                s("hm_iou"),
+                s("dice_majority")
+            )
         }
         None => format!("{n} cases, {} samples each", input.samples.dim().1),
     };

@@ -51,8 +51,7 @@ pub fn evaluate_run(req: &EvalRequest) -> Result<Report> {
         bail!("--n {} must be a multiple of the {m} annotators in {} for Hungarian-matched IoU", s.n, a.data.display());
     }
     let pb = crate::train::progress_bar(ds.len() as u64, false, "eval");
-    let samples =
-        inference::sample_images(&model, &ds.images, &s.sampling(&cfg)?, &device, |k| pb.inc(k as u64))?;
+    let samples = inference::sample_images(&model, &ds.images, &s.sampling(&cfg)?, &device, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let (masks, mean) = (samples.masks.clone().into_dyn(), samples.mean.clone().into_dyn());
@@ -67,12 +66,8 @@ pub fn evaluate_run(req: &EvalRequest) -> Result<Report> {
         units: publish::dataset_units(ds.preprocess.as_ref()),
         volume: false,
     };
-    let arrays = publish::Arrays {
-        images: ds.images.clone(),
-        masks: ds.masks.clone(),
-        samples: samples.masks.clone(),
-        mean: samples.mean.clone(),
-    };
+    let arrays =
+        publish::Arrays { images: ds.images.clone(), masks: ds.masks.clone(), samples: samples.masks.clone(), mean: samples.mean.clone() };
     publish::publish(&a.out, &arrays, &record, Some(&report), a.review, a.open)?;
     drop(arrays);
 

@@ -75,7 +75,14 @@ pub fn deform_masks<R: Rng>(masks: &[Vec<u8>], h: usize, w: usize, rng: &mut R) 
 /// K new examples: deformed training mask sets of `data` (its name and contents) translated to
 /// CT by the A->B generator; they carry the GAN's preprocessing record, which `data`'s must
 /// match (unless `allow_mismatch`).
-pub fn generate(gan_dir: &Path, data: (&Path, &Dataset), count: usize, seed: u64, allow_mismatch: bool, device: &Device) -> Result<Dataset> {
+pub fn generate(
+    gan_dir: &Path,
+    data: (&Path, &Dataset),
+    count: usize,
+    seed: u64,
+    allow_mismatch: bool,
+    device: &Device,
+) -> Result<Dataset> {
     let (data_name, data) = data;
     let (cfg, g) = load_generator(gan_dir, device)?;
     if cfg.mode != GanMode::Mask2ct {
@@ -103,7 +110,8 @@ pub fn generate(gan_dir: &Path, data: (&Path, &Dataset), count: usize, seed: u64
         let set: Vec<Vec<u8>> = (0..a).map(|j| m[(i * a + j) * hw..(i * a + j + 1) * hw].to_vec()).collect();
         let new = deform_masks(&set, h, w, &mut rng);
         // The generator's A domain: the annotators' mean mask in [-1, 1], as in training.
-        let soft: Vec<f32> = metrics::frequency(&new.iter().map(Vec::as_slice).collect::<Vec<_>>()).into_iter().map(|v| v * 2.0 - 1.0).collect();
+        let soft: Vec<f32> =
+            metrics::frequency(&new.iter().map(Vec::as_slice).collect::<Vec<_>>()).into_iter().map(|v| v * 2.0 - 1.0).collect();
         let ct = to_host(g.forward(tensor(&soft, h, w, device)))?;
         images.extend(ct.into_iter().map(|v| ((v + 1.0) / 2.0).clamp(0.0, 1.0)));
         for n in new {
@@ -122,7 +130,14 @@ pub fn generate(gan_dir: &Path, data: (&Path, &Dataset), count: usize, seed: u64
 
 /// `apunet gan generate`: `count` examples from the GAN in `gan_dir` and `data`'s mask sets
 /// (seeded), saved to `out` with the real-versus-generated figure beside it (returned).
-pub fn generate_to_file(gan_dir: &Path, data: &Path, out: &Path, (count, seed): (usize, u64), allow_mismatch: bool, device: &Device) -> Result<(Dataset, std::path::PathBuf)> {
+pub fn generate_to_file(
+    gan_dir: &Path,
+    data: &Path,
+    out: &Path,
+    (count, seed): (usize, u64),
+    allow_mismatch: bool,
+    device: &Device,
+) -> Result<(Dataset, std::path::PathBuf)> {
     let real = Dataset::load(data)?;
     let ds = generate(gan_dir, (data, &real), count, seed, allow_mismatch, device)?;
     ds.save(out)?;

@@ -316,7 +316,8 @@ pub fn run_gan(out: &Path, resume: bool, sources: &GanSources, o: &GanOverrides,
     }
     let given = [&sources.data, &sources.a, &sources.b].iter().any(|p| p.is_some());
     // A resume without data flags takes the files the run recorded.
-    let recorded: Vec<PathBuf> = if resume && !given { resume_state(&RunPaths::new(out))?.sources.iter().map(PathBuf::from).collect() } else { Vec::new() };
+    let recorded: Vec<PathBuf> =
+        if resume && !given { resume_state(&RunPaths::new(out))?.sources.iter().map(PathBuf::from).collect() } else { Vec::new() };
     let (files, da, db, preprocess) = match (cfg.mode, &sources.data, &sources.a, &sources.b) {
         (GanMode::Mask2ct, Some(d), _, _) => load_mask2ct(d)?,
         (GanMode::Mask2ct, None, None, None) if recorded.len() == 1 => load_mask2ct(&recorded[0])?,

@@ -15,12 +15,12 @@ use super::pool::ImagePool;
 use crate::data::Dataset;
 use crate::data::preprocess::Preprocess;
 use crate::eval::metrics;
-use crate::model::to_host;
 use crate::fsio;
+use crate::model::to_host;
 use crate::train::checkpoint::{SetFile, load_model, load_optimizer, save_model, save_optimizer};
 
 pub use super::generate::{deform_masks, generate, side_by_side};
-pub use super::run::{GanOutcome, GanOverrides, GanRequest, GanState, GanSources, run_gan, train_gan};
+pub use super::run::{GanOutcome, GanOverrides, GanRequest, GanSources, GanState, run_gan, train_gan};
 
 /// What the two domains are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -75,11 +75,7 @@ impl GanTrainConfig {
     /// The paper's schedule: constant, then linear decay over `decay_epochs` (1-based epoch).
     pub fn lr_at(&self, epoch: usize) -> f64 {
         let start = self.epochs.saturating_sub(self.decay_epochs);
-        if epoch <= start {
-            self.lr
-        } else {
-            self.lr * (1.0 - (epoch - start) as f64 / (self.decay_epochs + 1) as f64)
-        }
+        if epoch <= start { self.lr } else { self.lr * (1.0 - (epoch - start) as f64 / (self.decay_epochs + 1) as f64) }
     }
 }
 
@@ -96,7 +92,11 @@ impl Domain {
         let hw = ds.height() * ds.width();
         let flat = ds.images.as_standard_layout();
         let flat = flat.as_slice().expect("standard layout");
-        Self { images: flat.chunks(hw).map(|c| c.iter().map(|v| v * 2.0 - 1.0).collect()).collect(), height: ds.height(), width: ds.width() }
+        Self {
+            images: flat.chunks(hw).map(|c| c.iter().map(|v| v * 2.0 - 1.0).collect()).collect(),
+            height: ds.height(),
+            width: ds.width(),
+        }
     }
 
     /// The annotators' mean mask per example, as a soft map in [-1, 1].

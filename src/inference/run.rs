@@ -134,7 +134,12 @@ pub fn sample_to_file(s: &RunSampling, data: &Path, out: &Path, figure_images: u
     npz::write_npz(out, &[("samples", NpzEntry::U8(&masks)), ("mean", NpzEntry::F32(&mean)), ("prior_mean", NpzEntry::U8(&prior_mean))])?;
     let idx: Vec<usize> = (0..figure_images.min(ds.len())).collect();
     let n = s.n;
-    let fig = crate::train::render_figure(&ds.subset(&idx), &samples.masks.select(Axis(0), &idx), n.min(6), &format!("{n} samples from the prior"));
+    let fig = crate::train::render_figure(
+        &ds.subset(&idx),
+        &samples.masks.select(Axis(0), &idx),
+        n.min(6),
+        &format!("{n} samples from the prior"),
+    );
     let figure = out.with_extension("png");
     figures::save_png(&fig, &figure)?;
     Ok(SampledFile { images: ds.len(), height: ds.height(), width: ds.width(), figure })

@@ -1,11 +1,11 @@
 //! The backward pass of apunet's kernels: `CpuKernels` on burn's `Autodiff` backend, with a
 //! handwritten `Backward` per op, as burn's backend extensions take them.
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, TensorMetadata};
 
@@ -58,12 +58,7 @@ impl<B: CpuKernels> Backward<B, 3> for ConvBackward {
 }
 
 impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
-    fn conv2d_forward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        g: ConvGeom,
-    ) -> FloatTensor<Self> {
+    fn conv2d_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
         let prep = <ConvBackward as Backward<B, 3>>::prepare::<C>(ConvBackward, [x.node(), weight.node(), bias.node()]);
         match prep.compute_bound().stateful() {
             // A weight gradient to come: keep the forward's NHWC input instead of x.
@@ -76,7 +71,9 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
                 let state = (ConvInput::Node(prep.checkpoint(&x)), prep.checkpoint(&weight), g);
                 prep.finish(state, B::conv2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::conv2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
+            }
         }
     }
 
@@ -112,14 +109,21 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
         Self::from_inner(B::conv2d_weight_grad(Self::inner(x), Self::inner(grad), g))
     }
 
-    fn conv_transpose2d_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, g: ConvGeom) -> FloatTensor<Self> {
+    fn conv_transpose2d_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: ConvGeom,
+    ) -> FloatTensor<Self> {
         let prep = <ConvTransposeBackward as Backward<B, 3>>::prepare::<C>(ConvTransposeBackward, [x.node(), weight.node(), bias.node()]);
         match prep.compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
                 prep.finish(state, B::conv_transpose2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv_transpose2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::conv_transpose2d_forward(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), g))
+            }
         }
     }
 
@@ -204,7 +208,6 @@ impl<B: CpuKernels> Backward<B, 3> for NormBackward {
         }
     }
 }
-
 
 #[derive(Debug)]
 struct ConvTransposeBackward;

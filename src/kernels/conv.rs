@@ -139,37 +139,42 @@ fn matmul(dst: (&mut [f32], usize, usize), accumulate: bool, (m, n, k): (usize, 
         }
         return;
     }
-    assert!(
-        dst.len() > last(d_rs, d_cs, m, n) && a.data.len() > last(a.rs, a.cs, m, k) && b.data.len() > last(b.rs, b.cs, k, n)
-    );
+    assert!(dst.len() > last(d_rs, d_cs, m, n) && a.data.len() > last(a.rs, a.cs, m, k) && b.data.len() > last(b.rs, b.cs, k, n));
     // SAFETY: the assert above keeps every index gemm reads or writes inside the slices.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), d_cs as isize, d_rs as isize, accumulate,
-            a.data.as_ptr(), a.cs as isize, a.rs as isize,
-            b.data.as_ptr(), b.cs as isize, b.rs as isize,
-            1.0, 1.0, false, false, false, par,
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            d_cs as isize,
+            d_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
         );
     }
 }
 
 /// Runs `f(image, its chunk of out, a scratch buffer, GEMM parallelism)` for every image:
 /// images in parallel when there are enough of them, else one by one with parallel GEMMs.
-fn per_image(
-    batch: usize,
-    out: &mut [f32],
-    scratch: usize,
-    f: impl Fn(usize, &mut [f32], &mut [f32], Parallelism) + Sync,
-) {
+fn per_image(batch: usize, out: &mut [f32], scratch: usize, f: impl Fn(usize, &mut [f32], &mut [f32], Parallelism) + Sync) {
     if batch == 0 || out.is_empty() {
         return;
     }
     let chunk = out.len() / batch;
     if batch >= rayon::current_num_threads() {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each_init(|| vec![0f32; scratch], |buf, (n, o)| f(n, o, buf, Parallelism::None));
+        out.par_chunks_mut(chunk).enumerate().for_each_init(|| vec![0f32; scratch], |buf, (n, o)| f(n, o, buf, Parallelism::None));
     } else {
         let mut buf = vec![0f32; scratch];
         for (n, o) in out.chunks_mut(chunk).enumerate() {

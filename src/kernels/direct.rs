@@ -190,7 +190,15 @@ pub(super) fn convolve_from(input: View, batch: usize, packed: &[f32], co: usize
 /// [`convolve_from`] with output pixel (0, 0)'s window at input pixel `origin` (row, column)
 /// instead of (0, 0): a strided convolution's input-gradient phases (`strided.rs`) each start
 /// at their own offset in one padded copy of the gradient.
-pub(super) fn convolve_at(input: View, origin: [usize; 2], batch: usize, packed: &[f32], co: usize, f: Fwd, bias: Option<&[f32]>) -> Vec<f32> {
+pub(super) fn convolve_at(
+    input: View,
+    origin: [usize; 2],
+    batch: usize,
+    packed: &[f32],
+    co: usize,
+    f: Fwd,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let ci = input.c;
     assert!(input.data.len() == batch * input.h * input.w * ci);
     let cop = round_up(co);
@@ -448,4 +456,3 @@ pub fn backward_x(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
     let (ho, wo) = g.out_hw().expect("geometry checked by the caller");
     backward_x_from(g, weight, Nhwc::from_nchw(grad, g.batch, (g.c_out, ho, wo), x_backward_pad(g), g.c_out).view())
 }
-

@@ -23,7 +23,14 @@ pub struct Layer<'a> {
 /// - `per_sample` `[b * n, c]`: the first layer's latent part plus its bias, per sample;
 /// - `hidden`: the layers after the first, each `c -> c`;
 /// - `out`: the last layer's weights `[c]` and bias, to one channel.
-pub fn fcomb_tail(feat: &[f32], (b, c, hw): (usize, usize, usize), per_sample: &[f32], n: usize, hidden: &[Layer], out: (&[f32], f32)) -> Vec<f32> {
+pub fn fcomb_tail(
+    feat: &[f32],
+    (b, c, hw): (usize, usize, usize),
+    per_sample: &[f32],
+    n: usize,
+    hidden: &[Layer],
+    out: (&[f32], f32),
+) -> Vec<f32> {
     assert!(feat.len() == b * c * hw && per_sample.len() == b * n * c && out.0.len() == c);
     assert!(hidden.iter().all(|l| l.weight.len() == c * c && l.bias.len() == c));
     // Each layer's input rows are as wide as the previous layer's padded output.

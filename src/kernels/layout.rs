@@ -184,10 +184,12 @@ mod tests {
     #[test]
     fn par_init_hands_out_chunks_in_order() {
         // SAFETY: the closure writes every element.
-        let v = unsafe { par_init(10, 4, |i, c| {
-            zero(c);
-            c[0] = MaybeUninit::new(i as f32 + 1.0);
-        }) };
+        let v = unsafe {
+            par_init(10, 4, |i, c| {
+                zero(c);
+                c[0] = MaybeUninit::new(i as f32 + 1.0);
+            })
+        };
         assert_eq!(v, [1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 0.0]);
     }
 }

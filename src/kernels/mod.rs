@@ -63,12 +63,7 @@ fn on_kernels(device: &Device, dtype: DType) -> bool {
 pub trait CpuKernels: Backend {
     /// `[n, c_out, ho, wo]` from `x [n, c_in, h, w]`, `weight [c_out, c_in, kh, kw]`: the direct
     /// kernels where the CPU has them (`direct::available`), else flex's im2col + GEMM.
-    fn conv2d_forward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        geom: ConvGeom,
-    ) -> FloatTensor<Self>;
+    fn conv2d_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
     /// The input gradient of [`CpuKernels::conv2d_forward`]: direct, per output phase for strides,
     /// or im2col + GEMM (`conv.rs`) without AVX2.
     fn conv2d_x_grad(weight: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
@@ -96,7 +91,12 @@ pub trait CpuKernels: Backend {
     /// The transposed convolution `[n, c_in, h, w]` of `x [n, c_out, ho, wo]` (the convolution
     /// `g`'s input gradient, plus `bias [c_in]`), `weight [c_out, c_in, kh, kw]` as burn's
     /// `ConvTranspose2d` holds it: `g` is the convolution it transposes.
-    fn conv_transpose2d_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
+    fn conv_transpose2d_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        geom: ConvGeom,
+    ) -> FloatTensor<Self>;
     /// `(dx, dweight)` of [`CpuKernels::conv_transpose2d_forward`]: the convolution `g` of the
     /// gradient, and `g`'s weight gradient with the gradient as its input and `x` as its output's.
     fn conv_transpose2d_grads(
@@ -339,7 +339,14 @@ pub fn reflect_pad(x: Tensor<4>, p: usize) -> Tensor<4> {
 /// A norm layer's forward on the kernel, or `x` back when the kernel does not apply (then the
 /// caller runs burn's op). `gamma` and `beta` are the layer's affine parameters, if it has them.
 /// `relu`: a ReLU after the norm, fused.
-fn norm(x: Tensor<4>, (gamma, beta): (Option<Tensor<1>>, Option<Tensor<1>>), affine: bool, groups: usize, eps: f64, relu: bool) -> Result<Tensor<4>, Tensor<4>> {
+fn norm(
+    x: Tensor<4>,
+    (gamma, beta): (Option<Tensor<1>>, Option<Tensor<1>>),
+    affine: bool,
+    groups: usize,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor<4>, Tensor<4>> {
     let [batch, channels, h, w] = x.dims();
     let consistent = gamma.is_some() == affine && beta.is_some() == affine;
     let fits = groups > 0 && channels % groups == 0 && gamma.as_ref().is_none_or(|t| t.dims() == [channels]);
@@ -405,7 +412,8 @@ pub fn fcomb_tail(feat: &Tensor<4>, per_sample: &Tensor<2>, hidden: &[Conv2d], o
         return None;
     }
     // Weight before bias, layer by layer, as burn's forward reads them.
-    let layers: Vec<(Tensor<4>, Option<Tensor<1>>)> = hidden.iter().chain([out]).map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val()))).collect();
+    let layers: Vec<(Tensor<4>, Option<Tensor<1>>)> =
+        hidden.iter().chain([out]).map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val()))).collect();
     let shape_ok = |(i, (weight, bias)): (usize, &(Tensor<4>, Option<Tensor<1>>))| {
         let co = if i < hidden.len() { c } else { 1 };
         weight.dims() == [co, c, 1, 1] && bias.as_ref().is_none_or(|b| b.dims() == [co])

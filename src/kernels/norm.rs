@@ -109,7 +109,9 @@ pub fn forward(g: &NormGeom, x: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32>
     if block == 0 {
         return vec![0f32; x.len()];
     }
-    let fill = |i: usize, yb: &mut [MaybeUninit<f32>]| on_avx2!(forward_block, forward_block_avx2(g, i, &x[i * block..][..block], yb, gamma, beta));
+    let fill = |i: usize, yb: &mut [MaybeUninit<f32>]| {
+        on_avx2!(forward_block, forward_block_avx2(g, i, &x[i * block..][..block], yb, gamma, beta))
+    };
     // SAFETY: `fill` writes every value of its block (no zeroing pass first).
     unsafe { par_init(x.len(), block, fill) }
 }

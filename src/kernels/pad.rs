@@ -13,7 +13,13 @@ use super::layout::par_init;
 fn reflect_index(i: usize, p: usize, n: usize) -> usize {
     let j = i as isize - p as isize;
     let n = n as isize;
-    (if j < 0 { -j } else if j >= n { 2 * (n - 1) - j } else { j }) as usize
+    (if j < 0 {
+        -j
+    } else if j >= n {
+        2 * (n - 1) - j
+    } else {
+        j
+    }) as usize
 }
 
 /// Reflection padding by `p` on every side of each `[h, w]` plane of `x`, in one pass: each row

@@ -87,7 +87,14 @@ pub fn backward_x(g: &ConvGeom, weight: &[f32], grad: &[f32]) -> Vec<f32> {
 }
 
 /// `dx[plane][s*m + a][s*j + b] = part[plane][m][j]`, plane by plane in parallel.
-fn interleave(dx: &mut [f32], part: &[f32], (h, w): (usize, usize), (cy, cx): (usize, usize), (a, b): (usize, usize), (sh, sw): (usize, usize)) {
+fn interleave(
+    dx: &mut [f32],
+    part: &[f32],
+    (h, w): (usize, usize),
+    (cy, cx): (usize, usize),
+    (a, b): (usize, usize),
+    (sh, sw): (usize, usize),
+) {
     dx.par_chunks_mut(h * w).zip(part.par_chunks(cy * cx)).for_each(|(plane, src)| {
         for (m, row) in src.chunks_exact(cx).enumerate() {
             let dst = &mut plane[(sh * m + a) * w..][..w];
@@ -113,14 +120,18 @@ mod tests {
             for i in 0..n {
                 let f = ph[i % s];
                 let m = (i / s) as isize;
-                let mut from_phase: Vec<(isize, usize)> = (0..f.taps).map(|u| (m + f.off + u as isize, f.first_tap + s * (f.taps - 1 - u))).collect();
+                let mut from_phase: Vec<(isize, usize)> =
+                    (0..f.taps).map(|u| (m + f.off + u as isize, f.first_tap + s * (f.taps - 1 - u))).collect();
                 from_phase.retain(|&(o, _)| o >= 0 && (o as usize) < n_out);
                 for u in 0..f.taps {
                     let o = m + f.off + u as isize;
                     assert!(o + before as isize >= 0 && o < (n_out + after) as isize, "k{k} s{s} p{p} n{n}: read outside the border");
                 }
-                let mut brute: Vec<(isize, usize)> =
-                    (0..n_out).flat_map(|o| (0..k).map(move |t| (o, t))).filter(|&(o, t)| o * s + t == i + p).map(|(o, t)| (o as isize, t)).collect();
+                let mut brute: Vec<(isize, usize)> = (0..n_out)
+                    .flat_map(|o| (0..k).map(move |t| (o, t)))
+                    .filter(|&(o, t)| o * s + t == i + p)
+                    .map(|(o, t)| (o as isize, t))
+                    .collect();
                 from_phase.sort();
                 brute.sort();
                 assert_eq!(from_phase, brute, "k{k} s{s} p{p} n{n} i{i}");

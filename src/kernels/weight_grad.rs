@@ -12,10 +12,10 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::direct::{Fwd, Nhwc, OC, View, backward_x_from, round_up, x_backward_applies, x_backward_pad};
-use super::layout::{assume_init, uninit};
 #[cfg(target_arch = "x86_64")]
 use super::direct::{Ctx, PX, PX_WIDE, avx512, rank1, rank1_wide, with_width};
+use super::direct::{Fwd, Nhwc, OC, View, backward_x_from, round_up, x_backward_applies, x_backward_pad};
+use super::layout::{assume_init, uninit};
 
 /// Output rows per work item, at least...
 const ROWS: usize = 8;
@@ -183,7 +183,13 @@ unsafe fn weight_rows(input: View, (grad, at): (View, GradAt), cop: usize, f: Fw
 /// `acc` must hold the [kh][kw][ci][cop] sums, the operands must cover the span
 /// (`Packed::fill`), and this CPU must have the tile's instructions (`avx512`, or AVX2 and FMA).
 #[cfg(target_arch = "x86_64")]
-unsafe fn span_sums((input, grad): (Operand, Operand), dims: (usize, usize), (ci, cop, pw): (usize, usize, usize), f: Fwd, (acc, first): (*mut f32, bool)) {
+unsafe fn span_sums(
+    (input, grad): (Operand, Operand),
+    dims: (usize, usize),
+    (ci, cop, pw): (usize, usize, usize),
+    f: Fwd,
+    (acc, first): (*mut f32, bool),
+) {
     // SAFETY: the caller's: `acc` holds [kh][kw][ci][cop] sums, the operands cover the span
     // (`Packed::fill`), and this CPU has the tile's instructions (`avx512`, or AVX2).
     unsafe {
@@ -248,14 +254,28 @@ const PACK_FROM: usize = 128;
 impl Packed {
     /// The operands of the span of output pixels `(rows, cols)`, copied where [`PACK_FROM`] says.
     /// `pw` input channels to a block.
-    fn fill(&mut self, (img, wp, ci, grad, cop, f): Ctx, at: GradAt, (rows, ox): (Range<usize>, Range<usize>), pw: usize) -> (Operand, Operand) {
+    fn fill(
+        &mut self,
+        (img, wp, ci, grad, cop, f): Ctx,
+        at: GradAt,
+        (rows, ox): (Range<usize>, Range<usize>),
+        pw: usize,
+    ) -> (Operand, Operand) {
         let (nr, nc) = (rows.len(), ox.len());
         let [sh, sw] = f.stride;
         let (rows_in, cols_in) = ((nr - 1) * sh + f.kh, (nc - 1) * sw + f.kw);
         let grad = &grad[((rows.start + at.y0) * at.w + at.x0 + ox.start) * cop..];
         let img = &img[(rows.start * sh * wp + ox.start * sw) * ci..];
-        let g = if cop >= PACK_FROM { self.pack_grad(grad, (nr, nc), at.w * cop, cop) } else { Operand { ptr: grad.as_ptr(), block: OC, row: at.w * cop, px: cop } };
-        let x = if ci >= PACK_FROM { self.pack_input(img, (rows_in, cols_in), wp * ci, ci, pw == PX_WIDE) } else { Operand { ptr: img.as_ptr(), block: pw, row: wp * ci, px: ci } };
+        let g = if cop >= PACK_FROM {
+            self.pack_grad(grad, (nr, nc), at.w * cop, cop)
+        } else {
+            Operand { ptr: grad.as_ptr(), block: OC, row: at.w * cop, px: cop }
+        };
+        let x = if ci >= PACK_FROM {
+            self.pack_input(img, (rows_in, cols_in), wp * ci, ci, pw == PX_WIDE)
+        } else {
+            Operand { ptr: img.as_ptr(), block: pw, row: wp * ci, px: ci }
+        };
         (x, g)
     }
 
@@ -311,7 +331,14 @@ impl Packed {
 /// must point to P rows of `cop` floats (16 of them read and written per row).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn wgt_block<const P: usize>((input, grad): (Operand, Operand), (rows, cols): (usize, usize), f: Fwd, k: usize, (out, first): (*mut f32, bool), cop: usize) {
+unsafe fn wgt_block<const P: usize>(
+    (input, grad): (Operand, Operand),
+    (rows, cols): (usize, usize),
+    f: Fwd,
+    k: usize,
+    (out, first): (*mut f32, bool),
+    cop: usize,
+) {
     unsafe {
         use std::arch::x86_64::*;
         let (ki, kj) = (k / f.kw, k % f.kw);
@@ -342,7 +369,14 @@ unsafe fn wgt_block<const P: usize>((input, grad): (Operand, Operand), (rows, co
 /// As [`wgt_block`], with AVX-512F instead of AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn wgt_block_wide<const P: usize>((input, grad): (Operand, Operand), (rows, cols): (usize, usize), f: Fwd, k: usize, (out, first): (*mut f32, bool), cop: usize) {
+unsafe fn wgt_block_wide<const P: usize>(
+    (input, grad): (Operand, Operand),
+    (rows, cols): (usize, usize),
+    f: Fwd,
+    k: usize,
+    (out, first): (*mut f32, bool),
+    cop: usize,
+) {
     unsafe {
         use std::arch::x86_64::*;
         let (ki, kj) = (k / f.kw, k % f.kw);

@@ -5,8 +5,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
 
-use crate::kernels::conv2d;
 use super::resample;
+use crate::kernels::conv2d;
 
 #[derive(Module, Debug)]
 pub struct AttentionGate {
@@ -22,10 +22,7 @@ impl AttentionGate {
     pub fn new(skip_channels: usize, gate_channels: usize, device: &Device) -> Self {
         let inter = (skip_channels / 2).max(1);
         Self {
-            w_x: Conv2dConfig::new([skip_channels, inter], [2, 2])
-                .with_stride([2, 2])
-                .with_bias(false)
-                .init(device),
+            w_x: Conv2dConfig::new([skip_channels, inter], [2, 2]).with_stride([2, 2]).with_bias(false).init(device),
             w_g: Conv2dConfig::new([gate_channels, inter], [1, 1]).init(device),
             psi: Conv2dConfig::new([inter, 1], [1, 1]).init(device),
         }

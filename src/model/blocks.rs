@@ -5,8 +5,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, PaddingCo
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::kernels::{conv2d, group_norm, group_norm_relu};
 use super::config::{NormKind, group_count};
+use crate::kernels::{conv2d, group_norm, group_norm_relu};
 
 /// Batch norm, group norm or nothing, chosen by config.
 #[derive(Module, Debug)]
@@ -19,10 +19,7 @@ impl Norm {
     pub fn new(kind: NormKind, channels: usize, device: &Device) -> Self {
         match kind {
             NormKind::Batch => Self { batch: Some(BatchNormConfig::new(channels).init(device)), group: None },
-            NormKind::Group => Self {
-                batch: None,
-                group: Some(GroupNormConfig::new(group_count(channels), channels).init(device)),
-            },
+            NormKind::Group => Self { batch: None, group: Some(GroupNormConfig::new(group_count(channels), channels).init(device)) },
             NormKind::None => Self { batch: None, group: None },
         }
     }

@@ -209,10 +209,7 @@ impl ModelConfig {
             }
             let c = self.filters[l + 1];
             if self.transformer_heads == 0 || c % self.transformer_heads != 0 {
-                bail!(
-                    "model.transformer_heads ({}) must divide the {c} channels at decoder level {l}",
-                    self.transformer_heads
-                );
+                bail!("model.transformer_heads ({}) must divide the {c} channels at decoder level {l}", self.transformer_heads);
             }
         }
         if self.norm == NormKind::Group {

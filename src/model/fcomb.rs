@@ -19,9 +19,8 @@ pub struct Fcomb {
 impl Fcomb {
     pub fn new(feature_channels: usize, latent_dim: usize, hidden_layers: usize, device: &Device) -> Self {
         let c = feature_channels;
-        let layers = (0..hidden_layers)
-            .map(|i| Conv2dConfig::new([if i == 0 { c + latent_dim } else { c }, c], [1, 1]).init(device))
-            .collect();
+        let layers =
+            (0..hidden_layers).map(|i| Conv2dConfig::new([if i == 0 { c + latent_dim } else { c }, c], [1, 1]).init(device)).collect();
         let c_last = if hidden_layers == 0 { c + latent_dim } else { c };
         let mut out = Conv2dConfig::new([c_last, 1], [1, 1]).init(device);
         // Lesions cover a few percent of a crop: start every pixel at p ~ 0.05 (the RetinaNet

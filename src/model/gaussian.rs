@@ -4,9 +4,9 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 
-use crate::kernels::conv2d;
 use super::blocks::Encoder;
 use super::config::ModelConfig;
+use crate::kernels::conv2d;
 
 /// An axis-aligned Gaussian per batch item: mu and log sigma, [B, L].
 #[derive(Debug, Clone)]
@@ -27,8 +27,7 @@ impl Gaussian {
         let var_q = (self.log_sigma.clone() * 2.0).exp();
         let var_p = (other.log_sigma.clone() * 2.0).exp();
         let diff = self.mu.clone() - other.mu.clone();
-        let kl = other.log_sigma.clone() - self.log_sigma.clone() + (var_q + diff.powi_scalar(2)) / (var_p * 2.0)
-            - 0.5;
+        let kl = other.log_sigma.clone() - self.log_sigma.clone() + (var_q + diff.powi_scalar(2)) / (var_p * 2.0) - 0.5;
         kl.sum_dim(1).squeeze_dim(1)
     }
 }

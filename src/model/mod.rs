@@ -14,8 +14,8 @@ pub mod transformer;
 pub mod unet;
 
 pub use config::{ModelConfig, ModelKind, NormKind};
-pub use levels::TransformerLevels;
 pub use hpunet::HPUNet;
+pub use levels::TransformerLevels;
 pub use prob_unet::{ProbUNet, elbo_loss};
 pub use segmenter::{Encoded, Segmenter, TrainOut};
 
@@ -34,12 +34,7 @@ pub fn resample(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
     if h == 2 * xh && w == 2 * xw {
         return upsample2x(x);
     }
-    interpolate(
-        x,
-        InterpolateOptions::new(InterpolateMode::Bilinear)
-            .with_align_corners(false)
-            .with_output_size([h, w]),
-    )
+    interpolate(x, InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false).with_output_size([h, w]))
 }
 
 /// Bilinear x2 upsampling with align_corners = false, built from slices so that every backend

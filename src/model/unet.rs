@@ -31,9 +31,7 @@ impl AttentionUNet {
         let decoder = (0..f.len().saturating_sub(1))
             .rev()
             .map(|l| DecoderLevel {
-                transformer: transformers
-                    .contains(&l)
-                    .then(|| TransformerBlock::new(f[l + 1], cfg.transformer_heads, l % 2 == 1, device)),
+                transformer: transformers.contains(&l).then(|| TransformerBlock::new(f[l + 1], cfg.transformer_heads, l % 2 == 1, device)),
                 gate: cfg.attention_gates.then(|| AttentionGate::new(f[l], f[l + 1], device)),
                 block: ConvBlock::new(f[l] + f[l + 1], f[l], cfg.convs_per_block, cfg.norm, device),
             })

@@ -63,10 +63,8 @@ pub fn inputs(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && scan::is_supported(p))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && scan::is_supported(p)).collect();
     files.sort();
     let dicom = |p: &PathBuf| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm"));
     if !files.is_empty() && files.iter().all(dicom) && files.len() > 1 {
@@ -110,7 +108,9 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
         let mut inputs01 = Vec::with_capacity(scan.slices.len());
         for slice in &scan.slices {
             let x = slice.normalized(&pre)?;
-            preds.push(predict_image(&model, &x, slice.height, slice.width, (ph, pw), &sampling, req.overlap, &device, |k| pb.inc(k as u64))?);
+            preds.push(predict_image(&model, &x, slice.height, slice.width, (ph, pw), &sampling, req.overlap, &device, |k| {
+                pb.inc(k as u64)
+            })?);
             inputs01.push(x);
         }
         pb.finish_and_clear();
@@ -165,7 +165,8 @@ fn write_review_files(scan: &Scan, preds: &[Prediction], dir: &Path, record: &Re
 }
 
 fn gray_png(values: &[f32], h: usize, w: usize, path: &Path) -> Result<()> {
-    let img = GrayImage::from_fn(w as u32, h as u32, |x, y| Luma([(values[y as usize * w + x as usize].clamp(0.0, 1.0) * 255.0).round() as u8]));
+    let img =
+        GrayImage::from_fn(w as u32, h as u32, |x, y| Luma([(values[y as usize * w + x as usize].clamp(0.0, 1.0) * 255.0).round() as u8]));
     crate::fsio::write_atomic_with(path, |tmp| Ok(img.save_with_format(tmp, image::ImageFormat::Png)?))
 }
 
@@ -193,9 +194,7 @@ fn write_outputs(scan: &Scan, preds: &[Prediction], inputs01: &[Vec<f32>], dir: 
     let n = preds[0].probs.len();
     let depth = preds.len();
     // PNGs for the slice with the most predicted lesion (the only one for 2D inputs).
-    let z = (0..depth)
-        .max_by(|&a, &b| preds[a].mean.iter().sum::<f32>().total_cmp(&preds[b].mean.iter().sum::<f32>()))
-        .unwrap_or(0);
+    let z = (0..depth).max_by(|&a, &b| preds[a].mean.iter().sum::<f32>().total_cmp(&preds[b].mean.iter().sum::<f32>())).unwrap_or(0);
     let p = &preds[z];
     for (k, m) in p.probs.iter().enumerate() {
         let mask: Vec<f32> = m.iter().map(|&v| if v > 0.5 { 1.0 } else { 0.0 }).collect();

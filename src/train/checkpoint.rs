@@ -9,8 +9,8 @@ use burn::prelude::*;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::fsio;
 use super::objective::GecoState;
+use crate::fsio;
 use crate::model::Segmenter;
 
 /// Progress that `--resume` continues from.
@@ -78,10 +78,8 @@ pub fn load_model<M: Module>(model: M, path: &Path) -> Result<M> {
     }
     let mut model = model;
     let mut store = BurnpackStore::from_file(path).auto_extension(false);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("loading checkpoint {}", path.display()))?;
+    let result =
+        model.load_from(&mut store).map_err(|e| anyhow!("{e}")).with_context(|| format!("loading checkpoint {}", path.display()))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
         anyhow::bail!(
             "checkpoint {} does not match the model in config.toml ({} errors, {} missing tensors)",
@@ -116,10 +114,7 @@ pub fn save_optimizer(optim: &ModuleOptimizer, path: &Path) -> Result<()> {
 }
 
 pub fn load_optimizer(optim: ModuleOptimizer, path: &Path) -> Result<ModuleOptimizer> {
-    optim
-        .load(path)
-        .map_err(|e| anyhow!("{e:?}"))
-        .with_context(|| format!("loading optimizer state {}", path.display()))
+    optim.load(path).map_err(|e| anyhow!("{e:?}")).with_context(|| format!("loading optimizer state {}", path.display()))
 }
 
 pub fn save_state(state: &TrainState, path: &Path) -> Result<()> {
@@ -153,10 +148,8 @@ pub fn commit_set(paths: &RunPaths, files: Vec<SetFile<'_>>, state: &[u8]) -> Re
 
 /// An epoch of `train`: last weights, optimizer state, and the best weights when `best`.
 pub fn commit_epoch(paths: &RunPaths, model: &Segmenter, optim: &ModuleOptimizer, best: bool, state: &TrainState) -> Result<()> {
-    let mut files: Vec<SetFile<'_>> = vec![
-        ("last.bpk", Box::new(|p: &Path| save_segmenter(model, p))),
-        ("optimizer.bpk", Box::new(|p: &Path| save_optimizer(optim, p))),
-    ];
+    let mut files: Vec<SetFile<'_>> =
+        vec![("last.bpk", Box::new(|p: &Path| save_segmenter(model, p))), ("optimizer.bpk", Box::new(|p: &Path| save_optimizer(optim, p)))];
     if best {
         files.push(("best.bpk", Box::new(|p: &Path| save_segmenter(model, p))));
     }
@@ -205,8 +198,8 @@ pub fn recover(paths: &RunPaths) -> Result<()> {
 /// Rebuilds a trained model from RUN_DIR alone (config.toml + a checkpoint), on `device`.
 pub fn load_run(run: &Path, which: Which, device: &Device) -> Result<(crate::train::RunConfig, Segmenter)> {
     let paths = RunPaths::new(run);
-    let cfg = crate::train::RunConfig::load(&paths.config())
-        .with_context(|| format!("{} is not an apunet run directory", run.display()))?;
+    let cfg =
+        crate::train::RunConfig::load(&paths.config()).with_context(|| format!("{} is not an apunet run directory", run.display()))?;
     let path = match which {
         Which::Best if paths.best_model().exists() => paths.best_model(),
         _ => paths.last_model(),

@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use super::objective::{LossKind, Objective};
 use crate::data::AnnotatorChoice;
 use crate::data::preprocess::Preprocess;
 use crate::fsio;
-use super::objective::{LossKind, Objective};
 use crate::model::ModelConfig;
 
 /// What "best" checkpoint selection minimises.
@@ -150,11 +150,7 @@ impl TrainConfig {
 
     /// beta for an epoch (1-based), after warm-up.
     pub fn beta_at(&self, epoch: usize) -> f32 {
-        if self.kl_warmup_epochs == 0 {
-            self.beta
-        } else {
-            self.beta * (epoch as f32 / self.kl_warmup_epochs as f32).min(1.0)
-        }
+        if self.kl_warmup_epochs == 0 { self.beta } else { self.beta * (epoch as f32 / self.kl_warmup_epochs as f32).min(1.0) }
     }
 }
 

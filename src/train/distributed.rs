@@ -11,8 +11,8 @@ use std::ops::Range;
 use anyhow::{Result, anyhow, bail};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::Bytes;
 use burn::prelude::*;
+use burn::tensor::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

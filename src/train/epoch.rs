@@ -5,13 +5,13 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use rand::{Rng, SeedableRng};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 
 use super::config::TrainConfig;
-use super::history::EpochMetrics;
 use super::distributed::{self, Collective};
+use super::history::EpochMetrics;
 use super::objective::{GecoState, LossKind, Objective};
 use super::{epoch_rng, normal, progress_bar};
 use crate::data::{Dataset, batch};
@@ -22,11 +22,7 @@ pub fn batches(tc: &TrainConfig, epoch: usize, train_idx: &[usize], extra_idx: &
     let mut rng = epoch_rng(tc.seed, epoch, 1);
     let mut order = train_idx.to_vec();
     order.shuffle(&mut rng);
-    let n_extra = if extra_idx.is_empty() {
-        0
-    } else {
-        ((tc.batch_size as f64 * tc.extra_ratio).round() as usize).min(tc.batch_size - 1)
-    };
+    let n_extra = if extra_idx.is_empty() { 0 } else { ((tc.batch_size as f64 * tc.extra_ratio).round() as usize).min(tc.batch_size - 1) };
     let real_per_batch = tc.batch_size - n_extra;
     // Batch norm cannot train on a batch of one: fold a lone last example into the previous batch.
     let mut batches: Vec<Vec<usize>> = order.chunks(real_per_batch).map(<[usize]>::to_vec).collect();

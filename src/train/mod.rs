@@ -27,8 +27,8 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
 pub use checkpoint::{RunPaths, TrainState, Which, load_run};
-pub use distributed::Collective;
 pub use config::{DataConfig, RunConfig, Select, TrainConfig};
+pub use distributed::Collective;
 pub use history::{EpochMetrics, read_metrics, write_metrics};
 pub use launch::{Launch, launch};
 pub use validation::{figure, render_figure};
@@ -36,8 +36,8 @@ pub use validation::{figure, render_figure};
 use crate::data::{AnnotatorChoice, Dataset, preprocess, split};
 use crate::eval::figures;
 use crate::model::config::HPUNET_FILTERS;
-use objective::LossKind;
 use crate::model::{ModelConfig, ModelKind, NormKind, Segmenter};
+use objective::LossKind;
 
 /// How a training run is asked for.
 pub struct TrainRequest {
@@ -95,7 +95,12 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
         bail!("--norm batch cannot train data-parallel: each rank's batch statistics would drift apart. Use --norm group (the default)");
     }
     if comm.size() > tc.batch_size {
-        bail!("{} ranks cannot share batches of {}: give --batch-size {} or more (the global batch)", comm.size(), tc.batch_size, comm.size());
+        bail!(
+            "{} ranks cannot share batches of {}: give --batch-size {} or more (the global batch)",
+            comm.size(),
+            tc.batch_size,
+            comm.size()
+        );
     }
     let device = req.device.clone().autodiff();
     // Ranks that share a device (--devices cpu,cpu) share its RNG: the others seed and build
@@ -138,7 +143,15 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
     }
     let epochs_run = tc.epochs.saturating_sub(state.epoch);
     let quiet = req.quiet || !lead;
-    let mut stepper = epoch::Stepper { tc: &tc, consecutive_bad: 0, quiet, report_exchange: !req.quiet, geco: state.geco.clone(), comm, exchange_seconds: 0.0 };
+    let mut stepper = epoch::Stepper {
+        tc: &tc,
+        consecutive_bad: 0,
+        quiet,
+        report_exchange: !req.quiet,
+        geco: state.geco.clone(),
+        comm,
+        exchange_seconds: 0.0,
+    };
     for epoch in state.epoch + 1..=tc.epochs {
         let started = Instant::now();
         let (batches, mut rng) = epoch::batches(&tc, epoch, &train_idx, &extra_idx);
@@ -207,8 +220,7 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
     let mut cfg = req.config.clone();
     let mut state = TrainState::default();
     if req.resume {
-        let saved = RunConfig::load(&paths.config())
-            .with_context(|| format!("--resume: {} holds no run to resume", req.out.display()))?;
+        let saved = RunConfig::load(&paths.config()).with_context(|| format!("--resume: {} holds no run to resume", req.out.display()))?;
         let fixed = saved.fixed_differences(&cfg)?;
         if !fixed.is_empty() {
             bail!(
@@ -244,8 +256,7 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
         );
     }
     let (data, train_idx, val_idx, extra_idx) = split_data(&cfg, data, &req.data)?;
-    std::fs::create_dir_all(req.out.join("checkpoints"))
-        .with_context(|| format!("creating run directory {}", req.out.display()))?;
+    std::fs::create_dir_all(req.out.join("checkpoints")).with_context(|| format!("creating run directory {}", req.out.display()))?;
     cfg.save(&paths.config())?;
     // Absolute, so a resume from another directory finds it.
     state.data = std::fs::canonicalize(&req.data).unwrap_or_else(|_| req.data.clone()).display().to_string();
@@ -380,11 +391,7 @@ fn selection_score(tc: &TrainConfig, m: &EpochMetrics) -> f64 {
 }
 
 fn epoch_line(m: &EpochMetrics, no_validation: bool) -> String {
-    let val = if no_validation {
-        "no validation set".to_string()
-    } else {
-        format!("val loss {:.3} ged {:.4}", m.val_loss, m.val_ged)
-    };
+    let val = if no_validation { "no validation set".to_string() } else { format!("val loss {:.3} ged {:.4}", m.val_loss, m.val_ged) };
     let skipped = if m.skipped_steps > 0 { format!(" | {} steps skipped", m.skipped_steps) } else { String::new() };
     format!(
         "epoch {:>3}: loss {:.3} (rec {:.3}, kl {:.3}) | {val} | {:.1} img/s{skipped}",
@@ -404,7 +411,6 @@ pub fn progress_bar(len: u64, quiet: bool, prefix: &str) -> ProgressBar {
     pb.set_prefix(prefix.to_string());
     pb
 }
-
 
 #[cfg(test)]
 mod tests {

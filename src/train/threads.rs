@@ -102,10 +102,8 @@ impl ThreadRank {
         self.meet(what)?;
         lock(&self.shared.slots)[self.rank] = Some(Box::new(mine));
         self.meet(what)?;
-        let all = lock(&self.shared.slots)
-            .iter()
-            .map(|s| s.as_ref().and_then(|b| b.downcast_ref::<T>()).cloned())
-            .collect::<Option<Vec<T>>>();
+        let all =
+            lock(&self.shared.slots).iter().map(|s| s.as_ref().and_then(|b| b.downcast_ref::<T>()).cloned()).collect::<Option<Vec<T>>>();
         self.meet(what)?;
         all.ok_or_else(|| anyhow::anyhow!("{what}: a rank sent something else"))
     }

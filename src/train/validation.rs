@@ -4,13 +4,13 @@ use anyhow::Result;
 use burn::prelude::*;
 
 use super::config::TrainConfig;
+use super::objective::bce_with_logits;
 use super::{epoch_rng, normal};
 use crate::data::{AnnotatorChoice, Dataset, batch};
 use crate::eval::{figures, metrics};
 use crate::inference;
 use crate::inference::Sampling;
 use crate::model::{Segmenter, to_host};
-use super::objective::bce_with_logits;
 
 /// Validation loss (posterior, each annotator in turn) and GED of prior samples vs all annotators.
 pub fn validate(
@@ -98,4 +98,3 @@ pub fn render_figure(sub: &Dataset, samples: &ndarray::Array4<u8>, n: usize, tit
         .collect();
     figures::sample_grid(&columns, h, w, title, &figures::GridOptions::default())
 }
-

@@ -19,11 +19,46 @@ fn train_config(args: &[&str]) -> RunConfig {
 #[test]
 fn every_train_flag_reaches_the_config() {
     let cfg = train_config(&[
-        "--epochs", "7", "--batch-size", "3", "--lr", "0.01", "--beta", "0.5", "--kl-warmup-epochs", "2",
-        "--grad-clip-norm", "5", "--weight-decay", "0.001", "--latent-dim", "4", "--seed", "9", "--filters", "8,16,32",
-        "--norm", "batch", "--transformer-levels", "0,1", "--transformer-heads", "2", "--annotator", "majority",
-        "--val-fraction", "0.3", "--select", "ged", "--extra", "x.npz", "--extra-ratio", "0.25", "--patch", "32",
-        "--figure-every", "3",
+        "--epochs",
+        "7",
+        "--batch-size",
+        "3",
+        "--lr",
+        "0.01",
+        "--beta",
+        "0.5",
+        "--kl-warmup-epochs",
+        "2",
+        "--grad-clip-norm",
+        "5",
+        "--weight-decay",
+        "0.001",
+        "--latent-dim",
+        "4",
+        "--seed",
+        "9",
+        "--filters",
+        "8,16,32",
+        "--norm",
+        "batch",
+        "--transformer-levels",
+        "0,1",
+        "--transformer-heads",
+        "2",
+        "--annotator",
+        "majority",
+        "--val-fraction",
+        "0.3",
+        "--select",
+        "ged",
+        "--extra",
+        "x.npz",
+        "--extra-ratio",
+        "0.25",
+        "--patch",
+        "32",
+        "--figure-every",
+        "3",
     ]);
     let (t, m) = (&cfg.train, &cfg.model);
     assert_eq!((t.epochs, t.batch_size, t.lr, t.beta, t.kl_warmup_epochs), (7, 3, 0.01, 0.5, 2));
@@ -75,7 +110,17 @@ fn help_shows_defaults_required_flags_and_an_example() {
     assert!(example[0].trim_start().starts_with("apunet demo"), "{top}");
     let sub = |name: &str| cli::command().find_subcommand_mut(name).unwrap().render_help().to_string();
     let train = sub("train");
-    for want in ["[default: 20]", "[default: 8]", "[default: 0.0001]", "[default: 32,64,128,192]", "[default: group]", "[default: random]", "[default: loss]", "[default: 4]", "[default: cpu]"] {
+    for want in [
+        "[default: 20]",
+        "[default: 8]",
+        "[default: 0.0001]",
+        "[default: 32,64,128,192]",
+        "[default: group]",
+        "[default: random]",
+        "[default: loss]",
+        "[default: 4]",
+        "[default: cpu]",
+    ] {
         assert!(train.contains(want), "train help lacks {want}:\n{train}");
     }
     assert!(train.contains("--norm") && train.contains("--transformer-levels") && train.contains("--kl-warmup-epochs"));
@@ -89,8 +134,13 @@ fn help_shows_defaults_required_flags_and_an_example() {
                 continue; // clap prints these itself
             }
             if c.get_name() == "train" && a.get_action().takes_values() {
-                let optional = ["data", "out", "config", "resume", "extra", "grad_clip_norm", "weight_decay", "patch", "transformer_levels"];
-                assert!(help.contains("[default:") || optional.contains(&a.get_id().as_str()) || help.contains("required"), "train --{}: {help}", a.get_id());
+                let optional =
+                    ["data", "out", "config", "resume", "extra", "grad_clip_norm", "weight_decay", "patch", "transformer_levels"];
+                assert!(
+                    help.contains("[default:") || optional.contains(&a.get_id().as_str()) || help.contains("required"),
+                    "train --{}: {help}",
+                    a.get_id()
+                );
             }
         }
     }
@@ -129,6 +179,11 @@ fn a_closed_pipe_is_not_a_panic() {
 
 #[test]
 fn a_zero_batch_size_is_refused_for_sampling() {
-    let e = format!("{:#}", apunet::inference::RunSampling { batch_size: 0, ..apunet::inference::RunSampling::for_run(std::path::Path::new("r")) }.load().unwrap_err());
+    let e = format!(
+        "{:#}",
+        apunet::inference::RunSampling { batch_size: 0, ..apunet::inference::RunSampling::for_run(std::path::Path::new("r")) }
+            .load()
+            .unwrap_err()
+    );
     assert!(e.contains("--batch-size must be at least 1"), "{e}");
 }

@@ -28,12 +28,13 @@ fn write_ct(path: &std::path::Path, rows: u16, cols: u16, raw: &[i16], slope: &s
     put(tags::RESCALE_INTERCEPT, VR::DS, PrimitiveValue::from(intercept));
     put(tags::PIXEL_SPACING, VR::DS, dicom_value!(Strs, ["0.7", "0.6"]));
     put(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, dicom_value!(Strs, ["1", "0", "0", "0", "1", "0"]));
-    put(tags::IMAGE_POSITION_PATIENT, VR::DS, PrimitiveValue::Strs(["-100".to_string(), "-90".to_string(), format!("{z}")].into_iter().collect()));
+    put(
+        tags::IMAGE_POSITION_PATIENT,
+        VR::DS,
+        PrimitiveValue::Strs(["-100".to_string(), "-90".to_string(), format!("{z}")].into_iter().collect()),
+    );
     put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(raw.iter().map(|&v| v as u16).collect()));
-    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-        .unwrap()
-        .write_to_file(path)
-        .unwrap();
+    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)).unwrap().write_to_file(path).unwrap();
 }
 
 #[test]

@@ -3,7 +3,7 @@ use crate::common;
 use std::path::Path;
 
 use apunet::data::batch::{PatchSampling, training_batch, training_patches};
-use apunet::data::npz::{self, NpzEntry, NpyArray};
+use apunet::data::npz::{self, NpyArray, NpzEntry};
 use apunet::data::synth::{SynthConfig, generate};
 use apunet::data::{AnnotatorChoice, Dataset};
 use apunet::model::to_host;
@@ -244,8 +244,9 @@ fn patches_are_crops_of_the_image_and_can_be_placed_over_lesions() {
     // foreground = 0: placed uniformly, so over many draws some patches miss the corner lesion.
     let mut misses = 0;
     for _ in 0..10 {
-        let b = training_patches(&ds, &idx, AnnotatorChoice::Fixed(0), true, Some(PatchSampling { size: p, foreground: 0.0 }), &mut rng, &d)
-            .unwrap();
+        let b =
+            training_patches(&ds, &idx, AnnotatorChoice::Fixed(0), true, Some(PatchSampling { size: p, foreground: 0.0 }), &mut rng, &d)
+                .unwrap();
         let m = to_host(b.masks).unwrap();
         misses += (0..n).filter(|j| m[j * p * p..(j + 1) * p * p].iter().sum::<f32>() == 0.0).count();
     }

@@ -5,11 +5,11 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use apunet::eval::run::score_files;
-use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::data::Dataset;
 use apunet::data::npz::{self, NpyArray, NpzEntry, parse_header};
 use apunet::data::synth::{SynthConfig, generate};
+use apunet::eval::run::score_files;
+use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::inference::{Sampling, sample_images};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};
 use burn::prelude::*;
@@ -52,14 +52,29 @@ fn data_pair(dir: &Path, count: usize) -> (PathBuf, PathBuf) {
 fn tiny_run(epochs: usize) -> RunConfig {
     RunConfig {
         model: common::tiny_config(),
-        train: TrainConfig { epochs, batch_size: 4, val_fraction: 0.25, val_samples: 4, figure_images: 2, figure_samples: 1, ..Default::default() },
+        train: TrainConfig {
+            epochs,
+            batch_size: 4,
+            val_fraction: 0.25,
+            val_samples: 4,
+            figure_images: 2,
+            figure_samples: 1,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
 
 fn train_on(data: &Path, out: &Path) -> Vec<(f64, f64)> {
-    train::train(TrainRequest { data: data.into(), out: out.into(), config: tiny_run(1), device: Device::flex(), resume: false, quiet: true })
-        .unwrap();
+    train::train(TrainRequest {
+        data: data.into(),
+        out: out.into(),
+        config: tiny_run(1),
+        device: Device::flex(),
+        resume: false,
+        quiet: true,
+    })
+    .unwrap();
     read_metrics(&out.join("metrics.csv")).unwrap().iter().map(|m| (m.loss, m.val_ged)).collect()
 }
 

@@ -9,11 +9,11 @@ use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use apunet::eval::run::score_files;
 use apunet::data::Dataset;
 use apunet::data::dicom::read_dicom;
 use apunet::data::npz::{self, NpzEntry};
 use apunet::data::scan::{self, Geometry, read_scan};
+use apunet::eval::run::score_files;
 use ndarray::{Array3, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -188,9 +188,7 @@ fn npz_datasets_and_metrics_inputs() {
 
     let labels = good.clone();
     let bases = [("npz", samples, 120)];
-    let t = run(dir.path(), "metrics", &bases, 1000, &|p| {
-        score_files(p, &labels, None).map(|_| ())
-    });
+    let t = run(dir.path(), "metrics", &bases, 1000, &|p| score_files(p, &labels, None).map(|_| ()));
     assert!(t.files >= 1000 && t.errors > t.files / 2, "{t:?}");
 }
 
@@ -233,4 +231,3 @@ fn png_and_tiff_images() {
     let t = run(dir.path(), "image", &bases, 1200, &|p| read_scan(p).map(|_| ()));
     assert!(t.files >= 1000 && t.errors > t.files / 4, "{t:?}");
 }
-

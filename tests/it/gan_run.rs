@@ -64,7 +64,8 @@ fn gan_resume_refuses_changed_settings_and_says_when_nothing_is_left() {
     assert!(e.contains("net.base 4 -> 16") && e.contains("net.residual_blocks 1 -> 3") && e.contains("seed 0 -> 7"), "{e}");
     let e = err(&["gan", "train", "--resume", "--out", g, "--data", d32.to_str().unwrap(), "--epochs", "4"]);
     assert!(e.contains("d32.npz") && e.contains("keeps its data"), "{e}");
-    let e = err(&["gan", "train", "--resume", "--out", g, "--mode", "unpaired", "--a", d24.to_str().unwrap(), "--b", d24.to_str().unwrap()]);
+    let e =
+        err(&["gan", "train", "--resume", "--out", g, "--mode", "unpaired", "--a", d24.to_str().unwrap(), "--b", d24.to_str().unwrap()]);
     assert!(e.contains("mode \"mask2ct\" -> \"unpaired\""), "{e}");
     let e = err(&["gan", "train", "--resume", "--out", g, "--epochs", "2"]);
     assert!(e.contains("--epochs 2 is below the 3 epochs"), "{e}");
@@ -72,7 +73,11 @@ fn gan_resume_refuses_changed_settings_and_says_when_nothing_is_left() {
     let out = run(&["gan", "train", "--resume", "--out", g]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to train"), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("XDG_RUNTIME_DIR"), "a CPU resume starts no GPU: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("XDG_RUNTIME_DIR"),
+        "a CPU resume starts no GPU: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(state(Path::new(g)).epoch, 3);
     assert_eq!(std::fs::read_to_string(Path::new(g).join("gan.toml")).unwrap(), toml_before, "refusals change nothing");
     // A new run over an existing one is refused; --epochs extends a resumed one.
@@ -93,11 +98,13 @@ fn gan_resume_refuses_changed_settings_and_says_when_nothing_is_left() {
     // gan generate: data windowed otherwise than the GAN's are refused; its output carries the
     // GAN's record (unknown here), not the input's.
     let mut lung = apunet::data::Dataset::load(&d24).unwrap();
-    lung.preprocess = Some(apunet::data::preprocess::Preprocess { window: Some(apunet::data::intensity::Window::Lung), ..Default::default() });
+    lung.preprocess =
+        Some(apunet::data::preprocess::Preprocess { window: Some(apunet::data::intensity::Window::Lung), ..Default::default() });
     let lung_path = dir.path().join("lung.npz");
     lung.save(&lung_path).unwrap();
     let gen_out = dir.path().join("gen.npz");
-    let generate_args = ["gan", "generate", "--gan", g, "--data", lung_path.to_str().unwrap(), "--count", "2", "--out", gen_out.to_str().unwrap()];
+    let generate_args =
+        ["gan", "generate", "--gan", g, "--data", lung_path.to_str().unwrap(), "--count", "2", "--out", gen_out.to_str().unwrap()];
     let e = err(&generate_args);
     assert!(e.contains("unknown") && e.contains("HU window lung") && e.contains("--allow-mismatch"), "{e}");
     let mut knowingly = generate_args.to_vec();
@@ -116,17 +123,34 @@ fn gan_train_survives_20_kills_and_resumes_bit_for_bit() {
     let data = synth(dir.path(), "d.npz", (3, 24), 3);
     let epochs = EPOCHS.to_string();
     let new = |out: &Path| -> Vec<String> {
-        ["gan", "train", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--epochs", &epochs, "--base", "4", "--blocks", "1", "--pool-size", "4", "--quiet"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "gan",
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            &epochs,
+            "--base",
+            "4",
+            "--blocks",
+            "1",
+            "--pool-size",
+            "4",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let reference = dir.path().join("reference");
     let started = Instant::now();
     ok(&new(&reference).iter().map(String::as_str).collect::<Vec<_>>());
     let whole = state(&reference);
     let killed = dir.path().join("killed");
-    let resume: Vec<String> = ["gan", "train", "--resume", "--out", killed.to_str().unwrap(), "--quiet"].iter().map(|s| s.to_string()).collect();
+    let resume: Vec<String> =
+        ["gan", "train", "--resume", "--out", killed.to_str().unwrap(), "--quiet"].iter().map(|s| s.to_string()).collect();
     let mut rng = StdRng::seed_from_u64(28);
     let mut span = started.elapsed().max(Duration::from_millis(300));
     let (mut kills, mut mid_run, mut last_epoch) = (0, 0, 0);

@@ -3,13 +3,13 @@
 
 use crate::common;
 
-use apunet::eval::run::{EvalRequest, evaluate_run};
-use apunet::predict::files::{PredictRequest, predict_files};
-use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::data::npz::{self, NpyArray};
 use apunet::data::synth::{SynthConfig, generate};
+use apunet::eval::run::{EvalRequest, evaluate_run};
+use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::model::hpunet::{PixelGaussian, nearest2x};
 use apunet::model::{ModelConfig, ModelKind, NormKind, ProbUNet, Segmenter, TransformerLevels, to_host};
+use apunet::predict::files::{PredictRequest, predict_files};
 use apunet::train::checkpoint::{load_segmenter, save_model};
 use apunet::train::objective::{GecoState, LossKind, Objective};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};
@@ -208,7 +208,14 @@ fn hpunet_trains_with_geco_resumes_and_serves_every_command() {
         },
         ..Default::default()
     };
-    let req = |epochs, resume| TrainRequest { data: data.clone(), out: run.clone(), config: config(epochs), device: Device::flex(), resume, quiet: true };
+    let req = |epochs, resume| TrainRequest {
+        data: data.clone(),
+        out: run.clone(),
+        config: config(epochs),
+        device: Device::flex(),
+        resume,
+        quiet: true,
+    };
     train::train(req(1, false)).unwrap();
     let state = train::checkpoint::load_state(&run.join("checkpoints/state.json")).unwrap();
     assert!(state.geco.ema.is_some() && state.geco.steps > 0, "GECO's state is saved with the run");
@@ -235,13 +242,35 @@ fn hpunet_trains_with_geco_resumes_and_serves_every_command() {
 
     // eval and predict on an image larger than the crops.
     let ev = dir.path().join("eval");
-    evaluate_run(&EvalRequest { sampling: sampling(None), data: data.clone(), out: ev.clone(), images: None, overlay: false, review: true, open: false }).unwrap();
+    evaluate_run(&EvalRequest {
+        sampling: sampling(None),
+        data: data.clone(),
+        out: ev.clone(),
+        images: None,
+        overlay: false,
+        review: true,
+        open: false,
+    })
+    .unwrap();
     assert!(ev.join("metrics.json").exists());
     let big = dir.path().join("big.png");
     let img = image::GrayImage::from_fn(40, 28, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
     img.save(&big).unwrap();
     let pred = dir.path().join("pred");
-    predict_files(&PredictRequest { sampling: sampling(None), input: big, out: pred.clone(), overlap: 0.5, window: None, units: None, review: true, open: false }, |_| {}).unwrap();
+    predict_files(
+        &PredictRequest {
+            sampling: sampling(None),
+            input: big,
+            out: pred.clone(),
+            overlap: 0.5,
+            window: None,
+            units: None,
+            review: true,
+            open: false,
+        },
+        |_| {},
+    )
+    .unwrap();
     assert!(std::fs::read_dir(&pred).unwrap().count() > 0);
 }
 

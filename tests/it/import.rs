@@ -1,5 +1,5 @@
-use apunet::data::import::{ImportSettings as ImportArgs, import_folder};
 use apunet::data::Dataset;
+use apunet::data::import::{ImportSettings as ImportArgs, import_folder};
 use apunet::data::intensity::Window;
 use image::{GrayImage, Luma};
 
@@ -67,7 +67,9 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
     let lesion = crops.iter().filter(|c| c["kind"] == "lesion").count();
     assert_eq!(lesion, 2);
     for (i, c) in crops.iter().enumerate() {
-        let area: u32 = (0..3).map(|k| ds.masks.index_axis(ndarray::Axis(0), i).index_axis(ndarray::Axis(0), k).iter().map(|&v| v as u32).sum::<u32>()).sum();
+        let area: u32 = (0..3)
+            .map(|k| ds.masks.index_axis(ndarray::Axis(0), i).index_axis(ndarray::Axis(0), k).iter().map(|&v| v as u32).sum::<u32>())
+            .sum();
         if c["kind"] == "lesion" {
             assert!(area > 0, "lesion crop {i} has no label");
         } else {

@@ -92,7 +92,15 @@ fn check(c: &Case, seed: u64) {
     let burn = run(c, &conv, &x, &r, false);
     for (i, what) in ["output", "input gradient", "weight gradient", "bias gradient"].iter().enumerate() {
         let e = rel_err(&ours[i], &burn[i]);
-        assert!(e < 1e-4, "{what} of a {:?}x{:?} conv, stride {}, pad {:?}, input {:?}: relative error {e}", c.k, c.c_in, c.stride, c.pad, c.hw);
+        assert!(
+            e < 1e-4,
+            "{what} of a {:?}x{:?} conv, stride {}, pad {:?}, input {:?}: relative error {e}",
+            c.k,
+            c.c_in,
+            c.stride,
+            c.pad,
+            c.hw
+        );
     }
 }
 
@@ -101,22 +109,22 @@ fn the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use() {
     // Layers draw their initial weights from the process-wide device RNG.
     let _guard = common::rng_lock();
     let cases = [
-        case(2, 3, 5, [16, 16], 3, 1, 1),     // U-Net block
-        case(3, 4, 6, [13, 9], 3, 1, 1),      // odd sizes
-        case(2, 3, 4, [15, 11], 3, 2, 1),     // stride 2
-        case(2, 5, 3, [8, 8], 1, 1, 0),       // 1x1: fcomb, gates, heads
-        case(1, 5, 3, [7, 5], 1, 1, 0),       // one image: the direct kernel, or burn's op
-        case(2, 4, 2, [16, 10], 2, 2, 0),     // attention gate's 2x2 stride 2
-        case(2, 3, 4, [17, 12], 4, 2, 1),     // PatchGAN 4x4 stride 2
-        case(2, 3, 1, [9, 7], 4, 1, 1),       // PatchGAN 4x4 stride 1
-        case(2, 2, 3, [14, 14], 7, 1, 0),     // CycleGAN stem after reflect padding
-        case(2, 3, 3, [6, 6], 3, 1, 0),       // no padding
-        case(5, 2, 2, [5, 5], 5, 1, 2),       // kernel as large as the input
-        case(1, 1, 1, [1, 1], 1, 1, 0),       // one pixel
-        case(2, 24, 16, [19, 21], 3, 1, 1),   // 8x8 AVX tiles in the layout copies; padded input-gradient channels
-        case(2, 16, 24, [12, 17], 3, 2, 1),   // the same, padded output channels, stride 2
-        case(1, 3, 64, [3, 70], 3, 1, 1),     // weight gradient: rows split into spans of 64 pixels
-        case(3, 5, 7, [5, 6], 3, 1, 1),       // weight gradient: work items that span images
+        case(2, 3, 5, [16, 16], 3, 1, 1),   // U-Net block
+        case(3, 4, 6, [13, 9], 3, 1, 1),    // odd sizes
+        case(2, 3, 4, [15, 11], 3, 2, 1),   // stride 2
+        case(2, 5, 3, [8, 8], 1, 1, 0),     // 1x1: fcomb, gates, heads
+        case(1, 5, 3, [7, 5], 1, 1, 0),     // one image: the direct kernel, or burn's op
+        case(2, 4, 2, [16, 10], 2, 2, 0),   // attention gate's 2x2 stride 2
+        case(2, 3, 4, [17, 12], 4, 2, 1),   // PatchGAN 4x4 stride 2
+        case(2, 3, 1, [9, 7], 4, 1, 1),     // PatchGAN 4x4 stride 1
+        case(2, 2, 3, [14, 14], 7, 1, 0),   // CycleGAN stem after reflect padding
+        case(2, 3, 3, [6, 6], 3, 1, 0),     // no padding
+        case(5, 2, 2, [5, 5], 5, 1, 2),     // kernel as large as the input
+        case(1, 1, 1, [1, 1], 1, 1, 0),     // one pixel
+        case(2, 24, 16, [19, 21], 3, 1, 1), // 8x8 AVX tiles in the layout copies; padded input-gradient channels
+        case(2, 16, 24, [12, 17], 3, 2, 1), // the same, padded output channels, stride 2
+        case(1, 3, 64, [3, 70], 3, 1, 1),   // weight gradient: rows split into spans of 64 pixels
+        case(3, 5, 7, [5, 6], 3, 1, 1),     // weight gradient: work items that span images
         // Weight gradient from copied spans (128 channels and up): a last block of 4 (AVX2) or
         // 10 (AVX-512) input channels, padded output channels, stride 2, and rows split into
         // spans of 256 pixels.
@@ -152,7 +160,8 @@ fn the_kernel_matches_on_random_shapes() {
 /// AVX2 tiles, which CPUs without AVX-512 use, in a child process of this test binary.
 #[test]
 fn the_avx2_tiles_match_burns_conv2d_too() {
-    let tests = ["kernels::the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use", "kernels::the_kernel_matches_on_random_shapes"];
+    let tests =
+        ["kernels::the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use", "kernels::the_kernel_matches_on_random_shapes"];
     let out = std::process::Command::new(std::env::current_exe().expect("the test binary's path"))
         .args(tests)
         .args(["--exact", "--test-threads", "1"])
@@ -201,7 +210,12 @@ fn the_transposed_convolution_matches_burns() {
     ];
     let mut rng = StdRng::seed_from_u64(3);
     for (i, &(batch, ci, co, h, w, k, s, p, op, bias)) in cases.iter().enumerate() {
-        let layer = ConvTranspose2dConfig::new([ci, co], [k, k]).with_stride([s, s]).with_padding([p, p]).with_padding_out([op, op]).with_bias(bias).init(&device);
+        let layer = ConvTranspose2dConfig::new([ci, co], [k, k])
+            .with_stride([s, s])
+            .with_padding([p, p])
+            .with_padding_out([op, op])
+            .with_bias(bias)
+            .init(&device);
         let x = values(&mut rng, batch * ci * h * w);
         let run = |through_kernel: bool| {
             let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [batch, ci, h, w]), &device).require_grad();
@@ -209,9 +223,17 @@ fn the_transposed_convolution_matches_burns() {
             let out = if through_kernel {
                 conv_transpose2d(&layer, xt.clone())
             } else {
-                module::conv_transpose2d(xt.clone(), weight.clone(), b.clone(), ConvTransposeOptions::new([s, s], [p, p], [op, op], [1, 1], 1))
+                module::conv_transpose2d(
+                    xt.clone(),
+                    weight.clone(),
+                    b.clone(),
+                    ConvTransposeOptions::new([s, s], [p, p], [op, op], [1, 1], 1),
+                )
             };
-            let r = Tensor::<4>::from_data(TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()), &device);
+            let r = Tensor::<4>::from_data(
+                TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()),
+                &device,
+            );
             let grads = (out.clone() * r).sum().backward();
             let db = b.map(|b| to_host(b.grad(&grads).expect("a bias gradient")).unwrap()).unwrap_or_default();
             [to_host(out).unwrap(), to_host(xt.grad(&grads).expect("dx")).unwrap(), to_host(weight.grad(&grads).expect("dw")).unwrap(), db]
@@ -240,7 +262,10 @@ fn the_pooling_matches_burns() {
             } else {
                 module::avg_pool2d(xt.clone(), burn::tensor::ops::AvgPoolOptions::new([2, 2]))
             };
-            let r = Tensor::<4>::from_data(TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()), &device);
+            let r = Tensor::<4>::from_data(
+                TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()),
+                &device,
+            );
             let grads = (out.clone() * r).sum().backward();
             (to_host(out).unwrap(), xt.grad(&grads).map(|g| to_host(g).unwrap()))
         };
@@ -267,7 +292,10 @@ fn the_reflection_padding_matches_burns() {
             } else {
                 xt.clone().pad([(p, p), (p, p)], burn::tensor::ops::PadMode::Reflect)
             };
-            let r = Tensor::<4>::from_data(TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()), &device);
+            let r = Tensor::<4>::from_data(
+                TensorData::new(values(&mut StdRng::seed_from_u64(i as u64), out.dims().iter().product()), out.dims()),
+                &device,
+            );
             let grads = (out.clone() * r).sum().backward();
             (to_host(out).unwrap(), to_host(xt.grad(&grads).expect("dx")).unwrap())
         };
@@ -343,19 +371,14 @@ fn group_and_instance_norm_kernels_match_burn() {
     // Layers draw their initial weights from the process-wide device RNG.
     let _guard = common::rng_lock();
     use apunet::kernels::{group_norm, group_norm_relu, instance_norm, instance_norm_relu};
-    use burn::tensor::activation::relu;
     use burn::nn::{GroupNormConfig, InstanceNormConfig};
+    use burn::tensor::activation::relu;
     let device = Device::flex().autodiff();
     let mut rng = StdRng::seed_from_u64(8);
-    for (i, (dims, groups, affine)) in [
-        ([2, 8, 16, 16], 4, true),
-        ([3, 6, 7, 5], 3, true),
-        ([1, 4, 9, 11], 1, false),
-        ([2, 5, 1, 1], 5, true),
-        ([2, 6, 13, 3], 6, true),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (dims, groups, affine)) in
+        [([2, 8, 16, 16], 4, true), ([3, 6, 7, 5], 3, true), ([1, 4, 9, 11], 1, false), ([2, 5, 1, 1], 5, true), ([2, 6, 13, 3], 6, true)]
+            .into_iter()
+            .enumerate()
     {
         let n = dims.iter().product();
         // An offset and scale far from 0 and 1, as activations have.
@@ -403,8 +426,6 @@ fn group_and_instance_norm_kernels_match_burn() {
         }
     }
 }
-
-
 
 /// Bilinear x2 upsampling on the kernel against the same op composed of burn's ops (kernels
 /// off): the forward the same bits, the input gradient to 1e-5, single rows, columns and
@@ -465,7 +486,15 @@ fn gemm_and_direct_slice_kernels_match_burn() {
     for _ in 0..15 {
         let k = rng.gen_range(1..=4);
         let (h, w) = (rng.gen_range(k..13), rng.gen_range(k..13));
-        cases.push(case(rng.gen_range(1..4), rng.gen_range(1..20), rng.gen_range(1..20), [h, w], k, rng.gen_range(1..=2), rng.gen_range(0..k)));
+        cases.push(case(
+            rng.gen_range(1..4),
+            rng.gen_range(1..20),
+            rng.gen_range(1..20),
+            [h, w],
+            k,
+            rng.gen_range(1..=2),
+            rng.gen_range(0..k),
+        ));
     }
     let device = Device::flex().autodiff();
     for (i, c) in cases.iter().enumerate() {

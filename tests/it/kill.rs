@@ -1,7 +1,6 @@
 //! `apunet train` killed (SIGKILL) at random moments, 20 times: every resume continues from a
 //! readable checkpoint, and the run ends with every epoch recorded once.
 
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,8 +47,22 @@ fn train_survives_20_kills_at_random_moments() {
     let run = dir.path().join("run");
     let epochs = EPOCHS.to_string();
     let fresh = [
-        "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", &epochs, "--filters", "4,8",
-        "--batch-size", "4", "--transformer-levels", "none", "--latent-dim", "2", "--val-fraction", "0.25",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        &epochs,
+        "--filters",
+        "4,8",
+        "--batch-size",
+        "4",
+        "--transformer-levels",
+        "none",
+        "--latent-dim",
+        "2",
+        "--val-fraction",
+        "0.25",
     ];
     let resume = ["--resume", run.to_str().unwrap()];
     let mut rng = StdRng::seed_from_u64(20);
@@ -108,7 +121,12 @@ fn train_survives_20_kills_at_random_moments() {
     assert_eq!(check_run_dir(&run), EPOCHS);
     let epochs: Vec<usize> = read_metrics(&run.join("metrics.csv")).unwrap().iter().map(|m| m.epoch).collect();
     assert_eq!(epochs, (1..=EPOCHS).collect::<Vec<_>>());
-    let litter: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.file_name()).filter(|n| apunet::fsio::is_temp_name(&n.to_string_lossy())).collect();
+    let litter: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| apunet::fsio::is_temp_name(&n.to_string_lossy()))
+        .collect();
     assert!(litter.is_empty(), "temp files left behind: {litter:?}");
     assert!(mid_run >= 5, "only {mid_run} kills landed mid-run");
     println!("killed train {kills} times ({mid_run} after epochs were saved); the run finished all {EPOCHS} epochs");

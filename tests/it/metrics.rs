@@ -1,7 +1,7 @@
-use apunet::eval::run::score_files;
 use apunet::data::npz::{self, NpzEntry};
 use apunet::eval::metrics::{BitMask, dice, ged, ged_squared, hungarian_iou, iou, majority};
 use apunet::eval::report::{check_inputs, evaluate};
+use apunet::eval::run::score_files;
 use ndarray::Array4;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -129,9 +129,7 @@ fn metrics_command_errors_name_the_file_and_shape() {
         p
     };
     let labels = write("l.npz", "masks", &Array4::zeros((3, 4, 8, 8)));
-    let run = |s: std::path::PathBuf, l: std::path::PathBuf| {
-        score_files(&s, &l, None).err().map(|e| format!("{e:#}"))
-    };
+    let run = |s: std::path::PathBuf, l: std::path::PathBuf| score_files(&s, &l, None).err().map(|e| format!("{e:#}"));
     let good = write("s.npz", "samples", &Array4::zeros((3, 8, 8, 8)));
     assert_eq!(run(good.clone(), labels.clone()), None);
 

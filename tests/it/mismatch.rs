@@ -5,14 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use apunet::cli::parse_from;
-use apunet::inference::RunSampling as SamplingArgs;
-use apunet::predict::files::{PredictRequest, predict_files};
 use apunet::data::dicom::read_dicom;
 use apunet::data::intensity::{Window, apply_window};
 use apunet::data::preprocess::{Preprocess, Units};
 use apunet::data::scan::{self, Geometry, nifti_units, read_scan, read_scan_as};
 use apunet::data::synth::{SynthConfig, generate};
+use apunet::inference::RunSampling as SamplingArgs;
 use apunet::inference::Sampling;
+use apunet::predict::files::{PredictRequest, predict_files};
 use apunet::predict::predict_image;
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest};
 use burn::prelude::Device;
@@ -60,8 +60,13 @@ fn ct_piece_without_air(dir: &Path) -> (PathBuf, Vec<f32>) {
 }
 
 fn predict(run: &Path, input: &Path, out: &Path, window: Option<Window>, allow: bool) -> anyhow::Result<()> {
-    let sampling = SamplingArgs { n: 2, checkpoint: train::Which::Last, batch_size: 8, allow_mismatch: allow, ..SamplingArgs::for_run(run) };
-    predict_files(&PredictRequest { sampling, input: input.into(), out: out.into(), overlap: 0.5, window, units: None, review: false, open: false }, |_| {}).map(|_| ())
+    let sampling =
+        SamplingArgs { n: 2, checkpoint: train::Which::Last, batch_size: 8, allow_mismatch: allow, ..SamplingArgs::for_run(run) };
+    predict_files(
+        &PredictRequest { sampling, input: input.into(), out: out.into(), overlap: 0.5, window, units: None, review: false, open: false },
+        |_| {},
+    )
+    .map(|_| ())
 }
 
 fn mean_of(dir: &Path) -> Vec<f32> {
@@ -189,7 +194,19 @@ fn data_preprocessed_otherwise_is_refused_naming_both() {
         for cmd in ["sample", "eval"] {
             let out = dir.path().join(format!("{cmd}_out"));
             let out_arg = if cmd == "sample" { out.with_extension("npz") } else { out };
-            let args = ["apunet", cmd, "--run", run.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out_arg.to_str().unwrap(), "--n", "4", "--no-review"];
+            let args = [
+                "apunet",
+                cmd,
+                "--run",
+                run.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out_arg.to_str().unwrap(),
+                "--n",
+                "4",
+                "--no-review",
+            ];
             let args: Vec<&str> = args.into_iter().filter(|a| cmd == "eval" || *a != "--no-review").collect();
             let e = format!("{:#}", apunet::cli::run(parse_from(&args).unwrap()).unwrap_err());
             assert!(e.contains("was made with HU window lung") && e.contains(what), "{cmd}: {e}");
@@ -240,7 +257,21 @@ fn messages_blame_what_the_user_gave() {
         m.check_size(128, 128).unwrap();
     }
     // --filters on the attention HPU-Net moves its default transformer level and scales along.
-    let args = ["apunet", "train", "--data", "d.npz", "--out", "o", "--model", "hpunet", "--attention", "--filters", "8,16,32", "--latent-scales", "2"];
+    let args = [
+        "apunet",
+        "train",
+        "--data",
+        "d.npz",
+        "--out",
+        "o",
+        "--model",
+        "hpunet",
+        "--attention",
+        "--filters",
+        "8,16,32",
+        "--latent-scales",
+        "2",
+    ];
     let apunet::cli::Command::Train(a) = parse_from(args).unwrap().command else { panic!() };
     let mut cfg = RunConfig::default();
     apunet::cli::apply_overrides(&mut cfg, &a);
@@ -254,7 +285,12 @@ fn messages_blame_what_the_user_gave() {
         for c in &all {
             for arg in c.get_arguments().filter(|a| !a.is_positional() && a.get_id() != "help" && a.get_id() != "version") {
                 let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-                assert!(!help.trim().is_empty() || !arg.get_action().takes_values() && arg.get_long().is_none(), "{} --{} has no description", c.get_name(), arg.get_id());
+                assert!(
+                    !help.trim().is_empty() || !arg.get_action().takes_values() && arg.get_long().is_none(),
+                    "{} --{} has no description",
+                    c.get_name(),
+                    arg.get_id()
+                );
                 assert!(help.matches("[default:").count() <= 1, "{} --{}: {help}", c.get_name(), arg.get_id());
             }
         }

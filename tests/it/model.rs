@@ -36,7 +36,13 @@ fn shapes_through_every_module() {
     for cfg in [
         tiny_config(),
         ModelConfig { filters: vec![8, 16, 24], norm: NormKind::Batch, transformer_heads: 4, latent_dim: 4, ..Default::default() },
-        ModelConfig { filters: vec![4, 8, 8], attention_gates: false, transformer_levels: TransformerLevels::None, norm: NormKind::None, ..Default::default() },
+        ModelConfig {
+            filters: vec![4, 8, 8],
+            attention_gates: false,
+            transformer_levels: TransformerLevels::None,
+            norm: NormKind::None,
+            ..Default::default()
+        },
     ] {
         cfg.validate().unwrap();
         let model = ProbUNet::new(&cfg, &d);

@@ -10,8 +10,18 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 
 pub const TINY: [&str; 12] = [
-    "--filters", "4,8", "--transformer-levels", "none", "--latent-dim", "2", "--val-fraction", "0", "--seed", "3",
-    "--figure-every", "1000",
+    "--filters",
+    "4,8",
+    "--transformer-levels",
+    "none",
+    "--latent-dim",
+    "2",
+    "--val-fraction",
+    "0",
+    "--seed",
+    "3",
+    "--figure-every",
+    "1000",
 ];
 
 pub fn apunet() -> Command {
@@ -83,7 +93,6 @@ pub fn assert_same_run(a: &Path, b: &Path) {
     let wb: Vec<f64> = wb.iter().map(|&v| v as f64).collect();
     assert_close(&wa, &wb, "final weights");
 }
-
 
 #[test]
 fn two_devices_in_one_process_reproduce_one_device() {

@@ -1,12 +1,12 @@
 use crate::common;
 
-use apunet::inference::RunSampling as SamplingArgs;
-use apunet::predict::files::{PredictRequest, predict_files};
+use apunet::data::Dataset;
 use apunet::data::scan::{self, Geometry, Preprocess, read_scan};
 use apunet::data::synth::{SynthConfig, generate};
-use apunet::data::Dataset;
+use apunet::inference::RunSampling as SamplingArgs;
 use apunet::inference::{Sampling, image_eps, sample_images};
 use apunet::model::{ProbUNet, Segmenter, to_host};
+use apunet::predict::files::{PredictRequest, predict_files};
 use apunet::predict::{Windows, gaussian_weights, image_latents, image_prior, predict_image, sliding_window, window_starts};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest};
 use burn::prelude::*;
@@ -141,10 +141,23 @@ fn predict_writes_png_and_nifti_for_any_size() {
     image::GrayImage::from_fn(52, 40, |x, y| image::Luma([((x * 3 + y) % 256) as u8])).save(&png).unwrap();
     let out = dir.path().join("pred");
     let sampling = SamplingArgs { n: 3, checkpoint: train::Which::Last, batch_size: 4, ..SamplingArgs::for_run(&run) };
-    predict_files(&PredictRequest { sampling: sampling.clone(), input: png, out: out.clone(), overlap: 0.5, window: None, units: None, review: true, open: false }, |_| {})
+    predict_files(
+        &PredictRequest {
+            sampling: sampling.clone(),
+            input: png,
+            out: out.clone(),
+            overlap: 0.5,
+            window: None,
+            units: None,
+            review: true,
+            open: false,
+        },
+        |_| {},
+    )
     .unwrap();
     let d = out.join("scan");
-    for f in ["sample_00.png", "sample_02.png", "mean.png", "entropy.png", "overlay.png", "samples.nii.gz", "mean.nii.gz", "entropy.nii.gz"] {
+    for f in ["sample_00.png", "sample_02.png", "mean.png", "entropy.png", "overlay.png", "samples.nii.gz", "mean.nii.gz", "entropy.nii.gz"]
+    {
         assert!(d.join(f).exists(), "missing {f}");
     }
     let mean = image::open(d.join("mean.png")).unwrap();
@@ -168,7 +181,19 @@ fn predict_writes_png_and_nifti_for_any_size() {
     apunet::eval::publish::rebuild(&d, None).unwrap();
     assert_eq!(std::fs::read_to_string(d.join("review.html")).unwrap(), page);
 
-    let missing = predict_files(&PredictRequest { sampling, input: dir.path().join("nope.dcm"), out, overlap: 0.5, window: None, units: None, review: true, open: false }, |_| {})
+    let missing = predict_files(
+        &PredictRequest {
+            sampling,
+            input: dir.path().join("nope.dcm"),
+            out,
+            overlap: 0.5,
+            window: None,
+            units: None,
+            review: true,
+            open: false,
+        },
+        |_| {},
+    )
     .unwrap_err();
     assert!(format!("{missing:#}").contains("does not exist"));
 }
@@ -192,7 +217,8 @@ fn one_crop_predicts_exactly_what_sample_gives() {
     let model = Segmenter::PUNet(model);
     let s = sample_images(&model, &img, &Sampling { n, seed, batch: 8, mean_scales: vec![] }, &d, |_| {}).unwrap();
     let flat: Vec<f32> = img.iter().copied().collect();
-    let p = predict_image(&model, &flat, 128, 128, (128, 128), &Sampling { n, seed, batch: 4, mean_scales: vec![] }, 0.5, &d, |_| {}).unwrap();
+    let p =
+        predict_image(&model, &flat, 128, 128, (128, 128), &Sampling { n, seed, batch: 4, mean_scales: vec![] }, 0.5, &d, |_| {}).unwrap();
     let err = p.mean.iter().zip(s.mean.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(err < 1e-5, "one patch: predict and sample differ by {err}");
 }
@@ -206,10 +232,12 @@ fn a_large_image_is_sampled_with_one_prior_and_one_latent_per_sample() {
     let ds = Dataset::load(&common::shared_data().join("lidc/lidc-small-train.npz")).unwrap();
     let (h, w, p, n, seed) = (256, 256, 128, 3, 5);
     let tiles = [0, 12, 25, 40];
-    let img: Vec<f32> = (0..h * w).map(|q| {
-        let (y, x) = (q / w, q % w);
-        ds.images[[tiles[(y / p) * 2 + x / p], y % p, x % p]]
-    }).collect();
+    let img: Vec<f32> = (0..h * w)
+        .map(|q| {
+            let (y, x) = (q / w, q % w);
+            ds.images[[tiles[(y / p) * 2 + x / p], y % p, x % p]]
+        })
+        .collect();
     let win = Windows::new(&img, h, w, p, p, 0.5).unwrap();
     assert_eq!(win.positions.len(), 9);
 

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 fn cases(n: usize, s: usize, size: usize) -> (Array3<f32>, Array4<u8>, Array4<u8>, Array3<f32>) {
     // A pattern plus about 10 bits of noise per pixel: compresses about as badly as real CT.
     let noise = |i: usize, y: usize, x: usize| ((i * 31_337 + y * 104_729 + x * 7_919).wrapping_mul(2_654_435_761) >> 7) % 1024;
-    let images = Array3::from_shape_fn((n, size, size), |(i, y, x)| 0.7 * ((x + y + i) % 17) as f32 / 16.0 + 0.3 * noise(i, y, x) as f32 / 1023.0);
+    let images =
+        Array3::from_shape_fn((n, size, size), |(i, y, x)| 0.7 * ((x + y + i) % 17) as f32 / 16.0 + 0.3 * noise(i, y, x) as f32 / 1023.0);
     let square = |y: usize, x: usize, at: usize, side: usize| (at..at + side).contains(&y) && (at..at + side).contains(&x);
     let experts = Array4::from_shape_fn((n, 4, size, size), |(i, a, y, x)| square(y, x, size / 4 + a * (i % 3), size / 3) as u8);
     let samples = Array4::from_shape_fn((n, s, size, size), |(_, k, y, x)| square(y, x, 2 + k % (size / 2), size / 3) as u8);
@@ -66,8 +67,22 @@ fn eval_writes_the_page_and_review_rebuilds_it() {
     run(&["synth", "--out", data.to_str().unwrap(), "--count", "5", "--size", "16", "--seed", "2"]);
     let r = d.join("run");
     run(&[
-        "train", "--data", data.to_str().unwrap(), "--out", r.to_str().unwrap(), "--epochs", "1", "--filters", "4,8",
-        "--transformer-levels", "none", "--latent-dim", "2", "--val-fraction", "0", "--quiet",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        r.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--filters",
+        "4,8",
+        "--transformer-levels",
+        "none",
+        "--latent-dim",
+        "2",
+        "--val-fraction",
+        "0",
+        "--quiet",
     ]);
     let e = d.join("eval");
     run(&["eval", "--run", r.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", e.to_str().unwrap(), "--n", "8"]);
@@ -140,8 +155,16 @@ impl Browser {
         }
         let profile = tempfile::tempdir().unwrap();
         let args = [
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,900",
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1400,900",
         ];
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.path().display()));
@@ -174,7 +197,8 @@ impl Browser {
     }
 
     fn console_errors(&self) -> Vec<String> {
-        let mut errors: Vec<String> = self.js("return window.__errors").as_array().cloned().unwrap_or_default().iter().map(|v| v.to_string()).collect();
+        let mut errors: Vec<String> =
+            self.js("return window.__errors").as_array().cloned().unwrap_or_default().iter().map(|v| v.to_string()).collect();
         let log = self.call("POST", "se/log", Some(&json!({"type": "browser"})));
         for e in log.as_array().cloned().unwrap_or_default() {
             if e["level"] == "SEVERE" {

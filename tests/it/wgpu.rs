@@ -126,8 +126,14 @@ fn one_cyclegan_step_runs_on_the_gpu() {
     let mut stepper = GanStepper::new(&cfg, &ad);
     let mut rng = StdRng::seed_from_u64(0);
     let s = 32;
-    let a = Tensor::<4>::from_data(TensorData::new(randn(&mut rng, s * s).into_iter().map(|v| v.clamp(-1.0, 1.0)).collect::<Vec<_>>(), [1, 1, s, s]), &ad);
-    let b = Tensor::<4>::from_data(TensorData::new(randn(&mut rng, s * s).into_iter().map(|v| (0.5 * v).tanh()).collect::<Vec<_>>(), [1, 1, s, s]), &ad);
+    let a = Tensor::<4>::from_data(
+        TensorData::new(randn(&mut rng, s * s).into_iter().map(|v| v.clamp(-1.0, 1.0)).collect::<Vec<_>>(), [1, 1, s, s]),
+        &ad,
+    );
+    let b = Tensor::<4>::from_data(
+        TensorData::new(randn(&mut rng, s * s).into_iter().map(|v| (0.5 * v).tanh()).collect::<Vec<_>>(), [1, 1, s, s]),
+        &ad,
+    );
     let l = stepper.step(a, b, 2e-4, &mut rng).unwrap();
     assert!(l.generator.is_finite() && l.cycle.is_finite() && l.discriminator.is_finite(), "{l:?}");
 }
