@@ -47,7 +47,7 @@ pub fn demo_config(epochs: usize, seed: u64) -> RunConfig {
 
 /// The held-out set's seed: never the training seed.
 pub fn heldout_seed(seed: u64) -> u64 {
-    seed ^ 0x5EED_0F_7E57
+    seed ^ 0x5E_ED0F_7E57
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {

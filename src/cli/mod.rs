@@ -27,6 +27,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One parsed command per process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Make a synthetic CT-like dataset with disagreeing annotators (npz).

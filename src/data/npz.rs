@@ -86,7 +86,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<NpyHeader> {
         bail!("truncated .npy header");
     }
     let text = std::str::from_utf8(&bytes[start..end]).context("non-UTF-8 .npy header")?;
-    let descr = dict_value(text, "descr").and_then(|v| quoted(v)).ok_or_else(|| anyhow!("npy header has no 'descr': {text}"))?;
+    let descr = dict_value(text, "descr").and_then(quoted).ok_or_else(|| anyhow!("npy header has no 'descr': {text}"))?;
     let fortran_order = dict_value(text, "fortran_order").map(|v| v.trim_start().starts_with("True")).unwrap_or(false);
     let shape_src = dict_value(text, "shape").ok_or_else(|| anyhow!("npy header has no 'shape'"))?;
     let open = shape_src.find('(').ok_or_else(|| anyhow!("bad shape in npy header"))?;

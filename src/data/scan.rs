@@ -248,7 +248,8 @@ fn check_nifti_size(path: &Path) -> Result<()> {
     let h = NiftiHeader::from_file(path).map_err(|e| bad(e.to_string()))?;
     let dims = h.dim().map_err(|e| bad(e.to_string()))?;
     let voxels = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).ok_or_else(|| bad("absurd dimensions".into()))?;
-    if !(h.bitpix > 0 && h.bitpix % 8 == 0) || !(h.vox_offset.is_finite() && h.vox_offset >= 0.0) {
+    let (bits_ok, offset_ok) = (h.bitpix > 0 && h.bitpix % 8 == 0, h.vox_offset.is_finite() && h.vox_offset >= 0.0);
+    if !bits_ok || !offset_ok {
         return Err(bad(format!("bitpix {} / vox_offset {} are invalid", h.bitpix, h.vox_offset)));
     }
     let need = voxels.saturating_mul(h.bitpix as u64 / 8).saturating_add(h.vox_offset as u64);

@@ -47,7 +47,7 @@ pub fn evaluate_run(req: &EvalRequest) -> Result<Report> {
     s.check_data(&cfg, &ds, &a.data)?;
     cfg.model.check_size(ds.height(), ds.width())?;
     let m = ds.annotators();
-    if s.n % m != 0 {
+    if !s.n.is_multiple_of(m) {
         bail!("--n {} must be a multiple of the {m} annotators in {} for Hungarian-matched IoU", s.n, a.data.display());
     }
     let pb = crate::train::progress_bar(ds.len() as u64, false, "eval");

@@ -102,7 +102,7 @@ impl Generator {
 
     /// H and W must be multiples of 4 so the two stride-2 steps round-trip exactly.
     pub fn check_size(h: usize, w: usize) -> Result<()> {
-        if h % 4 != 0 || w % 4 != 0 || h < 8 || w < 8 {
+        if !h.is_multiple_of(4) || !w.is_multiple_of(4) || h < 8 || w < 8 {
             bail!("the ResNet generator needs H and W to be multiples of 4 (at least 8) to round-trip its two downsamplings; got {h}x{w}");
         }
         Ok(())

@@ -339,6 +339,8 @@ pub fn reflect_pad(x: Tensor<4>, p: usize) -> Tensor<4> {
 /// A norm layer's forward on the kernel, or `x` back when the kernel does not apply (then the
 /// caller runs burn's op). `gamma` and `beta` are the layer's affine parameters, if it has them.
 /// `relu`: a ReLU after the norm, fused.
+// The Err hands the input back (a tensor handle, moved, never copied).
+#[allow(clippy::result_large_err)]
 fn norm(
     x: Tensor<4>,
     (gamma, beta): (Option<Tensor<1>>, Option<Tensor<1>>),

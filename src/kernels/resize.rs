@@ -141,6 +141,8 @@ impl<B: CpuResize, C: CheckpointStrategy> CpuResize for Autodiff<B, C> {
 
 /// Bilinear x2 upsampling on the kernel, or `x` back where it does not apply (another device
 /// or dtype); the caller then composes it from burn's ops.
+// The Err hands the input back (a tensor handle, moved, never copied).
+#[allow(clippy::result_large_err)]
 pub fn upsample2x_on_kernel(x: Tensor<4>) -> Result<Tensor<4>, Tensor<4>> {
     let [n, c, h, w] = x.dims();
     if n * c * h * w == 0 || !on_kernels(&x.device(), x.dtype()) {

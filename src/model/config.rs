@@ -208,7 +208,7 @@ impl ModelConfig {
                 );
             }
             let c = self.filters[l + 1];
-            if self.transformer_heads == 0 || c % self.transformer_heads != 0 {
+            if self.transformer_heads == 0 || !c.is_multiple_of(self.transformer_heads) {
                 bail!("model.transformer_heads ({}) must divide the {c} channels at decoder level {l}", self.transformer_heads);
             }
         }
@@ -249,7 +249,7 @@ impl ModelConfig {
     /// Checks an input size against the depth, with an error a user can act on.
     pub fn check_size(&self, h: usize, w: usize) -> Result<()> {
         let m = self.size_multiple();
-        if h % m != 0 || w % m != 0 || h == 0 || w == 0 {
+        if !h.is_multiple_of(m) || !w.is_multiple_of(m) || h == 0 || w == 0 {
             bail!(
                 "image size {h}x{w} is not divisible by 2^(depth-1) = {m} for a model of depth {}; \
                  crop or pad the images to a multiple of {m}",
@@ -261,5 +261,5 @@ impl ModelConfig {
 }
 
 pub fn group_count(channels: usize) -> usize {
-    (1..=8).rev().find(|g| channels % g == 0).unwrap_or(1)
+    (1..=8).rev().find(|g| channels.is_multiple_of(*g)).unwrap_or(1)
 }

@@ -10,6 +10,8 @@ use super::gaussian::Gaussian;
 use super::hpunet::{HEncoded, HPUNet};
 use super::prob_unet::ProbUNet;
 
+// One model per run (the HPU-Net's variant is larger): boxing would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Segmenter {
     PUNet(ProbUNet),
@@ -24,6 +26,7 @@ pub struct TrainOut {
 }
 
 /// A batch's features computed once for any number of samples.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Encoded {
     PUNet { features: Tensor<4>, prior: Gaussian },

@@ -69,7 +69,7 @@ impl TransformerBlock {
 /// A window side for a map side `n`: a divisor of n, 8 to 16 if there is one, else the
 /// largest below 8 (the maps' sides are multiples of powers of two), else n itself.
 pub fn window_side(n: usize) -> usize {
-    (8..=16).chain((2..8).rev()).find(|d| n % d == 0).unwrap_or(n)
+    (8..=16).chain((2..8).rev()).find(|d| n.is_multiple_of(*d)).unwrap_or(n)
 }
 
 /// Cyclic shift by `k` (0..n) along `dim`: element i moves to (i + k) mod n.

@@ -137,7 +137,10 @@ impl TrainConfig {
         {
             bail!("train.topk must be a share of pixels in (0, 1], got {k}");
         }
-        if !(self.geco_kappa.is_finite() && self.geco_kappa >= 0.0) || !(self.geco_rate.is_finite() && self.geco_rate > 0.0) {
+        // Written so that NaN fails both.
+        let kappa_ok = self.geco_kappa.is_finite() && self.geco_kappa >= 0.0;
+        let rate_ok = self.geco_rate.is_finite() && self.geco_rate > 0.0;
+        if !kappa_ok || !rate_ok {
             bail!("train.geco_kappa must be >= 0 and train.geco_rate > 0");
         }
         Ok(())

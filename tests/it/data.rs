@@ -17,7 +17,7 @@ fn write(path: &Path, entries: &[(&str, NpzEntry<'_>)]) {
 }
 
 fn err_text(path: &Path) -> String {
-    format!("{:#}", Dataset::load(path).err().expect("load must fail"))
+    format!("{:#}", Dataset::load(path).expect_err("load must fail"))
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn parses_numpy_written_headers() {
     // Header exactly as numpy 1.x writes `np.array(['ab', 'c'])`.
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     let mut dict = "{'descr': '<U2', 'fortran_order': False, 'shape': (2,), }".to_string();
-    while (10 + dict.len() + 1) % 64 != 0 {
+    while !(10 + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
@@ -252,7 +252,6 @@ fn patches_are_crops_of_the_image_and_can_be_placed_over_lesions() {
     }
     assert!(misses > 0);
     let err = training_patches(&ds, &idx, AnnotatorChoice::Random, false, Some(PatchSampling { size: 64, foreground: 0.5 }), &mut rng, &d)
-        .err()
-        .expect("a patch larger than the crop must fail");
+        .expect_err("a patch larger than the crop must fail");
     assert!(format!("{err:#}").contains("larger than the 32x32"));
 }

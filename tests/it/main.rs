@@ -1,3 +1,5 @@
+// References written as the formulas they check index by position.
+#![allow(clippy::needless_range_loop)]
 //! apunet's integration tests, as one test binary: linking burn (and wgpu) once instead of
 //! once per file keeps CI's build short. Tests that seed burn's RNG hold `common::rng_lock()`.
 

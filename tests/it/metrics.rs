@@ -76,7 +76,7 @@ fn hungarian_iou_hand_computed_cases() {
     assert_eq!(hungarian_iou(&[e.clone(), e.clone()], &[e.clone(), a.clone()]).unwrap(), 0.5);
     // N = 4M with M = 1: four samples all matched to the one label.
     let half = bm(&[1, 0, 0, 0]);
-    let v = hungarian_iou(&[a.clone(), half.clone(), a.clone(), e.clone()], &[a.clone()]).unwrap();
+    let v = hungarian_iou(&[a.clone(), half.clone(), a.clone(), e.clone()], std::slice::from_ref(&a)).unwrap();
     assert!((v - (1.0 + 0.5 + 1.0 + 0.0) / 4.0).abs() < 1e-12);
     // N = 4M with M = 2: each label is used exactly twice, so one a-sample must take label b.
     let v = hungarian_iou(&[a.clone(), a.clone(), a.clone(), b.clone()], &[a.clone(), b.clone()]).unwrap();

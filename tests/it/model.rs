@@ -192,7 +192,7 @@ fn checkpoint_round_trip_gives_identical_outputs() {
     assert_ne!(a, before, "the fresh model should differ before loading");
     // A checkpoint for another architecture is refused with a message, not a panic.
     let other = ProbUNet::new(&ModelConfig { filters: vec![8, 32], ..tiny_config() }, &d);
-    let err = load_model(other, &path).err().expect("mismatched checkpoint must fail");
+    let err = load_model(other, &path).expect_err("mismatched checkpoint must fail");
     assert!(format!("{err:#}").contains("m.bpk"), "{err:#}");
 }
 

@@ -44,15 +44,17 @@ fn nifti_round_trip_keeps_values_and_geometry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vol.nii.gz");
     let (w, h, d) = (6, 4, 3);
-    let mut header = nifti::NiftiHeader::default();
-    header.pixdim = [1.0, 0.7, 0.8, 2.5, 1.0, 1.0, 1.0, 1.0];
-    header.srow_x = [-0.7, 0.0, 0.0, 10.0];
-    header.srow_y = [0.0, -0.8, 0.0, 20.0];
-    header.srow_z = [0.0, 0.0, 2.5, -30.0];
-    header.sform_code = 1;
+    let header = nifti::NiftiHeader {
+        pixdim: [1.0, 0.7, 0.8, 2.5, 1.0, 1.0, 1.0, 1.0],
+        srow_x: [-0.7, 0.0, 0.0, 10.0],
+        srow_y: [0.0, -0.8, 0.0, 20.0],
+        srow_z: [0.0, 0.0, 2.5, -30.0],
+        sform_code: 1,
+        ..Default::default()
+    };
     let hu: Vec<Vec<f32>> = (0..d).map(|z| (0..h * w).map(|q| -1000.0 + (z * 100 + q) as f32).collect()).collect();
     let out_header = scan::output_header(&Geometry::Nifti(Box::new(header.clone())), w, h, d, 1);
-    scan::write_nifti(&path, &out_header, &[hu.clone()], h, w).unwrap();
+    scan::write_nifti(&path, &out_header, std::slice::from_ref(&hu), h, w).unwrap();
     let s = read_scan(&path).unwrap();
     assert_eq!(s.slices.len(), d);
     assert_eq!(s.slices[0].units, scan::Units::Hu);
