@@ -7,8 +7,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use apunet::gan::train::GanState;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 const EPOCHS: usize = 10;
 
@@ -151,9 +149,7 @@ fn gan_train_survives_20_kills_and_resumes_bit_for_bit() {
     let killed = dir.path().join("killed");
     let resume: Vec<String> =
         ["gan", "train", "--resume", "--out", killed.to_str().unwrap(), "--quiet"].iter().map(|s| s.to_string()).collect();
-    let mut rng = StdRng::seed_from_u64(28);
-    let mut span = started.elapsed().max(Duration::from_millis(300));
-    let (mut kills, mut mid_run, mut last_epoch) = (0, 0, 0);
+    let span = started.elapsed().max(Duration::from_millis(300));
     let check = |run: &Path| -> usize {
         let s = state(run);
         assert_eq!(s.cycle[..], whole.cycle[..s.epoch], "cycle losses up to epoch {}", s.epoch);
@@ -161,40 +157,12 @@ fn gan_train_survives_20_kills_and_resumes_bit_for_bit() {
         assert_eq!(s.discriminator[..], whole.discriminator[..s.epoch]);
         s.epoch
     };
-    while kills < 20 {
-        let args = if killed.join("checkpoints/state.json").exists() { resume.clone() } else { new(&killed) };
-        let mut child = bin(&args.iter().map(String::as_str).collect::<Vec<_>>()).stdout(Stdio::null()).spawn().unwrap();
-        let t0 = Instant::now();
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..span.as_millis() as u64 * 2)));
-        let finished = child.try_wait().unwrap().is_some();
-        if !finished {
-            child.kill().unwrap();
-            kills += 1;
-            mid_run += usize::from(last_epoch > 0);
-        }
-        let out = child.wait_with_output().unwrap();
-        if finished {
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        }
-        let before = last_epoch;
-        if killed.join("checkpoints/state.json").exists() {
-            last_epoch = check(&killed);
-            assert!(last_epoch >= before, "a resume went back from epoch {before} to {last_epoch}");
-        }
-        // Shorter after a run that finished, longer after a kill before any epoch was saved.
-        if finished {
-            span = span * 2 / 3;
-        } else {
-            if last_epoch == before {
-                span = span * 3 / 2;
-            }
-            span = span.max(t0.elapsed() / 2);
-        }
-        if last_epoch == EPOCHS {
-            std::fs::remove_dir_all(&killed).unwrap();
-            last_epoch = 0;
-        }
-    }
+    let spawn = |resume_it: bool| {
+        let args = if resume_it { resume.clone() } else { new(&killed) };
+        bin(&args.iter().map(String::as_str).collect::<Vec<_>>()).stdout(Stdio::null()).spawn().unwrap()
+    };
+    let done = crate::common::kill_repeatedly(&killed, (20, EPOCHS, 28), span, spawn, || check(&killed));
+    let (kills, mid_run) = (done.kills, done.mid_run);
     let args = if killed.join("checkpoints/state.json").exists() { resume.clone() } else { new(&killed) };
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(check(&killed), EPOCHS);

@@ -5,8 +5,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apunet::train::{self, RunConfig, read_metrics};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 const EPOCHS: usize = 12;
 
@@ -65,57 +63,16 @@ fn train_survives_20_kills_at_random_moments() {
         "0.25",
     ];
     let resume = ["--resume", run.to_str().unwrap()];
-    let mut rng = StdRng::seed_from_u64(20);
     // How long one uninterrupted epoch takes here, to spread the kills over the run.
     let started = Instant::now();
     let mut first = train_cmd(&fresh).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     first.kill().unwrap();
     first.wait().unwrap();
-    let mut kills = 1;
-    let mut last_epoch = 0;
-    // Kills that landed after some epochs were saved: those must resume mid-run.
-    let mut mid_run = 0;
-    let mut span = started.elapsed().max(Duration::from_millis(500));
-    while kills < 20 {
-        let args: &[&str] = if run.join("checkpoints/state.json").exists() { &resume } else { &fresh };
-        let mut child = train_cmd(args).spawn().unwrap();
-        let t0 = Instant::now();
-        let wait = rng.gen_range(0..span.as_millis() as u64 * 2);
-        std::thread::sleep(Duration::from_millis(wait));
-        let finished = child.try_wait().unwrap().is_some();
-        if !finished {
-            child.kill().unwrap();
-            kills += 1;
-            mid_run += usize::from(last_epoch > 0);
-        }
-        let out = child.wait_with_output().unwrap();
-        if finished {
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        }
-        let before = last_epoch;
-        if run.join("checkpoints/state.json").exists() {
-            let epoch = check_run_dir(&run);
-            assert!(epoch >= last_epoch, "a resume went back from epoch {last_epoch} to {epoch}");
-            last_epoch = epoch;
-        }
-        // The next wait: shorter after a run that ended before its kill (a release build runs
-        // all epochs in under a second), longer after a kill before any epoch was saved
-        // (start-up is slow while other tests run), so that kills also land mid-run.
-        if finished {
-            span = span * 2 / 3;
-        } else {
-            if last_epoch == before {
-                span = span * 3 / 2;
-            }
-            span = span.max(t0.elapsed() / 2);
-        }
-        if last_epoch == EPOCHS {
-            // Finished before all kills landed: start over in a new run to keep killing.
-            std::fs::remove_dir_all(&run).unwrap();
-            last_epoch = 0;
-        }
-    }
+    let span = started.elapsed().max(Duration::from_millis(500));
+    let spawn = |resume_it: bool| train_cmd(if resume_it { &resume } else { &fresh }).spawn().unwrap();
+    let done = crate::common::kill_repeatedly(&run, (19, EPOCHS, 20), span, spawn, || check_run_dir(&run));
+    let (kills, mid_run) = (done.kills + 1, done.mid_run);
     let out = train_cmd(if run.join("checkpoints/state.json").exists() { &resume } else { &fresh }).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(check_run_dir(&run), EPOCHS);
