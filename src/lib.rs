@@ -1,6 +1,5 @@
 //! apunet: ambiguous medical image segmentation with a Probabilistic Attention U-Net.
 
-pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;
@@ -8,9 +7,11 @@ pub mod eval;
 pub mod fsio;
 pub mod gan;
 pub mod inference;
+pub mod jobs;
 pub mod kernels;
 pub mod model;
 pub mod predict;
+pub mod progress;
 pub mod train;
 
 /// `println!` that never panics on a closed pipe (`apunet eval ... | head`): the command still

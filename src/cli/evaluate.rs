@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::eval::report::Report;
-use crate::eval::run::{EvalRequest, evaluate_run, plot_run, score_files};
+use crate::jobs::evaluate::{EvalRequest, evaluate_run, plot_run, score_files};
 
 use super::SamplingArgs;
 

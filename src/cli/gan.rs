@@ -17,7 +17,7 @@ pub enum GanCommand {
     Generate(GanGenerateArgs),
     /// Time CycleGAN training iterations (both generators and discriminators, batch 1) as JSON;
     /// compare with `bench/torch_cyclegan.py` on the same machine.
-    Bench(crate::bench::GanBenchSettings),
+    Bench(crate::jobs::bench::GanBenchSettings),
 }
 
 /// Flags left out take their value from the run on --resume, else the defaults shown.
@@ -97,7 +97,7 @@ pub fn run(cmd: GanCommand) -> Result<()> {
     match cmd {
         GanCommand::Train(a) => train_cmd(a),
         GanCommand::Generate(a) => generate_cmd(a),
-        GanCommand::Bench(a) => super::print_json(&crate::bench::gan_bench(&a)?),
+        GanCommand::Bench(a) => super::print_json(&crate::jobs::bench::gan_bench(&a)?),
     }
 }
 

@@ -14,10 +14,9 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::data::synth::{self, SynthConfig};
-use crate::inference;
 use crate::train::RunConfig;
 
-pub use crate::inference::RunSampling as SamplingArgs;
+pub use crate::jobs::sample::RunSampling as SamplingArgs;
 pub use train::{TrainArgs, apply_overrides};
 
 #[derive(Parser, Debug)]
@@ -55,7 +54,7 @@ pub enum Command {
     /// Synthetic data, brief training, sampling and figures in one go.
     Demo(demo::DemoArgs),
     /// Training and sampling throughput as JSON.
-    Bench(crate::bench::BenchSettings),
+    Bench(crate::jobs::bench::BenchSettings),
     /// The review page (one HTML file) for a folder `eval` wrote: every case's CT, expert
     /// contours, samples as a flip-book, uncertainty, sortable by GED and more.
     Review(review::ReviewArgs),
@@ -187,7 +186,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Predict(a) => predict::predict_cmd(a),
         Command::Gan(c) => gan::run(c),
         Command::Demo(a) => demo::run(a),
-        Command::Bench(a) => print_json(&crate::bench::bench(&a)?),
+        Command::Bench(a) => print_json(&crate::jobs::bench::bench(&a)?),
         Command::Review(a) => review::review_cmd(a),
     }
 }
@@ -212,7 +211,7 @@ fn split_cmd(a: SplitArgs) -> Result<()> {
 }
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
-    let done = inference::sample_to_file(&a.sampling, &a.data, &a.out, a.figure_images)?;
+    let done = crate::jobs::sample::sample_to_file(&a.sampling, &a.data, &a.out, a.figure_images)?;
     crate::say!(
         "wrote {} (samples [{}, {}, {}, {}]) and {}",
         a.out.display(),

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::data::intensity::Window;
 use crate::data::preprocess::{self, Units};
-use crate::predict::files::{PredictRequest, predict_files};
+use crate::jobs::predict::{PredictRequest, predict_files};
 
 use super::SamplingArgs;
 

@@ -264,29 +264,8 @@ fn devices_run(a: &TrainArgs, names: &[String]) -> Result<()> {
         bail!("--devices takes two or more devices (for one, use --device)");
     }
     let devices = names.iter().map(|n| parse_device(n)).collect::<Result<Vec<_>>>()?;
-    let ranks = train::threads::group(devices.len(), std::time::Duration::from_secs(a.dist_timeout.max(1)));
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .iter()
-            .zip(devices)
-            .map(|(rank, device)| {
-                s.spawn(move || {
-                    let res = run(a, rank, device);
-                    if let Err(e) = &res {
-                        rank.fail(&format!("{e:#}"));
-                    }
-                    res
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a device's thread panicked")))).collect()
-    });
-    // The first rank's own error, rather than another rank's report of it.
-    let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
-    match errors.iter().position(|e| !format!("{e:#}").contains(" failed: ")) {
-        Some(i) => Err(errors.swap_remove(i)),
-        None => errors.into_iter().next().map_or(Ok(()), Err),
-    }
+    let timeout = std::time::Duration::from_secs(a.dist_timeout.max(1));
+    train::threads::run_ranks(devices, timeout, |rank, device| run(a, rank, device))
 }
 
 #[cfg(feature = "mpi")]

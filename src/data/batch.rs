@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Dataset;
 use super::augment::Symmetry;
-use crate::eval::metrics;
+use super::masks;
 
 /// Which annotation a training step learns from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +127,7 @@ pub fn training_patches<R: Rng>(
         let m = m.as_standard_layout();
         let labels: Vec<&[u8]> = m.as_slice().expect("standard layout").chunks(hw).collect();
         let chosen = match choice {
-            AnnotatorChoice::Majority => metrics::majority(&labels),
+            AnnotatorChoice::Majority => masks::majority(&labels),
             AnnotatorChoice::Fixed(k) => labels[k].to_vec(),
             AnnotatorChoice::Random => labels[rng.gen_range(0..a)].to_vec(),
         };
@@ -145,7 +145,7 @@ pub fn training_patches<R: Rng>(
         let mut origin = (rng.gen_range(0..=h - ph), rng.gen_range(0..=w - pw));
         if rng.gen_bool(p.foreground.clamp(0.0, 1.0)) {
             // Any annotator's lesion: the share of annotators marking a pixel, above zero.
-            sym.apply(&metrics::frequency(&labels), h, w, &mut union_full);
+            sym.apply(&masks::frequency(&labels), h, w, &mut union_full);
             let lesion: Vec<usize> = (0..hw).filter(|&j| union_full[j] > 0.0).collect();
             if !lesion.is_empty() {
                 let j = lesion[rng.gen_range(0..lesion.len())];

@@ -8,6 +8,7 @@ pub mod dicom;
 pub mod dicom_guard;
 pub mod import;
 pub mod intensity;
+pub mod masks;
 pub mod npz;
 pub mod preprocess;
 pub mod scan;

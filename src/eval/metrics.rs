@@ -1,6 +1,7 @@
 //! Metrics over binary masks with the field's definitions (PHiSeg / MoSE on LIDC), as pure
 //! functions. Masks are bit-packed so the pairwise IoUs that GED needs cost a few popcounts.
 
+pub use crate::data::masks::{frequency, majority};
 use anyhow::{Result, bail};
 use pathfinding::prelude::{Matrix, kuhn_munkres};
 
@@ -101,25 +102,6 @@ pub fn diversity(masks: &[BitMask]) -> f64 {
         }
     }
     mean(&d)
-}
-
-/// Pixel-wise majority of the labels (ties count as lesion, as in training).
-pub fn majority(labels: &[&[u8]]) -> Vec<u8> {
-    let m = labels.len() as u32;
-    let len = labels.first().map_or(0, |l| l.len());
-    (0..len)
-        .map(|p| {
-            let votes: u32 = labels.iter().map(|l| (l[p] != 0) as u32).sum();
-            (votes > 0 && 2 * votes >= m) as u8
-        })
-        .collect()
-}
-
-/// Per-pixel frequency of value 1 over masks, in [0,1].
-pub fn frequency(masks: &[&[u8]]) -> Vec<f32> {
-    let len = masks.first().map_or(0, |l| l.len());
-    let n = masks.len().max(1) as f32;
-    (0..len).map(|p| masks.iter().map(|m| (m[p] != 0) as u32).sum::<u32>() as f32 / n).collect()
 }
 
 /// Per-pixel variance of a Bernoulli with mean p: p(1-p).

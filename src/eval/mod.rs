@@ -6,4 +6,3 @@ pub mod plots;
 pub mod publish;
 pub mod report;
 pub mod review;
-pub mod run;

@@ -9,7 +9,6 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::fsio;
-use crate::train::EpochMetrics;
 
 const FONT: &str = "sans-serif";
 
@@ -36,29 +35,30 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing chart: {e:?}")
 }
 
-/// Four panels: loss, reconstruction, KL (train and validation) and validation GED per epoch.
-pub fn training_curves(history: &[EpochMetrics], path: &Path) -> Result<()> {
+/// One chart of a figure: a title and named series of (x, y) points.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    pub title: String,
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Up to four panels in a 2x2 figure, x counted in epochs (a run's curves:
+/// `train::history::curve_panels`). Non-finite points are left out.
+pub fn training_curves(panels: &[Panel], path: &Path) -> Result<()> {
     register_font();
-    if history.is_empty() {
+    let x_max = panels.iter().flat_map(|p| p.series.iter().flat_map(|(_, pts)| pts.iter().map(|q| q.0))).fold(1.0f64, f64::max) + 0.5;
+    if panels.iter().all(|p| p.series.iter().all(|(_, pts)| pts.is_empty())) {
         anyhow::bail!("no epochs in metrics.csv yet");
     }
     fsio::write_atomic_with(path, |tmp| {
         let root = BitMapBackend::new(tmp, (1200, 800)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let panels = root.split_evenly((2, 2));
-        let x_max = history.last().map_or(1.0, |m| m.epoch as f64).max(1.0) + 0.5;
-        type Series = (&'static str, fn(&EpochMetrics) -> f64);
-        let specs: [(&str, Vec<Series>); 4] = [
-            ("loss", vec![("train", |m| m.loss), ("validation", |m| m.val_loss)]),
-            ("reconstruction", vec![("train", |m| m.reconstruction), ("validation", |m| m.val_reconstruction)]),
-            ("KL", vec![("train", |m| m.kl), ("validation", |m| m.val_kl)]),
-            ("validation GED", vec![("GED (16 samples)", |m| m.val_ged)]),
-        ];
-        for (area, (title, series)) in panels.iter().zip(specs.iter()) {
-            let all = series.iter().flat_map(|(_, f)| history.iter().map(f));
+        let areas = root.split_evenly((2, 2));
+        for (area, panel) in areas.iter().zip(panels) {
+            let all = panel.series.iter().flat_map(|(_, pts)| pts.iter().map(|q| q.1));
             let (lo, hi) = range(all.collect::<Vec<_>>().into_iter());
             let mut chart = ChartBuilder::on(area)
-                .caption(*title, (FONT, 22))
+                .caption(&panel.title, (FONT, 22))
                 .margin(12)
                 .x_label_area_size(36)
                 .y_label_area_size(64)
@@ -72,13 +72,13 @@ pub fn training_curves(history: &[EpochMetrics], path: &Path) -> Result<()> {
                 .axis_desc_style((FONT, 15))
                 .draw()
                 .map_err(err)?;
-            for (k, (name, f)) in series.iter().enumerate() {
+            for (k, (name, pts)) in panel.series.iter().enumerate() {
                 let color = Palette99::pick(k).to_rgba();
-                let pts: Vec<(f64, f64)> = history.iter().map(|m| (m.epoch as f64, f(m))).filter(|(_, v)| v.is_finite()).collect();
+                let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|(_, v)| v.is_finite()).collect();
                 chart
                     .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                     .map_err(err)?
-                    .label(*name)
+                    .label(name.as_str())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
                 chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(err)?;
             }

@@ -177,7 +177,7 @@ fn train_epoch(
     let mut ib: Vec<usize> = (0..b.images.len()).collect();
     ia.shuffle(&mut rng);
     ib.shuffle(&mut rng);
-    let pb = crate::train::progress_bar(steps as u64, quiet, &format!("gan epoch {epoch}/{}", cfg.epochs));
+    let pb = crate::progress::bar(steps as u64, quiet, &format!("gan epoch {epoch}/{}", cfg.epochs));
     let (mut sum_cyc, mut sum_g, mut sum_d) = (0f64, 0f64, 0f64);
     for s in 0..steps {
         let ra = tensor(&a.images[ia[s % ia.len()]], h, w, device);

@@ -32,8 +32,6 @@ use burn::tensor::activation::relu;
 
 use rayon::prelude::*;
 
-use crate::model::to_host;
-
 pub use conv::ConvGeom;
 pub use norm::NormGeom;
 
@@ -437,4 +435,13 @@ pub fn fcomb_tail(feat: &Tensor<4>, per_sample: &Tensor<2>, hidden: &[Conv2d], o
     let (feat_host, ps) = (to_host(feat.clone()).ok()?, to_host(per_sample.clone()).ok()?);
     let logits = head::fcomb_tail(&feat_host, (b, c, h * w), &ps, bn / b, &layers, (&out_w, out_b[0]));
     Some(Tensor::from_data(TensorData::new(logits, [bn, 1, h, w]), &feat.device()))
+}
+
+/// A tensor's values on the host, as f32 (re-exported as `model::to_host`; it lives here, at the
+/// bottom of the stack, so that the kernels need nothing from the models that call them).
+pub fn to_host<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
+    t.try_into_data()
+        .map_err(|e| anyhow::anyhow!("the device failed to compute or return a result: {e:?}"))?
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading tensor back from the device: {e:?}"))
 }

@@ -13,6 +13,7 @@ pub mod segmenter;
 pub mod transformer;
 pub mod unet;
 
+pub use crate::kernels::to_host;
 pub use config::{ModelConfig, ModelKind, NormKind};
 pub use hpunet::HPUNet;
 pub use levels::TransformerLevels;
@@ -62,13 +63,4 @@ fn upsample2x_axis(x: Tensor<4>, dim: usize) -> Tensor<4> {
     dims[dim] *= 2;
     // Stacking on a new axis after `dim` and merging the two interleaves even and odd rows.
     Tensor::stack::<5>(vec![even, odd], dim + 1).reshape(dims)
-}
-
-/// Copies a float tensor to the host; a kernel that failed on the device is an error here, not
-/// a panic.
-pub fn to_host<const D: usize>(t: Tensor<D>) -> anyhow::Result<Vec<f32>> {
-    t.try_into_data()
-        .map_err(|e| anyhow::anyhow!("the device failed to compute or return a result: {e:?}"))?
-        .try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading tensor back from the device: {e:?}"))
 }

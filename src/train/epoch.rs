@@ -13,7 +13,7 @@ use super::config::TrainConfig;
 use super::distributed::{self, Collective};
 use super::history::EpochMetrics;
 use super::objective::{GecoState, LossKind, Objective};
-use super::{epoch_rng, normal, progress_bar};
+use super::{epoch_rng, normal};
 use crate::data::{Dataset, batch};
 use crate::model::Segmenter;
 
@@ -71,7 +71,7 @@ impl Stepper<'_> {
         let objective = tc.objective(epoch);
         let patch = tc.patch.map(|size| batch::PatchSampling { size, foreground: tc.patch_foreground });
         let total: usize = batches.iter().map(Vec::len).sum();
-        let pb = progress_bar(total as u64, self.quiet, &format!("epoch {epoch}/{}", tc.epochs));
+        let pb = crate::progress::bar(total as u64, self.quiet, &format!("epoch {epoch}/{}", tc.epochs));
         let (mut sum, mut rec, mut kl, mut seen, mut skipped) = (0f64, 0f64, 0f64, 0usize, 0usize);
         let step_start = Instant::now();
         for idx in batches {

@@ -81,3 +81,25 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
     }
     Ok(out)
 }
+
+/// A run's curves as the plot draws them: loss, reconstruction and KL (train and validation)
+/// and validation GED, per epoch.
+pub fn curve_panels(history: &[EpochMetrics]) -> Vec<crate::eval::plots::Panel> {
+    type Series = (&'static str, fn(&EpochMetrics) -> f64);
+    let specs: [(&str, Vec<Series>); 4] = [
+        ("loss", vec![("train", |m| m.loss), ("validation", |m| m.val_loss)]),
+        ("reconstruction", vec![("train", |m| m.reconstruction), ("validation", |m| m.val_reconstruction)]),
+        ("KL", vec![("train", |m| m.kl), ("validation", |m| m.val_kl)]),
+        ("validation GED", vec![("GED (16 samples)", |m| m.val_ged)]),
+    ];
+    specs
+        .into_iter()
+        .map(|(title, series)| crate::eval::plots::Panel {
+            title: title.to_string(),
+            series: series
+                .into_iter()
+                .map(|(name, f)| (name.to_string(), history.iter().map(|m| (m.epoch as f64, f(m))).collect()))
+                .collect(),
+        })
+        .collect()
+}

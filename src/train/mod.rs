@@ -21,7 +21,6 @@ use burn::optim::AdamConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -397,19 +396,6 @@ fn epoch_line(m: &EpochMetrics, no_validation: bool) -> String {
         "epoch {:>3}: loss {:.3} (rec {:.3}, kl {:.3}) | {val} | {:.1} img/s{skipped}",
         m.epoch, m.loss, m.reconstruction, m.kl, m.images_per_s
     )
-}
-
-pub fn progress_bar(len: u64, quiet: bool, prefix: &str) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.set_prefix(prefix.to_string());
-    pb
 }
 
 #[cfg(test)]

@@ -144,6 +144,37 @@ impl Collective for ThreadRank {
     }
 }
 
+/// Runs `f` as one rank per device, each on its own thread, and returns the first rank's own
+/// error (not another rank's report of it), if any rank failed.
+pub fn run_ranks<F>(devices: Vec<burn::prelude::Device>, timeout: Duration, f: F) -> anyhow::Result<()>
+where
+    F: Fn(&ThreadRank, burn::prelude::Device) -> anyhow::Result<()> + Sync,
+{
+    let ranks = group(devices.len(), timeout);
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .iter()
+            .zip(devices)
+            .map(|(rank, device)| {
+                let f = &f;
+                s.spawn(move || {
+                    let res = f(rank, device);
+                    if let Err(e) = &res {
+                        rank.fail(&format!("{e:#}"));
+                    }
+                    res
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a device's thread panicked")))).collect()
+    });
+    let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+    match errors.iter().position(|e| !format!("{e:#}").contains(" failed: ")) {
+        Some(i) => Err(errors.swap_remove(i)),
+        None => errors.into_iter().next().map_or(Ok(()), Err),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

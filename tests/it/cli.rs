@@ -181,7 +181,7 @@ fn a_closed_pipe_is_not_a_panic() {
 fn a_zero_batch_size_is_refused_for_sampling() {
     let e = format!(
         "{:#}",
-        apunet::inference::RunSampling { batch_size: 0, ..apunet::inference::RunSampling::for_run(std::path::Path::new("r")) }
+        apunet::jobs::sample::RunSampling { batch_size: 0, ..apunet::jobs::sample::RunSampling::for_run(std::path::Path::new("r")) }
             .load()
             .unwrap_err()
     );

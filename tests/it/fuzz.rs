@@ -13,7 +13,7 @@ use apunet::data::Dataset;
 use apunet::data::dicom::read_dicom;
 use apunet::data::npz::{self, NpzEntry};
 use apunet::data::scan::{self, Geometry, read_scan};
-use apunet::eval::run::score_files;
+use apunet::jobs::evaluate::score_files;
 use ndarray::{Array3, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -5,11 +5,11 @@ use crate::common;
 
 use apunet::data::npz::{self, NpyArray};
 use apunet::data::synth::{SynthConfig, generate};
-use apunet::eval::run::{EvalRequest, evaluate_run};
-use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
+use apunet::jobs::evaluate::{EvalRequest, evaluate_run};
+use apunet::jobs::predict::{PredictRequest, predict_files};
+use apunet::jobs::sample::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::model::hpunet::{PixelGaussian, nearest2x};
 use apunet::model::{ModelConfig, ModelKind, NormKind, ProbUNet, Segmenter, TransformerLevels, to_host};
-use apunet::predict::files::{PredictRequest, predict_files};
 use apunet::train::checkpoint::{load_segmenter, save_model};
 use apunet::train::objective::{GecoState, LossKind, Objective};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};

@@ -16,6 +16,7 @@ mod hpunet;
 mod import;
 mod kernels;
 mod kill;
+mod layout;
 mod metrics;
 mod mismatch;
 mod model;

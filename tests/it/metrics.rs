@@ -1,7 +1,7 @@
 use apunet::data::npz::{self, NpzEntry};
 use apunet::eval::metrics::{BitMask, dice, ged, ged_squared, hungarian_iou, iou, majority};
 use apunet::eval::report::{check_inputs, evaluate};
-use apunet::eval::run::score_files;
+use apunet::jobs::evaluate::score_files;
 use ndarray::Array4;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

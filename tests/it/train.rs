@@ -2,7 +2,7 @@ use crate::common;
 
 use apunet::data::npz::{self, NpyArray};
 use apunet::data::synth::{SynthConfig, generate};
-use apunet::inference::{RunSampling as SamplingArgs, sample_to_file as sample_to};
+use apunet::jobs::sample::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};
 use burn::prelude::*;
 

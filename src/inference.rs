@@ -12,9 +12,6 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::model::{Segmenter, to_host};
 
-pub mod run;
-pub use run::{RunSampling, SampledFile, sample_to_file};
-
 /// n sampled masks per image and the mean probability map.
 #[derive(Debug, Clone)]
 pub struct Samples {

@@ -9,8 +9,6 @@ use burn::tensor::activation::sigmoid;
 use crate::inference::{Sampling, image_eps};
 use crate::model::{ProbUNet, Segmenter, to_host};
 
-pub mod files;
-
 /// Start offsets of windows of `patch` along an axis of `len` (len >= patch), stepping by
 /// patch * (1 - overlap) and always ending flush with the last pixel.
 pub fn window_starts(len: usize, patch: usize, overlap: f64) -> Vec<usize> {

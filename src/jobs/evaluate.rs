@@ -10,7 +10,8 @@ use crate::data::Dataset;
 use crate::data::npz::{self, NpzEntry};
 use crate::eval::report::{self, Report, read_masks};
 use crate::eval::{figures, metrics, plots, publish};
-use crate::inference::{self, RunSampling};
+use crate::inference;
+use crate::jobs::sample::RunSampling;
 use crate::train;
 
 /// What `eval` is asked to do.
@@ -50,7 +51,7 @@ pub fn evaluate_run(req: &EvalRequest) -> Result<Report> {
     if !s.n.is_multiple_of(m) {
         bail!("--n {} must be a multiple of the {m} annotators in {} for Hungarian-matched IoU", s.n, a.data.display());
     }
-    let pb = crate::train::progress_bar(ds.len() as u64, false, "eval");
+    let pb = crate::progress::bar(ds.len() as u64, false, "eval");
     let samples = inference::sample_images(&model, &ds.images, &s.sampling(&cfg)?, &device, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -128,6 +129,6 @@ pub fn plot_run(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let csv = run.join("metrics.csv");
     let history = train::read_metrics(&csv).with_context(|| format!("reading {}", csv.display()))?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| run.join("curves.png"));
-    plots::training_curves(&history, &out)?;
+    plots::training_curves(&train::history::curve_panels(&history), &out)?;
     Ok(out)
 }

@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use ndarray::{Array3, Array4};
 
-use super::{Prediction, predict_image, window_starts};
 use crate::data::intensity::Window;
 use crate::data::npz::{self, NpzEntry};
 use crate::data::preprocess::{self, Preprocess, Units};
@@ -17,7 +16,8 @@ use crate::data::scan::{self, Scan};
 use crate::eval::publish::{self, ReviewRecord};
 use crate::eval::review::Units as ReviewUnits;
 use crate::eval::{figures, metrics};
-use crate::inference::RunSampling;
+use crate::jobs::sample::RunSampling;
+use crate::predict::{Prediction, predict_image, window_starts};
 
 /// What `predict` is asked to do.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
             .iter()
             .map(|sl| window_starts(sl.height.max(ph), ph, req.overlap).len() * window_starts(sl.width.max(pw), pw, req.overlap).len())
             .sum();
-        let pb = crate::train::progress_bar(total as u64, false, &format!("{name} patches"));
+        let pb = crate::progress::bar(total as u64, false, &format!("{name} patches"));
         let started = Instant::now();
         let mut preds = Vec::with_capacity(scan.slices.len());
         let mut inputs01 = Vec::with_capacity(scan.slices.len());

@@ -8,11 +8,11 @@ use burn::prelude::Device;
 use clap::Args;
 use ndarray::Axis;
 
-use super::{Sampling, sample_images};
 use crate::data::Dataset;
 use crate::data::npz::{self, NpzEntry};
 use crate::device::parse_device;
 use crate::eval::figures;
+use crate::inference::{Sampling, sample_images};
 use crate::model::{ModelKind, Segmenter};
 use crate::train::{RunConfig, Which};
 
@@ -125,7 +125,7 @@ pub fn sample_to_file(s: &RunSampling, data: &Path, out: &Path, figure_images: u
     let ds = Dataset::load(data)?;
     s.check_data(&cfg, &ds, data)?;
     cfg.model.check_size(ds.height(), ds.width())?;
-    let pb = crate::train::progress_bar(ds.len() as u64, false, "sample");
+    let pb = crate::progress::bar(ds.len() as u64, false, "sample");
     let samples = sample_images(&model, &ds.images, &s.sampling(&cfg)?, &device, |k| pb.inc(k as u64))?;
     pb.finish_and_clear();
     let masks = samples.masks.clone().into_dyn();
