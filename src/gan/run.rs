@@ -198,9 +198,10 @@ fn train_epoch(
 /// Refuses a resume that changes anything but the epochs, naming each setting.
 fn check_fixed(saved: &GanTrainConfig, requested: &GanTrainConfig, out: &Path) -> Result<()> {
     let mut saved = saved.clone();
-    // Runs from before the size was recorded take the data's.
+    // Runs from before the size and the preprocessing were recorded take the data's.
     if saved.height == 0 {
         (saved.height, saved.width) = (requested.height, requested.width);
+        saved.preprocess = requested.preprocess.clone();
     }
     let fixed = differences(&saved, requested, &RESUMABLE)?;
     if !fixed.is_empty() {
