@@ -24,7 +24,7 @@ pub struct ImportArgs {
     /// Background crops as a share of all crops, in [0, 1).
     #[arg(long, default_value_t = 0.2)]
     pub background_share: f64,
-    /// lung, mediastinum, file, percentile or WIDTH,LEVEL (CT inputs).
+    /// The window for CT inputs: lung, mediastinum, brain, subdural, stroke, bone, soft-tissue, file, percentile or WIDTH,LEVEL.
     #[arg(long, default_value = "lung")]
     pub window: Window,
     /// Contrast-limited adaptive histogram equalisation after the window (dark, low-contrast scans).

@@ -25,8 +25,8 @@ pub struct PredictArgs {
     /// Patch overlap in [0, 1).
     #[arg(long, default_value_t = 0.5)]
     pub overlap: f64,
-    /// Override the run's window: lung, mediastinum, file, percentile or WIDTH,LEVEL (for scans
-    /// in HU; needed where the run's training data carry no preprocessing record).
+    /// Override the run's window: lung, mediastinum, brain, subdural, stroke, bone, soft-tissue, file, percentile or WIDTH,LEVEL (for
+    /// scans in HU; needed where the run's training data carry no preprocessing record).
     #[arg(long)]
     pub window: Option<Window>,
     /// What a NIfTI's values are: hu or unit (intensities in [0, 1]) [default: read from its

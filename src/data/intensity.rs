@@ -15,6 +15,16 @@ pub enum Window {
     Lung,
     /// Width 350, level 50.
     Mediastinum,
+    /// Head CT: width 80, level 40.
+    Brain,
+    /// Head CT, blood against the skull: width 200, level 80.
+    Subdural,
+    /// Head CT, early ischaemia: width 40, level 40.
+    Stroke,
+    /// Width 2800, level 600.
+    Bone,
+    /// Width 400, level 40.
+    SoftTissue,
     /// The file's WindowCenter / WindowWidth (lung when the file has none).
     File,
     /// Explicit width and level.
@@ -23,15 +33,28 @@ pub enum Window {
     Percentile,
 }
 
+/// The named windows: name, width, level (HU). Parsing, printing, resolving and the review
+/// page's presets all read this one table.
+pub const PRESETS: [(Window, &str, f64, f64); 7] = [
+    (Window::Lung, "lung", 1500.0, -600.0),
+    (Window::Mediastinum, "mediastinum", 350.0, 50.0),
+    (Window::Brain, "brain", 80.0, 40.0),
+    (Window::Subdural, "subdural", 200.0, 80.0),
+    (Window::Stroke, "stroke", 40.0, 40.0),
+    (Window::Bone, "bone", 2800.0, 600.0),
+    (Window::SoftTissue, "soft-tissue", 400.0, 40.0),
+];
+
 impl Window {
     /// (width, level) for a slice whose own window is `file`.
     pub fn resolve(&self, file: Option<(f64, f64)>) -> Option<(f64, f64)> {
+        if let Some(&(_, _, width, level)) = PRESETS.iter().find(|p| p.0 == *self) {
+            return Some((width, level));
+        }
         match *self {
-            Window::Lung => Some((1500.0, -600.0)),
-            Window::Mediastinum => Some((350.0, 50.0)),
             Window::File => Some(file.map(|(c, w)| (w, c)).unwrap_or((1500.0, -600.0))),
             Window::Explicit { width, level } => Some((width, level)),
-            Window::Percentile => None,
+            _ => None,
         }
     }
 
@@ -47,9 +70,11 @@ impl Window {
 impl FromStr for Window {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "lung" => Ok(Self::Lung),
-            "mediastinum" => Ok(Self::Mediastinum),
+        let word = s.trim().to_ascii_lowercase().replace('_', "-");
+        if let Some(p) = PRESETS.iter().find(|p| p.1 == word || (word == "softtissue" && p.0 == Window::SoftTissue)) {
+            return Ok(p.0);
+        }
+        match word.as_str() {
             "file" => Ok(Self::File),
             "percentile" => Ok(Self::Percentile),
             other => {
@@ -60,7 +85,10 @@ impl FromStr for Window {
                 };
                 match parsed {
                     Some((width, level)) if width > 0.0 => Ok(Self::Explicit { width, level }),
-                    _ => bail!("window must be lung, mediastinum, file, percentile or WIDTH,LEVEL (width > 0), got '{s}'"),
+                    _ => {
+                        let names: Vec<&str> = PRESETS.iter().map(|p| p.1).collect();
+                        bail!("window must be {}, file, percentile or WIDTH,LEVEL (width > 0), got '{s}'", names.join(", "))
+                    }
                 }
             }
         }
@@ -83,11 +111,10 @@ impl From<Window> for String {
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Lung => write!(f, "lung"),
-            Self::Mediastinum => write!(f, "mediastinum"),
             Self::File => write!(f, "file"),
             Self::Percentile => write!(f, "percentile"),
             Self::Explicit { width, level } => write!(f, "{width},{level}"),
+            preset => f.write_str(PRESETS.iter().find(|p| p.0 == *preset).map_or("?", |p| p.1)),
         }
     }
 }
@@ -124,7 +151,13 @@ mod tests {
         assert_eq!(Window::File.resolve(Some((40.0, 100.0))), Some((100.0, 40.0)));
         assert_eq!("400,40".parse::<Window>().unwrap(), Window::Explicit { width: 400.0, level: 40.0 });
         assert!("0,40".parse::<Window>().is_err());
-        assert!("bone".parse::<Window>().is_err());
+        assert!("most".parse::<Window>().is_err());
+        for (w, name, width, level) in PRESETS {
+            assert_eq!(name.parse::<Window>().unwrap(), w);
+            assert_eq!(w.to_string(), name);
+            assert_eq!(w.resolve(None), Some((width, level)));
+        }
+        assert_eq!("Soft_Tissue".parse::<Window>().unwrap(), Window::SoftTissue);
         let p = percentile_normalize(&(0..1000).map(|v| v as f32).collect::<Vec<_>>(), 0.5, 99.5);
         assert_eq!(p[0], 0.0);
         assert_eq!(p[999], 1.0);

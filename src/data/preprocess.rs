@@ -89,13 +89,13 @@ pub fn for_scan(run: (&str, Option<&Preprocess>), scan: (&str, Units), window: O
         (Units::Hu, None, Some(p)) if p.window.is_some() => Ok(p.clone()),
         (Units::Hu, None, Some(p)) => bail!(
             "{scan_name} holds {units}, but {run_name} was trained on {}: no window is known for it. \
-             Give --window (lung, mediastinum, file, percentile or WIDTH,LEVEL) to choose one knowingly",
+             Give --window (a preset such as lung or brain, file, percentile or WIDTH,LEVEL) to choose one knowingly",
             describe(Some(p))
         ),
         (Units::Hu, None, None) => bail!(
             "{scan_name} holds {units}, but {run_name}'s training data carry no preprocessing record, so \
-             apunet cannot know which window turned CT into its inputs. Give --window (lung, mediastinum, \
-             file, percentile or WIDTH,LEVEL) to choose one knowingly"
+             apunet cannot know which window turned CT into its inputs. Give --window (a preset such as \
+             lung or brain, file, percentile or WIDTH,LEVEL) to choose one knowingly"
         ),
         (Units::Unit, Some(w), _) => {
             bail!("--window {w} applies to scans in Hounsfield units, but {scan_name} holds {units}")

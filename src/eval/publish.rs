@@ -31,9 +31,7 @@ pub struct ReviewRecord {
 /// (per-file or percentile windows, CLAHE, or data that was never in HU).
 pub fn dataset_units(p: Option<&Preprocess>) -> Units {
     match p {
-        Some(Preprocess { window: Some(w), clahe: false, .. })
-            if matches!(w, Window::Lung | Window::Mediastinum | Window::Explicit { .. }) =>
-        {
+        Some(Preprocess { window: Some(w), clahe: false, .. }) if !matches!(w, Window::File | Window::Percentile) => {
             match w.resolve(None) {
                 Some((width, level)) => Units::Mapped { width, level },
                 None => Units::Intensity,

@@ -163,16 +163,17 @@ fn manifest(input: &ReviewInput<'_>, cases: Vec<Value>, range: (f32, f32)) -> Va
     // "Model unsure": the quarter of cases with the most entropy.
     let unsure = entropies.get(entropies.len() * 3 / 4).copied().unwrap_or(0.0);
     let full = json!({"name": "full range", "width": range.1 - range.0, "level": (range.0 + range.1) / 2.0});
-    let lung = json!({"name": "lung", "width": 1500, "level": -600});
-    let mediastinum = json!({"name": "mediastinum", "width": 350, "level": 50});
+    // Every named window (lung, mediastinum, the head-CT ones, bone, soft tissue), after the
+    // data's or the file's own.
+    let named =
+        || crate::data::intensity::PRESETS.iter().map(|(_, name, width, level)| json!({"name": name, "width": width, "level": level}));
+    let hu = |first: Option<Value>| -> Vec<Value> { first.into_iter().chain(named()).chain([full.clone()]).collect() };
     let (presets, units) = match input.units {
-        Units::Mapped { width, level } => {
-            (vec![json!({"name": "data's window", "width": width, "level": level}), lung, mediastinum, full], "HU")
-        }
+        Units::Mapped { width, level } => (hu(Some(json!({"name": "data's window", "width": width, "level": level}))), "HU"),
         Units::Hounsfield { file_window: Some((width, level)) } => {
-            (vec![json!({"name": "file's window", "width": width, "level": level}), lung, mediastinum, full], "HU")
+            (hu(Some(json!({"name": "file's window", "width": width, "level": level}))), "HU")
         }
-        Units::Hounsfield { file_window: None } => (vec![lung, mediastinum, full], "HU"),
+        Units::Hounsfield { file_window: None } => (hu(None), "HU"),
         Units::Intensity => (vec![full], "intensity (0-1, as the model saw it)"),
     };
     let default = presets[0].clone();

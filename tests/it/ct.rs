@@ -196,3 +196,30 @@ fn a_series_folder_with_slices_of_another_size_is_an_error_naming_them() {
     let e = format!("{:#}", read_series(dir.path()).unwrap_err());
     assert!(e.contains(": 1 is ") && e.contains("but 1 is not") && !e.contains("1 are"), "{e}");
 }
+
+#[test]
+fn every_window_preset_maps_real_ct_as_a_plain_formula_does() {
+    use apunet::data::intensity::{PRESETS, Window};
+    let uncr = read_dicom(&ct("693_UNCR.dcm")).unwrap();
+    for (w, name, width, level) in PRESETS {
+        let got = w.apply(&uncr.hu, None);
+        // The reference, written out: level - width/2 -> 0, level + width/2 -> 1, clipped.
+        let low = level - width / 2.0;
+        let mut inside = 0;
+        for (i, (&hu, &v)) in uncr.hu.iter().zip(&got).enumerate() {
+            let want = ((hu as f64 - low) / width).clamp(0.0, 1.0);
+            assert!((v as f64 - want).abs() < 1e-6, "{name} at {i}: {v} against {want}");
+            inside += usize::from(v > 0.0 && v < 1.0);
+        }
+        assert!(inside > 0, "{name} leaves no pixel of a real CT between black and white");
+        assert_eq!(name.parse::<Window>().unwrap(), w, "the flag's word for {name}");
+    }
+    // The names the flags and the review page use are the table's.
+    let mut cmd = apunet::cli::command();
+    for sub in ["predict", "import"] {
+        let help = cmd.find_subcommand_mut(sub).unwrap().render_long_help().to_string();
+        for (_, name, _, _) in PRESETS {
+            assert!(help.contains(name), "{sub} --help does not name the {name} window");
+        }
+    }
+}
