@@ -23,6 +23,11 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.split('.').nth(1).is_some_and(|b| b.contains("-tmp"))
 }
 
+/// The absolute, resolved form of `p` where it exists, else `p` as given.
+pub fn canonical(p: &Path) -> PathBuf {
+    fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// Whether two paths name the same file or directory (the paths themselves where neither exists).
 pub fn same_path(a: &Path, b: &Path) -> bool {
     match (fs::canonicalize(a), fs::canonicalize(b)) {

@@ -89,12 +89,21 @@ pub fn read_scan_as(path: &Path, units: Option<Units>) -> Result<Scan> {
     {
         bail!("{}: --units {}: this file type holds {} only", path.display(), format!("{u:?}").to_lowercase(), scan.slices[0].units);
     }
+    // Read as the user said, intensities must lie in [0, 1] (detected ones always do).
+    if units == Some(Units::Unit) {
+        let values = scan.slices.iter().flat_map(|s| s.values.iter().copied());
+        let (min, max) = values.fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+        if min < 0.0 || max > 1.0 {
+            bail!("{}: read as intensities, but its values span [{min}, {max}], not [0, 1] (--units hu reads them as HU)", path.display());
+        }
+    }
     Ok(scan)
 }
 
-/// A label map (a mask per annotator): raw values, units never asked.
+/// A label map (a mask per annotator): its values as stored (8/16-bit ones scaled), units
+/// never asked; only which are above zero counts.
 pub fn read_labels(path: &Path) -> Result<Scan> {
-    read_any(path, Some(Units::Unit)).or_else(|_| read_any(path, Some(Units::Hu)))
+    read_any(path, Some(Units::Unit))
 }
 
 fn read_any(path: &Path, units: Option<Units>) -> Result<Scan> {
@@ -178,9 +187,6 @@ pub fn read_nifti(path: &Path, units: Option<Units>) -> Result<Scan> {
         (Units::Unit, 512) if max > 1.0 => 1.0 / 65535.0,
         _ => 1.0,
     };
-    if units == Units::Unit && (min * scale < 0.0 || max * scale > 1.0) {
-        bail!("{}: read as intensities, but its values span [{min}, {max}], not [0, 1] (--units hu reads them as HU)", path.display());
-    }
     let slices = (0..nz)
         .map(|z| {
             // Row y, column x: the image as radiology viewers show the array.

@@ -85,10 +85,6 @@ fn resume_state(paths: &RunPaths) -> Result<GanState> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-fn canonical(p: &Path) -> String {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
-}
-
 /// Trains (or resumes) the CycleGAN in `req.out`.
 pub fn train_gan(req: GanRequest) -> Result<GanOutcome> {
     let (a, b) = (&req.a, &req.b);
@@ -105,12 +101,12 @@ pub fn train_gan(req: GanRequest) -> Result<GanOutcome> {
     }
     (cfg.height, cfg.width) = (h, w);
     let paths = RunPaths::new(&req.out);
-    let sources: Vec<String> = req.sources.iter().map(|p| canonical(p)).collect();
+    let sources: Vec<String> = req.sources.iter().map(|p| fsio::canonical(p).display().to_string()).collect();
     let mut state = GanState { sources: sources.clone(), ..Default::default() };
     if req.resume {
         let saved = load_config(&req.out).context("--resume")?;
         state = resume_state(&paths)?;
-        check_sources(&state.sources, &sources, &req.out)?;
+        checkpoint::check_same_data(&req.out, &state.sources, &req.sources)?;
         check_fixed(&saved, &cfg, &req.out)?;
         CycleGan::check_size(h, w)?;
         if !sources.is_empty() {
@@ -212,23 +208,6 @@ fn check_fixed(saved: &GanTrainConfig, requested: &GanTrainConfig, out: &Path) -
             fixed.join("; ")
         );
     }
-    Ok(())
-}
-
-/// A resume keeps its data: other files are refused unless the recorded ones are gone.
-fn check_sources(recorded: &[String], given: &[String], out: &Path) -> Result<()> {
-    if recorded.is_empty() || given.is_empty() || recorded == given {
-        return Ok(());
-    }
-    if recorded.iter().all(|p| Path::new(p).exists()) {
-        bail!(
-            "--resume: the GAN run {} trains on {}, not {}; a resumed run keeps its data. Start a new run (--out) for other data",
-            out.display(),
-            recorded.join(" and "),
-            given.join(" and ")
-        );
-    }
-    tracing::warn!("{} is gone; {} continues on {}", recorded.join(" and "), out.display(), given.join(" and "));
     Ok(())
 }
 

@@ -39,6 +39,14 @@ pub struct PredictRequest {
     pub open: bool,
 }
 
+impl PredictRequest {
+    /// `predict`'s defaults: overlap 0.5, the run's window, units read from each file, the
+    /// review page written and not opened.
+    pub fn new(sampling: RunSampling, input: PathBuf, out: PathBuf) -> Self {
+        Self { sampling, input, out, overlap: 0.5, window: None, units: None, review: true, open: false }
+    }
+}
+
 /// One scan's prediction, as `predict` reports it.
 #[derive(Debug, Clone)]
 pub struct ScanReport {

@@ -195,6 +195,27 @@ pub fn recover(paths: &RunPaths) -> Result<()> {
     Ok(())
 }
 
+/// A resumed run (`train`'s or `gan train`'s) trains on the data it started with (`recorded`):
+/// `given` files that differ are refused while the recorded ones exist; where one is gone
+/// (moved), the given ones are taken, with a warning.
+pub fn check_same_data(run: &Path, recorded: &[String], given: &[PathBuf]) -> Result<()> {
+    let same =
+        recorded.len() == given.len() && recorded.iter().zip(given).all(|(r, g)| fsio::canonical(Path::new(r)) == fsio::canonical(g));
+    if recorded.is_empty() || given.is_empty() || same {
+        return Ok(());
+    }
+    let (old, new) = (recorded.join(" and "), given.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and "));
+    if recorded.iter().all(|p| Path::new(p).exists()) {
+        let other = if given.len() == 1 { "is another file" } else { "are other files" };
+        anyhow::bail!(
+            "--resume: {} trains on {old}, and {new} {other}; a resumed run keeps its data. Start a new run (--out) to train on {new}",
+            run.display()
+        );
+    }
+    tracing::warn!("{old}, the data {} started with, is gone; continuing on {new}", run.display());
+    Ok(())
+}
+
 /// Rebuilds a trained model from RUN_DIR alone (config.toml + a checkpoint), on `device`.
 pub fn load_run(run: &Path, which: Which, device: &Device) -> Result<(crate::train::RunConfig, Segmenter)> {
     let paths = RunPaths::new(run);

@@ -237,7 +237,8 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
         if cfg.train.epochs < state.epoch {
             bail!("--epochs {} is below the {} epochs {} has already trained", cfg.train.epochs, state.epoch, req.out.display());
         }
-        check_same_data(&state.data, &req.data, &req.out)?;
+        let recorded: &[String] = if state.data.is_empty() { &[] } else { std::slice::from_ref(&state.data) };
+        checkpoint::check_same_data(&req.out, recorded, std::slice::from_ref(&req.data))?;
     }
     cfg.validate()?;
     let data = Dataset::load(&req.data)?;
@@ -258,33 +259,12 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
     std::fs::create_dir_all(req.out.join("checkpoints")).with_context(|| format!("creating run directory {}", req.out.display()))?;
     cfg.save(&paths.config())?;
     // Absolute, so a resume from another directory finds it.
-    state.data = std::fs::canonicalize(&req.data).unwrap_or_else(|_| req.data.clone()).display().to_string();
+    state.data = crate::fsio::canonical(&req.data).display().to_string();
     // Saved before the first step: a run killed during epoch 1 resumes from the start.
     if state.epoch == 0 {
         checkpoint::save_state(&state, &paths.state())?;
     }
     Ok(Setup { cfg, state, data, train_idx, val_idx, extra_idx })
-}
-
-/// A resumed run trains on the data it started with: another file is refused, unless the
-/// recorded one is gone (moved), when the new path is recorded.
-fn check_same_data(recorded: &str, given: &Path, run: &Path) -> Result<()> {
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let old = Path::new(recorded);
-    if recorded.is_empty() || canon(old) == canon(given) {
-        return Ok(());
-    }
-    if old.exists() {
-        bail!(
-            "--resume: {} trains on {recorded}, and --data {} is another file; a resumed run keeps its data. \
-             Start a new run (--out) to train on {}",
-            run.display(),
-            given.display(),
-            given.display()
-        );
-    }
-    tracing::warn!("{recorded}, the data {} started with, is gone; continuing on {}", run.display(), given.display());
-    Ok(())
 }
 
 /// The data (synthetic extras appended) and its training, validation and extra indices.

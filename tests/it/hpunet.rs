@@ -257,20 +257,7 @@ fn hpunet_trains_with_geco_resumes_and_serves_every_command() {
     let img = image::GrayImage::from_fn(40, 28, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
     img.save(&big).unwrap();
     let pred = dir.path().join("pred");
-    predict_files(
-        &PredictRequest {
-            sampling: sampling(None),
-            input: big,
-            out: pred.clone(),
-            overlap: 0.5,
-            window: None,
-            units: None,
-            review: true,
-            open: false,
-        },
-        |_| {},
-    )
-    .unwrap();
+    predict_files(&PredictRequest::new(sampling(None), big, pred.clone()), |_| {}).unwrap();
     assert!(std::fs::read_dir(&pred).unwrap().count() > 0);
 }
 

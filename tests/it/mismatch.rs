@@ -62,11 +62,7 @@ fn ct_piece_without_air(dir: &Path) -> (PathBuf, Vec<f32>) {
 fn predict(run: &Path, input: &Path, out: &Path, window: Option<Window>, allow: bool) -> anyhow::Result<()> {
     let sampling =
         SamplingArgs { n: 2, checkpoint: train::Which::Last, batch_size: 8, allow_mismatch: allow, ..SamplingArgs::for_run(run) };
-    predict_files(
-        &PredictRequest { sampling, input: input.into(), out: out.into(), overlap: 0.5, window, units: None, review: false, open: false },
-        |_| {},
-    )
-    .map(|_| ())
+    predict_files(&PredictRequest { window, review: false, ..PredictRequest::new(sampling, input.into(), out.into()) }, |_| {}).map(|_| ())
 }
 
 fn mean_of(dir: &Path) -> Vec<f32> {

@@ -143,20 +143,7 @@ fn predict_writes_png_and_nifti_for_any_size() {
     image::GrayImage::from_fn(52, 40, |x, y| image::Luma([((x * 3 + y) % 256) as u8])).save(&png).unwrap();
     let out = dir.path().join("pred");
     let sampling = SamplingArgs { n: 3, checkpoint: train::Which::Last, batch_size: 4, ..SamplingArgs::for_run(&run) };
-    predict_files(
-        &PredictRequest {
-            sampling: sampling.clone(),
-            input: png,
-            out: out.clone(),
-            overlap: 0.5,
-            window: None,
-            units: None,
-            review: true,
-            open: false,
-        },
-        |_| {},
-    )
-    .unwrap();
+    predict_files(&PredictRequest::new(sampling.clone(), png, out.clone()), |_| {}).unwrap();
     let d = out.join("scan");
     for f in ["sample_00.png", "sample_02.png", "mean.png", "entropy.png", "overlay.png", "samples.nii.gz", "mean.nii.gz", "entropy.nii.gz"]
     {
@@ -183,20 +170,7 @@ fn predict_writes_png_and_nifti_for_any_size() {
     apunet::eval::publish::rebuild(&d, None).unwrap();
     assert_eq!(std::fs::read_to_string(d.join("review.html")).unwrap(), page);
 
-    let missing = predict_files(
-        &PredictRequest {
-            sampling,
-            input: dir.path().join("nope.dcm"),
-            out,
-            overlap: 0.5,
-            window: None,
-            units: None,
-            review: true,
-            open: false,
-        },
-        |_| {},
-    )
-    .unwrap_err();
+    let missing = predict_files(&PredictRequest::new(sampling, dir.path().join("nope.dcm"), out), |_| {}).unwrap_err();
     assert!(format!("{missing:#}").contains("does not exist"));
 }
 
