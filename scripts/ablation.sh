@@ -5,6 +5,7 @@
 #
 #   cargo build --release && scripts/ablation.sh            # EPOCHS=60 SEEDS="1 2 3"
 #   EPOCHS=20 SEEDS=1 OUT=/tmp/abl scripts/ablation.sh       # a quick look
+#   ONLY="3_coarsest 3f_recipe" scripts/ablation.sh           # some rows only
 #
 # Then: python3 scripts/ablation_table.py ablation > table.md
 #
@@ -24,6 +25,7 @@ BIN_COMMIT=${BIN_COMMIT:-$(git rev-parse --short HEAD)}
 # 64-px patches (a third over a lesion), evaluated on whole 128-px crops of held-out series.
 COMMON=(--patch 64 --batch-size 8 --lr 5e-4 --val-fraction 0 --epochs "$EPOCHS" --figure-every 100000 --quiet)
 PU=(--filters 16,32,64,96)
+RECIPE=(--spatial-augment --intensity-augment --copy-paste 0.5 --lr-schedule poly --lr-warmup-epochs 5 --ema 0.99)
 declare -A ROWS=(
     [1_punet]="${PU[*]} --no-attention"
     [2_gates]="${PU[*]} --transformer-levels none"
@@ -32,13 +34,23 @@ declare -A ROWS=(
     [5_hpunet_elbo]="--model hpunet --loss elbo"
     [6_hpunet_geco]="--model hpunet --loss geco"
     [7_hpaunet_geco]="--model hpunet --attention --loss geco"
+    # The small-data recipe (issue 27) on the default model: each part alone, then together.
+    [3a_spatial]="${PU[*]} --spatial-augment"
+    [3b_intensity]="${PU[*]} --intensity-augment"
+    [3c_schedule]="${PU[*]} --lr-schedule poly --lr-warmup-epochs 5"
+    [3d_ema]="${PU[*]} --ema 0.99"
+    [3e_paste]="${PU[*]} --copy-paste 0.5"
+    [3f_recipe]="${PU[*]} ${RECIPE[*]}"
+    [4f_every_level_recipe]="${PU[*]} --transformer-levels all ${RECIPE[*]}"
+    [6f_hpunet_geco_recipe]="--model hpunet --loss geco ${RECIPE[*]}"
 )
+ONLY=${ONLY:-$(printf '%s\n' "${!ROWS[@]}" | sort | tr '\n' ' ')}
 mkdir -p "$OUT"
 if [ ! -f "$OUT/test.npz" ]; then
     "$BIN" split --data "$DATA" --val-fraction 0.25 --seed 0 --train-out "$OUT/train.npz" --val-out "$OUT/test.npz"
 fi
 for seed in $SEEDS; do
-    for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
+    for row in $ONLY; do
         run="$OUT/$row/seed$seed"
         kept="$KEEP/$row/seed$seed"
         if [ -f "$kept/eval/metrics.json" ] || grep -q "^$row,$seed," "$KEEP/earlier-seeds.csv" 2>/dev/null; then
@@ -67,8 +79,11 @@ for seed in $SEEDS; do
         echo "$row seed $seed: $(python3 -c "import json;m=json.load(open('$run/eval/metrics.json'))['metrics'];print('GED %.3f HM-IoU %.3f' % (m['ged']['mean'], m['hm_iou']['mean']))")"
     done
 done
-# Throughput of each row in one quiet stretch: training at the patch size, sampling at 128 px.
-for row in $(printf '%s\n' "${!ROWS[@]}" | sort); do
+# Throughput of each row in one quiet stretch: training at the patch size, sampling at 128 px
+# (BENCH=0 skips it; the recipe rows share their model's figures).
+[ "${BENCH:-1}" = 0 ] && exit 0
+for row in $ONLY; do
+    [[ "$row" == 3[a-f]_* || "$row" == *_recipe ]] && continue
     f="$OUT/$row/bench.json"
     [ -f "$KEEP/$row/bench.json" ] && continue
     mkdir -p "$OUT/$row"    # a row kept from an earlier machine has no run folder here

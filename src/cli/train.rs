@@ -11,6 +11,7 @@ use crate::device::parse_device;
 use crate::model::{ModelConfig, ModelKind, NormKind, TransformerLevels};
 use crate::train::distributed::Alone;
 use crate::train::objective::LossKind;
+use crate::train::schedule::LrSchedule;
 use crate::train::{self, Collective, Launch, RunConfig, Select};
 
 /// Flags left out take their value from --config, else from the defaults shown; on --resume,
@@ -45,6 +46,29 @@ pub struct TrainArgs {
     /// Epochs over which beta rises linearly from 0 (0: no warm-up).
     #[arg(long)]
     pub kl_warmup_epochs: Option<usize>,
+    /// Learning-rate schedule over the run's steps: constant, poly (nnU-Net's, lr * (1 -
+    /// progress)^0.9) or cosine [default: constant].
+    #[arg(long, value_enum)]
+    pub lr_schedule: Option<LrSchedule>,
+    /// Epochs over which the learning rate rises linearly to --lr [default: 0, none].
+    #[arg(long, value_name = "N")]
+    pub lr_warmup_epochs: Option<usize>,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999); it is
+    /// what validation, figures and the saved models use [default: off].
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
+    /// Rotation by any angle, scaling and elastic deformation of image and masks alike
+    /// (nnU-Net's probabilities); `--spatial-augment false` turns it off [default: off].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub spatial_augment: Option<bool>,
+    /// Gaussian noise and blur, brightness, contrast, simulated low resolution and gamma
+    /// (nnU-Net's probabilities); `--intensity-augment false` turns it off [default: off].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub intensity_augment: Option<bool>,
+    /// Probability that a training crop receives a real lesion, with every expert's mask, cut
+    /// from another training crop and pasted where the surroundings match [default: 0, off].
+    #[arg(long, value_name = "P")]
+    pub copy_paste: Option<f64>,
     /// Clip gradients to this global norm [default: off].
     #[arg(long)]
     pub grad_clip_norm: Option<f32>,
@@ -192,6 +216,24 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.kl_warmup_epochs {
         t.kl_warmup_epochs = v;
+    }
+    if let Some(v) = a.lr_schedule {
+        t.lr_schedule = v;
+    }
+    if let Some(v) = a.lr_warmup_epochs {
+        t.lr_warmup_epochs = v;
+    }
+    if let Some(v) = a.ema {
+        t.ema = Some(v);
+    }
+    if let Some(v) = a.spatial_augment {
+        t.spatial_augment = v;
+    }
+    if let Some(v) = a.intensity_augment {
+        t.intensity_augment = v;
+    }
+    if let Some(v) = a.copy_paste {
+        t.copy_paste = v;
     }
     if let Some(v) = a.grad_clip_norm {
         t.grad_clip_norm = Some(v);

@@ -9,7 +9,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::Dataset;
-use super::augment::Symmetry;
+use super::augment::spatial::Warp;
+use super::augment::{Augmentation, Symmetry, color, paste};
 use super::masks;
 
 /// Which annotation a training step learns from.
@@ -88,15 +89,15 @@ pub fn training_batch<R: Rng>(
     rng: &mut R,
     device: &Device,
 ) -> Result<Batch> {
-    training_patches(ds, idx, choice, augment, None, rng, device)
+    training_patches(ds, idx, choice, &Augmentation::symmetries(augment), None, rng, device)
 }
 
-/// As [`training_batch`], cut to `patch` when given.
+/// As [`training_batch`], varied as `aug` asks and cut to `patch` when given.
 pub fn training_patches<R: Rng>(
     ds: &Dataset,
     idx: &[usize],
     choice: AnnotatorChoice,
-    augment: bool,
+    aug: &Augmentation,
     patch: Option<PatchSampling>,
     rng: &mut R,
     device: &Device,
@@ -118,14 +119,13 @@ pub fn training_patches<R: Rng>(
     let mut images = vec![0f32; idx.len() * php];
     let mut masks = vec![0f32; idx.len() * php];
     let mut mask_src = vec![0f32; hw];
-    let (mut img_full, mut mask_full, mut union_full) = (vec![0f32; hw], vec![0f32; hw], vec![0f32; hw]);
+    let (mut img_full, mut mask_full) = (vec![0f32; hw], vec![0f32; hw]);
     for (b, &i) in idx.iter().enumerate() {
-        let img = ds.images.index_axis(ndarray::Axis(0), i);
-        let img = img.as_standard_layout();
-        let img = img.as_slice().expect("standard layout");
-        let m = ds.masks.index_axis(ndarray::Axis(0), i);
-        let m = m.as_standard_layout();
-        let labels: Vec<&[u8]> = m.as_slice().expect("standard layout").chunks(hw).collect();
+        let (mut img, mut labels) = example(ds, i);
+        if aug.copy_paste > 0.0 && !aug.donors.is_empty() && rng.gen_bool(aug.copy_paste.min(1.0)) {
+            paste_lesion(ds, aug, i, &mut img, &mut labels, rng);
+        }
+        let labels: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
         let chosen = match choice {
             AnnotatorChoice::Majority => masks::majority(&labels),
             AnnotatorChoice::Fixed(k) => labels[k].to_vec(),
@@ -134,33 +134,30 @@ pub fn training_patches<R: Rng>(
         for (d, v) in mask_src.iter_mut().zip(chosen) {
             *d = v as f32;
         }
-        let sym = if augment { Symmetry::random(rng, h == w) } else { Symmetry::default() };
-        let Some(p) = patch else {
-            sym.apply(img, h, w, &mut images[b * hw..(b + 1) * hw]);
-            sym.apply(&mask_src, h, w, &mut masks[b * hw..(b + 1) * hw]);
-            continue;
-        };
-        sym.apply(img, h, w, &mut img_full);
+        let sym = if aug.symmetry { Symmetry::random(rng, h == w) } else { Symmetry::default() };
+        sym.apply(&img, h, w, &mut img_full);
         sym.apply(&mask_src, h, w, &mut mask_full);
-        let mut origin = (rng.gen_range(0..=h - ph), rng.gen_range(0..=w - pw));
-        if rng.gen_bool(p.foreground.clamp(0.0, 1.0)) {
-            // Any annotator's lesion: the share of annotators marking a pixel, above zero.
-            sym.apply(&masks::frequency(&labels), h, w, &mut union_full);
-            let lesion: Vec<usize> = (0..hw).filter(|&j| union_full[j] > 0.0).collect();
-            if !lesion.is_empty() {
-                let j = lesion[rng.gen_range(0..lesion.len())];
-                let (y, x) = (j / w, j % w);
-                // The lesion pixel lands anywhere inside the patch.
-                let lo_y = (y + 1).saturating_sub(ph);
-                let lo_x = (x + 1).saturating_sub(pw);
-                origin = (rng.gen_range(lo_y..=y.min(h - ph)), rng.gen_range(lo_x..=x.min(w - pw)));
+        let origin = match patch {
+            Some(p) => patch_origin(p.foreground, &labels, sym, (h, w), (ph, pw), rng),
+            None => (0, 0),
+        };
+        let (out_img, out_mask) = (&mut images[b * php..(b + 1) * php], &mut masks[b * php..(b + 1) * php]);
+        let center = (origin.0 as f32 + (ph as f32 - 1.0) / 2.0, origin.1 as f32 + (pw as f32 - 1.0) / 2.0);
+        match aug.spatial.then(|| Warp::draw(rng, center, ph, pw)).flatten() {
+            Some(warp) => {
+                warp.sample(&img_full, h, w, out_img);
+                warp.sample_mask(&mask_full, h, w, out_mask);
+            }
+            None => {
+                for y in 0..ph {
+                    let src = (origin.0 + y) * w + origin.1;
+                    out_img[y * pw..(y + 1) * pw].copy_from_slice(&img_full[src..src + pw]);
+                    out_mask[y * pw..(y + 1) * pw].copy_from_slice(&mask_full[src..src + pw]);
+                }
             }
         }
-        for y in 0..ph {
-            let src = (origin.0 + y) * w + origin.1;
-            let dst = b * php + y * pw;
-            images[dst..dst + pw].copy_from_slice(&img_full[src..src + pw]);
-            masks[dst..dst + pw].copy_from_slice(&mask_full[src..src + pw]);
+        if aug.intensity {
+            color::augment(rng, out_img, ph, pw);
         }
     }
     let shape = [idx.len(), 1, ph, pw];
@@ -168,6 +165,58 @@ pub fn training_patches<R: Rng>(
         images: Tensor::from_data(TensorData::new(images, shape), device),
         masks: Tensor::from_data(TensorData::new(masks, shape), device),
     })
+}
+
+/// Example `i`'s image and each expert's mask, as owned row-major buffers.
+fn example(ds: &Dataset, i: usize) -> (Vec<f32>, Vec<Vec<u8>>) {
+    let hw = ds.height() * ds.width();
+    let img = ds.images.index_axis(ndarray::Axis(0), i).iter().copied().collect();
+    let m = ds.masks.index_axis(ndarray::Axis(0), i);
+    let flat: Vec<u8> = m.iter().copied().collect();
+    (img, flat.chunks(hw).map(<[u8]>::to_vec).collect())
+}
+
+/// Pastes a lesion cut from a random donor (not `i` itself) into `img` and `labels`; a donor
+/// whose lesion finds no plausible place leaves the example as it was.
+fn paste_lesion<R: Rng>(ds: &Dataset, aug: &Augmentation, i: usize, img: &mut [f32], labels: &mut [Vec<u8>], rng: &mut R) {
+    let donor = aug.donors[rng.gen_range(0..aug.donors.len())];
+    let scale = rng.gen_range(paste::SCALE.0..=paste::SCALE.1);
+    if donor == i {
+        return;
+    }
+    let (dimg, dlabels) = example(ds, donor);
+    let refs: Vec<&[u8]> = dlabels.iter().map(Vec::as_slice).collect();
+    if let Some(lesion) = paste::cut(&dimg, &refs, ds.height(), ds.width(), scale) {
+        paste::paste(rng, &lesion, img, labels, ds.height(), ds.width());
+    }
+}
+
+/// The corner of a `patch`-sized window in the (symmetry-transformed) crop: with probability
+/// `foreground` placed so that a pixel some expert marked lies inside it.
+fn patch_origin<R: Rng>(
+    foreground: f64,
+    labels: &[&[u8]],
+    sym: Symmetry,
+    (h, w): (usize, usize),
+    (ph, pw): (usize, usize),
+    rng: &mut R,
+) -> (usize, usize) {
+    let mut origin = (rng.gen_range(0..=h - ph), rng.gen_range(0..=w - pw));
+    if rng.gen_bool(foreground.clamp(0.0, 1.0)) {
+        // Any annotator's lesion: the share of annotators marking a pixel, above zero.
+        let mut union = vec![0f32; h * w];
+        sym.apply(&masks::frequency(labels), h, w, &mut union);
+        let lesion: Vec<usize> = (0..h * w).filter(|&j| union[j] > 0.0).collect();
+        if !lesion.is_empty() {
+            let j = lesion[rng.gen_range(0..lesion.len())];
+            let (y, x) = (j / w, j % w);
+            // The lesion pixel lands anywhere inside the patch.
+            let lo_y = (y + 1).saturating_sub(ph);
+            let lo_x = (x + 1).saturating_sub(pw);
+            origin = (rng.gen_range(lo_y..=y.min(h - ph)), rng.gen_range(lo_x..=x.min(w - pw)));
+        }
+    }
+    origin
 }
 
 /// Just the images at `idx`, [B,1,H,W].

@@ -32,6 +32,10 @@ pub struct PerImage {
     pub annotators_all_empty: bool,
     pub annotators_all_lesion: bool,
     pub prediction_empty: bool,
+    /// Pixels of the mean-probability mask that no annotator marked.
+    pub area_outside_experts: usize,
+    /// Annotators whose mask is not empty.
+    pub experts_marked: usize,
 }
 
 /// A mean with its 95% bootstrap interval.
@@ -121,6 +125,8 @@ fn score_image(index: usize, samples: ArrayView3<'_, u8>, labels: ArrayView3<'_,
         annotators_all_empty: yb.iter().all(BitMask::is_empty),
         annotators_all_lesion: yb.iter().all(|l| !l.is_empty()),
         prediction_empty: pred.is_empty(),
+        area_outside_experts: freq_s.iter().enumerate().filter(|&(j, &p)| p >= 0.5 && y_raw.iter().all(|l| l[j] == 0)).count(),
+        experts_marked: yb.iter().filter(|l| !l.is_empty()).count(),
     })
 }
 
@@ -154,6 +160,7 @@ pub fn evaluate(samples: ArrayView4<'_, u8>, labels: ArrayView4<'_, u8>, seed: u
     columns.push(("iou_majority".into(), per_image.iter().map(|p| p.iou_majority).collect()));
     columns.push(("sample_diversity".into(), per_image.iter().map(|p| p.sample_diversity).collect()));
     columns.push(("annotator_diversity".into(), per_image.iter().map(|p| p.annotator_diversity).collect()));
+    columns.push(("area_outside_experts".into(), per_image.iter().map(|p| p.area_outside_experts as f64).collect()));
     let metrics = columns.into_iter().map(|(k, v)| (k, bootstrap(&v, seed))).collect();
     let share = |sel: &dyn Fn(&PerImage) -> bool, ok: &dyn Fn(&PerImage) -> bool| {
         let chosen: Vec<&PerImage> = per_image.iter().filter(|p| sel(p)).collect();
@@ -209,6 +216,7 @@ impl Report {
             "ged: squared generalized energy distance with d = 1 - IoU (d = 0 for two empty masks), self-pairs included, \
              averaged over images (PHiSeg/MoSE); hm_iou: Hungarian-matched IoU with labels repeated to the sample count; \
              dice/iou: mean-probability mask (sample frequency >= 0.5) against each annotator and the majority vote; \
+             area_outside_experts: pixels of that mask no annotator marked; \
              intervals: 95% percentile bootstrap over images (1000 resamples)"
                 .into(),
         );
@@ -222,7 +230,7 @@ impl Report {
         for k in 1..=m {
             write!(csv, ",iou_annotator_{k}")?;
         }
-        csv.push_str(",dice_majority,iou_majority,sample_diversity,annotator_diversity,annotators_all_empty,prediction_empty\n");
+        csv.push_str(",dice_majority,iou_majority,sample_diversity,annotator_diversity,annotators_all_empty,prediction_empty,area_outside_experts,experts_marked\n");
         for p in &self.per_image {
             write!(csv, "{},{:.9},{:.9}", p.index, p.ged, p.hm_iou)?;
             for v in p.dice.iter().chain(&p.iou) {
@@ -230,8 +238,15 @@ impl Report {
             }
             writeln!(
                 csv,
-                ",{:.9},{:.9},{:.9},{:.9},{},{}",
-                p.dice_majority, p.iou_majority, p.sample_diversity, p.annotator_diversity, p.annotators_all_empty, p.prediction_empty
+                ",{:.9},{:.9},{:.9},{:.9},{},{},{},{}",
+                p.dice_majority,
+                p.iou_majority,
+                p.sample_diversity,
+                p.annotator_diversity,
+                p.annotators_all_empty,
+                p.prediction_empty,
+                p.area_outside_experts,
+                p.experts_marked
             )?;
         }
         fsio::write_atomic(&dir.join("per_image.csv"), csv.as_bytes())?;

@@ -25,6 +25,9 @@ pub struct TrainState {
     /// GECO's EMA and multiplier (unused by the ELBO).
     #[serde(default)]
     pub geco: GecoState,
+    /// Steps folded into the weights' moving average (`[train] ema`).
+    #[serde(default)]
+    pub ema_updates: u64,
 }
 
 pub struct RunPaths {
@@ -49,6 +52,10 @@ impl RunPaths {
     }
     pub fn best_model(&self) -> PathBuf {
         self.root.join("checkpoints/best.bpk")
+    }
+    /// Under `[train] ema`, the weights being trained (last.bpk holds their average).
+    pub fn train_model(&self) -> PathBuf {
+        self.root.join("checkpoints/train.bpk")
     }
     pub fn optimizer(&self) -> PathBuf {
         self.root.join("checkpoints/optimizer.bpk")
@@ -146,12 +153,25 @@ pub fn commit_set(paths: &RunPaths, files: Vec<SetFile<'_>>, state: &[u8]) -> Re
     promote(paths)
 }
 
-/// An epoch of `train`: last weights, optimizer state, and the best weights when `best`.
-pub fn commit_epoch(paths: &RunPaths, model: &Segmenter, optim: &ModuleOptimizer, best: bool, state: &TrainState) -> Result<()> {
-    let mut files: Vec<SetFile<'_>> =
-        vec![("last.bpk", Box::new(|p: &Path| save_segmenter(model, p))), ("optimizer.bpk", Box::new(|p: &Path| save_optimizer(optim, p)))];
+/// An epoch of `train`: the model to use (`weights`: the average under EMA) as last and, when
+/// `best`, as best; the optimizer state; and under EMA the `trained` weights themselves.
+pub fn commit_epoch(
+    paths: &RunPaths,
+    weights: &Segmenter,
+    trained: Option<&Segmenter>,
+    optim: &ModuleOptimizer,
+    best: bool,
+    state: &TrainState,
+) -> Result<()> {
+    let mut files: Vec<SetFile<'_>> = vec![
+        ("last.bpk", Box::new(|p: &Path| save_segmenter(weights, p))),
+        ("optimizer.bpk", Box::new(|p: &Path| save_optimizer(optim, p))),
+    ];
     if best {
-        files.push(("best.bpk", Box::new(|p: &Path| save_segmenter(model, p))));
+        files.push(("best.bpk", Box::new(|p: &Path| save_segmenter(weights, p))));
+    }
+    if let Some(t) = trained {
+        files.push(("train.bpk", Box::new(|p: &Path| save_segmenter(t, p))));
     }
     commit_set(paths, files, serde_json::to_string_pretty(state)?.as_bytes())
 }

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::objective::{LossKind, Objective};
+use super::schedule::LrSchedule;
 use crate::data::AnnotatorChoice;
 use crate::data::preprocess::Preprocess;
 use crate::fsio;
@@ -36,7 +37,23 @@ pub struct TrainConfig {
     pub seed: u64,
     pub val_fraction: f64,
     pub annotator: AnnotatorChoice,
+    /// The 8 symmetries of the square, one per example.
     pub augment: bool,
+    /// Rotation by any angle, scaling and elastic deformation, with nnU-Net's probabilities.
+    pub spatial_augment: bool,
+    /// Noise, blur, brightness, contrast, low resolution and gamma, with nnU-Net's
+    /// probabilities.
+    pub intensity_augment: bool,
+    /// Probability that a training example receives a real lesion cut from another training
+    /// crop (0: off).
+    pub copy_paste: f64,
+    /// How the learning rate moves over the run, per step.
+    pub lr_schedule: LrSchedule,
+    /// Epochs over which the learning rate rises linearly to `lr` (0: none).
+    pub lr_warmup_epochs: usize,
+    /// Decay of an exponential moving average of the weights, which validation, figures and
+    /// the saved models use (unset: off).
+    pub ema: Option<f64>,
     /// This many non-finite losses in a row stop the run.
     pub max_bad_steps: usize,
     /// Samples per validation image for GED.
@@ -84,6 +101,12 @@ impl Default for TrainConfig {
             val_fraction: 0.2,
             annotator: AnnotatorChoice::Random,
             augment: true,
+            spatial_augment: false,
+            intensity_augment: false,
+            copy_paste: 0.0,
+            lr_schedule: LrSchedule::Constant,
+            lr_warmup_epochs: 0,
+            ema: None,
             max_bad_steps: 20,
             val_samples: 16,
             figure_images: 8,
@@ -129,6 +152,17 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.patch_foreground) {
             bail!("train.patch_foreground must be in [0, 1], got {}", self.patch_foreground);
         }
+        if !(0.0..=1.0).contains(&self.copy_paste) {
+            bail!("train.copy_paste must be a probability in [0, 1], got {}", self.copy_paste);
+        }
+        if let Some(d) = self.ema
+            && !(d > 0.0 && d < 1.0)
+        {
+            bail!("train.ema must be a decay in (0, 1), e.g. 0.999, got {d}");
+        }
+        if self.lr_warmup_epochs >= self.epochs && self.lr_warmup_epochs > 0 {
+            bail!("train.lr_warmup_epochs ({}) must be below train.epochs ({})", self.lr_warmup_epochs, self.epochs);
+        }
         if self.figure_every == 0 {
             bail!("train.figure_every must be at least 1");
         }
@@ -149,6 +183,13 @@ impl TrainConfig {
     /// The loss for an epoch (1-based).
     pub fn objective(&self, epoch: usize) -> Objective {
         Objective { kind: self.loss, topk: self.topk, beta: self.beta_at(epoch), kappa: self.geco_kappa, rate: self.geco_rate }
+    }
+
+    /// The learning rate for step `k` (0-based) of epoch `epoch` (1-based), `per_epoch` steps
+    /// an epoch.
+    pub fn lr_at(&self, epoch: usize, k: usize, per_epoch: usize) -> f64 {
+        let step = (epoch - 1) * per_epoch + k;
+        self.lr_schedule.rate(self.lr, step, self.epochs * per_epoch, self.lr_warmup_epochs * per_epoch)
     }
 
     /// beta for an epoch (1-based), after warm-up.

@@ -11,9 +11,11 @@ use rand::{Rng, SeedableRng};
 
 use super::config::TrainConfig;
 use super::distributed::{self, Collective};
+use super::ema::Ema;
 use super::history::EpochMetrics;
 use super::objective::{GecoState, LossKind, Objective};
 use super::{epoch_rng, normal};
+use crate::data::augment::Augmentation;
 use crate::data::{Dataset, batch};
 use crate::model::Segmenter;
 
@@ -52,6 +54,10 @@ pub struct Stepper<'a> {
     pub comm: &'a dyn Collective,
     /// Seconds this epoch spent exchanging losses and gradients with the other ranks.
     pub exchange_seconds: f64,
+    /// How examples are varied, and where pasted lesions come from.
+    pub augmentation: Augmentation,
+    /// The weights' moving average, kept by rank 0 (the one that validates and saves).
+    pub ema: Option<Ema>,
 }
 
 impl Stepper<'_> {
@@ -74,8 +80,9 @@ impl Stepper<'_> {
         let pb = crate::progress::bar(total as u64, self.quiet, &format!("epoch {epoch}/{}", tc.epochs));
         let (mut sum, mut rec, mut kl, mut seen, mut skipped) = (0f64, 0f64, 0f64, 0usize, 0usize);
         let step_start = Instant::now();
-        for idx in batches {
-            let (trained, values) = self.step(model, optim, &objective, data, idx, patch, rng, device)?;
+        for (k, idx) in batches.iter().enumerate() {
+            let lr = tc.lr_at(epoch, k, batches.len());
+            let (trained, values) = self.step(model, optim, lr, &objective, data, idx, patch, rng, device)?;
             model = trained;
             let Some(values) = values else {
                 skipped += 1;
@@ -132,6 +139,7 @@ impl Stepper<'_> {
         &mut self,
         model: Segmenter,
         optim: &mut ModuleOptimizer,
+        lr: f64,
         objective: &Objective,
         data: &Dataset,
         idx: &[usize],
@@ -143,7 +151,7 @@ impl Stepper<'_> {
         let comm = self.comm;
         // Every rank draws the whole batch's random choices, so that a run does not depend on
         // how many ranks share it, then keeps its own rows.
-        let b = batch::training_patches(data, idx, tc.annotator, tc.augment, patch, rng, device)?;
+        let b = batch::training_patches(data, idx, tc.annotator, &self.augmentation, patch, rng, device)?;
         let [n, _, h, w] = b.images.dims();
         let latent = model.latent_size(h, w);
         let eps = normal(rng, n * latent);
@@ -186,6 +194,10 @@ impl Stepper<'_> {
         let exchange = Instant::now();
         let grads = distributed::average_gradients(comm, grads, &model, rows.len() as f32 / n as f32)?;
         self.exchange_seconds += exchange.elapsed().as_secs_f64();
-        Ok((optim.step(tc.lr, model, grads), Some(values)))
+        let model = optim.step(lr, model, grads);
+        if let Some(ema) = &mut self.ema {
+            ema.update(&model);
+        }
+        Ok((model, Some(values)))
     }
 }

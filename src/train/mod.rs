@@ -4,12 +4,14 @@
 pub mod checkpoint;
 pub mod config;
 pub mod distributed;
+pub mod ema;
 mod epoch;
 pub mod history;
 mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod objective;
+pub mod schedule;
 pub mod threads;
 pub mod validation;
 
@@ -32,6 +34,7 @@ pub use history::{EpochMetrics, read_metrics, write_metrics};
 pub use launch::{Launch, launch};
 pub use validation::{figure, render_figure};
 
+use crate::data::augment::Augmentation;
 use crate::data::{AnnotatorChoice, Dataset, preprocess, split};
 use crate::eval::figures;
 use crate::model::config::HPUNET_FILTERS;
@@ -117,8 +120,15 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
     }
     let mut optim = optimizer(&tc);
     let mut history = if lead { read_metrics(&paths.metrics()).unwrap_or_default() } else { Vec::new() };
+    // Under EMA, last.bpk holds the average and train.bpk the weights being trained.
+    let mut ema = (lead && tc.ema.is_some()).then(|| ema::Ema { model: model.valid(), decay: tc.ema.unwrap_or(0.0), updates: 0 });
     if state.epoch > 0 && lead {
-        model = checkpoint::load_segmenter(model, &paths.last_model())?;
+        if let Some(e) = &mut ema {
+            e.model = checkpoint::load_segmenter(Segmenter::new(&cfg.model, &req.device), &paths.last_model())?;
+            e.updates = state.ema_updates;
+        }
+        let trained = if ema.is_some() { paths.train_model() } else { paths.last_model() };
+        model = checkpoint::load_segmenter(model, &trained)?;
         if paths.optimizer().exists() {
             optim = checkpoint::load_optimizer(optim, &paths.optimizer())?;
         }
@@ -150,6 +160,8 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
         geco: state.geco.clone(),
         comm,
         exchange_seconds: 0.0,
+        augmentation: augmentation(&tc, &data, &train_idx),
+        ema,
     };
     for epoch in state.epoch + 1..=tc.epochs {
         let started = Instant::now();
@@ -162,7 +174,13 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
         if !lead {
             continue;
         }
-        let valid = model.valid();
+        let valid = match &stepper.ema {
+            Some(e) => {
+                state.ema_updates = e.updates;
+                e.model.clone()
+            }
+            None => model.valid(),
+        };
         let inner = req.device.clone();
         let (val_loss, val_reconstruction, val_kl, val_ged) = if val_idx.is_empty() {
             (f64::NAN, f64::NAN, f64::NAN, f64::NAN)
@@ -184,7 +202,8 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
         }
         history.push(m.clone());
         write_metrics(&paths.metrics(), &history)?;
-        checkpoint::commit_epoch(&paths, &model, &optim, improved, &state)?;
+        let trained = stepper.ema.is_some().then_some(&model);
+        checkpoint::commit_epoch(&paths, &valid, trained, &optim, improved, &state)?;
         if !req.quiet {
             eprintln!("{}", epoch_line(&m, val_idx.is_empty()));
         }
@@ -342,6 +361,24 @@ fn fit_hpunet_depth(cfg: &mut RunConfig, h: usize, w: usize) {
         m.filters = HPUNET_FILTERS[..depth].to_vec();
         m.latent_scales = m.latent_scales.min(depth - 1);
     }
+}
+
+/// The run's augmentation; lesions for copy-paste come from the real training crops that an
+/// expert marked.
+fn augmentation(tc: &TrainConfig, data: &Dataset, train_idx: &[usize]) -> Augmentation {
+    let donors = if tc.copy_paste > 0.0 {
+        train_idx
+            .iter()
+            .copied()
+            .filter(|&i| !data.synthetic[i] && data.masks.index_axis(ndarray::Axis(0), i).iter().any(|&v| v > 0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if tc.copy_paste > 0.0 && donors.is_empty() {
+        tracing::warn!("--copy-paste: no training crop has a marked lesion to paste; training without it");
+    }
+    Augmentation { symmetry: tc.augment, spatial: tc.spatial_augment, intensity: tc.intensity_augment, copy_paste: tc.copy_paste, donors }
 }
 
 fn optimizer(tc: &TrainConfig) -> burn::optim::ModuleOptimizer {

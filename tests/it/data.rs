@@ -2,6 +2,7 @@ use crate::common;
 
 use std::path::Path;
 
+use apunet::data::augment::Augmentation;
 use apunet::data::batch::{PatchSampling, training_batch, training_patches};
 use apunet::data::npz::{self, NpyArray, NpzEntry};
 use apunet::data::synth::{SynthConfig, generate};
@@ -214,8 +215,16 @@ fn patches_are_crops_of_the_image_and_can_be_placed_over_lesions() {
     let mut rng = StdRng::seed_from_u64(1);
     let idx: Vec<usize> = (0..n).collect();
     let p = 16;
-    let b = training_patches(&ds, &idx, AnnotatorChoice::Random, false, Some(PatchSampling { size: p, foreground: 1.0 }), &mut rng, &d)
-        .unwrap();
+    let b = training_patches(
+        &ds,
+        &idx,
+        AnnotatorChoice::Random,
+        &Augmentation::symmetries(false),
+        Some(PatchSampling { size: p, foreground: 1.0 }),
+        &mut rng,
+        &d,
+    )
+    .unwrap();
     assert_eq!(b.images.dims(), [n, 1, p, p]);
     assert_eq!(b.masks.dims(), [n, 1, p, p]);
     let (im, m) = (to_host(b.images).unwrap(), to_host(b.masks).unwrap());
@@ -244,14 +253,29 @@ fn patches_are_crops_of_the_image_and_can_be_placed_over_lesions() {
     // foreground = 0: placed uniformly, so over many draws some patches miss the corner lesion.
     let mut misses = 0;
     for _ in 0..10 {
-        let b =
-            training_patches(&ds, &idx, AnnotatorChoice::Fixed(0), true, Some(PatchSampling { size: p, foreground: 0.0 }), &mut rng, &d)
-                .unwrap();
+        let b = training_patches(
+            &ds,
+            &idx,
+            AnnotatorChoice::Fixed(0),
+            &Augmentation::symmetries(true),
+            Some(PatchSampling { size: p, foreground: 0.0 }),
+            &mut rng,
+            &d,
+        )
+        .unwrap();
         let m = to_host(b.masks).unwrap();
         misses += (0..n).filter(|j| m[j * p * p..(j + 1) * p * p].iter().sum::<f32>() == 0.0).count();
     }
     assert!(misses > 0);
-    let err = training_patches(&ds, &idx, AnnotatorChoice::Random, false, Some(PatchSampling { size: 64, foreground: 0.5 }), &mut rng, &d)
-        .expect_err("a patch larger than the crop must fail");
+    let err = training_patches(
+        &ds,
+        &idx,
+        AnnotatorChoice::Random,
+        &Augmentation::symmetries(false),
+        Some(PatchSampling { size: 64, foreground: 0.5 }),
+        &mut rng,
+        &d,
+    )
+    .expect_err("a patch larger than the crop must fail");
     assert!(format!("{err:#}").contains("larger than the 32x32"));
 }

@@ -24,6 +24,7 @@ mod model;
 mod mpi;
 mod parallel;
 mod predict;
+mod recipe;
 mod review;
 mod train;
 mod wgpu;

@@ -1,7 +1,34 @@
-//! Geometric augmentation applied identically to an image and all its masks:
-//! the 8 symmetries of the square (flips and 90-degree rotations).
+//! Augmentation of training examples, image and every expert mask alike: the 8 symmetries of
+//! the square (here), nnU-Net's spatial ([`spatial`]) and intensity ([`color`]) transforms,
+//! and lesion copy-paste ([`paste`]).
+
+pub mod color;
+pub mod paste;
+pub mod spatial;
 
 use rand::Rng;
+
+/// How training examples are varied; each part is a `[train]` key and a flag of `train`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Augmentation {
+    /// One of the 8 symmetries of the square per example.
+    pub symmetry: bool,
+    /// Rotation by any angle, scaling and elastic deformation ([`spatial`]).
+    pub spatial: bool,
+    /// Noise, blur, brightness, contrast, low resolution and gamma ([`color`]).
+    pub intensity: bool,
+    /// Probability that an example receives a lesion from one of `donors` ([`paste`]).
+    pub copy_paste: f64,
+    /// The examples lesions are cut from: real training crops that an expert marked.
+    pub donors: Vec<usize>,
+}
+
+impl Augmentation {
+    /// The symmetries alone, or nothing.
+    pub fn symmetries(on: bool) -> Self {
+        Self { symmetry: on, ..Self::default() }
+    }
+}
 
 /// One of the dihedral symmetries: `rot` quarter turns, then an optional horizontal flip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
