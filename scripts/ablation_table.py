@@ -3,6 +3,7 @@
 and the kept scores (docs/ablation-runs, with its earlier-seeds.csv).
 
     python3 scripts/ablation_table.py ablation docs/ablation-runs
+    python3 scripts/ablation_table.py --recipe /tmp/abl27 docs/ablation-runs-27   # issue 27's columns
 
 A (row, seed) found in more than one place is counted once: the first root given wins, then the
 CSV. A column some seeds lack is averaged over the seeds that have it, with their count.
@@ -18,8 +19,17 @@ NAMES = {
     "5_hpunet_elbo": "HPU-Net (ELBO)",
     "6_hpunet_geco": "HPU-Net (GECO + top-k)",
     "7_hpaunet_geco": "Hierarchical Probabilistic Attention U-Net (GECO + top-k)",
+    "3a_spatial": "default + spatial augmentation",
+    "3b_intensity": "default + intensity augmentation",
+    "3c_schedule": "default + warm-up and poly schedule",
+    "3d_ema": "default + weight average (EMA 0.99)",
+    "3e_paste": "default + lesion copy-paste (p 0.5)",
+    "3f_recipe": "default + the whole recipe",
+    "4f_every_level_recipe": "transformers at every level + the whole recipe",
+    "6f_hpunet_geco_recipe": "HPU-Net (GECO + top-k) + the whole recipe",
+    "6g_hpunet_geco_topk10": "HPU-Net (GECO + top-k 10%)",
 }
-COLS = ("ged", "hm_iou", "sample_diversity", "annotator_diversity", "empty", "lesion_agreement", "train_s")
+COLS = ("ged", "hm_iou", "sample_diversity", "annotator_diversity", "empty", "lesion_agreement", "train_s", "dice_majority", "empty_3", "outside")
 
 
 def from_run(seed_dir):
@@ -36,13 +46,17 @@ def from_run(seed_dir):
         "images": len(rows),
         "lesion_agreement": m.get("lesion_agreement"),
         "train_s": sum(float(x) for x in secs.read_text().split()) if secs.exists() else None,
+        # Columns of eval from 2026-12-06 on (issue 27); older runs lack them.
+        "dice_majority": m["metrics"]["dice_majority"]["mean"],
+        "empty_3": sum(r["prediction_empty"] == "true" and int(r["experts_marked"]) >= 3 for r in rows) if "experts_marked" in rows[0] else None,
+        "outside": statistics.mean(float(r["area_outside_experts"]) for r in rows) if "area_outside_experts" in rows[0] else None,
     }
 
 
 def from_csv(path):
     out = {}
     for r in csv.DictReader(open(path)):
-        vals = {k: (float(r[k]) if r.get(k, "") != "" else None) for k in COLS}
+        vals = {k: (float(r[k]) if r.get(k) not in ("", None) else None) for k in COLS}
         vals["images"] = int(r["images"])
         out[(r["row"], int(r["seed"]))] = vals
     return out
@@ -74,6 +88,11 @@ def fmt(values, seeds, digits=3):
 
 def main(roots):
     runs = collect(roots)
+    recipe = "--recipe" in roots
+    roots = [r for r in roots if r != "--recipe"]
+    if recipe:
+        return recipe_table(collect(roots))
+    runs = collect(roots)
     print("| model | seeds | GED (lower is better) | HM-IoU | sample diversity / annotator diversity | empty mean masks | lesion agreement | train s | train img/s (64 px) | sampled masks/s (128 px) | params |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row, name in NAMES.items():
@@ -87,6 +106,23 @@ def main(roots):
             f"| {name} | {n} | {fmt(col['ged'], n)} | {fmt(col['hm_iou'], n)} | {fmt(col['sample_diversity'], n)} / {fmt(col['annotator_diversity'], n)} "
             f"| {fmt(col['empty'], n, 1)} of {mine[0]['images']} | {fmt(col['lesion_agreement'], n)} | {fmt(col['train_s'], n, 0)} "
             f"| {bench.get('train_images_per_s_64', float('nan')):.2f} | {bench.get('sampled_masks_per_s_128', float('nan')):.1f} | {bench.get('params', '-')} |"
+        )
+
+
+def recipe_table(runs):
+    """Issue 27's table: the recipe's columns, the rows that have them."""
+    print("| model | seeds | GED | HM-IoU | Dice mean mask vs majority | lesion agreement | empty mean masks (of them, crops >= 3 experts marked) | area outside every expert (px per crop) | sample / annotator diversity | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row, name in NAMES.items():
+        mine = [v for (r, _), v in sorted(runs.items()) if r == row and v.get("outside") is not None]
+        if not mine:
+            continue
+        n = len(mine)
+        col = {k: [v[k] for v in mine] for k in COLS}
+        print(
+            f"| {name} | {n} | {fmt(col['ged'], n)} | {fmt(col['hm_iou'], n)} | {fmt(col['dice_majority'], n)} | {fmt(col['lesion_agreement'], n)} "
+            f"| {fmt(col['empty'], n, 1)} ({fmt(col['empty_3'], n, 1)}) of {mine[0]['images']} | {fmt(col['outside'], n, 1)} "
+            f"| {fmt(col['sample_diversity'], n)} / {fmt(col['annotator_diversity'], n)} | {fmt(col['train_s'], n, 0)} |"
         )
 
 

@@ -27,4 +27,5 @@ mod predict;
 mod recipe;
 mod review;
 mod train;
+mod truth;
 mod wgpu;
