@@ -12,13 +12,14 @@ use crate::data::scan::Units;
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
-    /// Folder with images/ and labels/.
+    /// Folder with images/ and labels/; or LIDC crops as people hold them: the PyTorch port's
+    /// pickle (a file or a folder of them) or DeepMind's folders (images/ and gt/).
     #[arg(long)]
     pub input: PathBuf,
     /// Dataset npz to write; the manifest goes beside it (.manifest.json).
     #[arg(long)]
     pub out: PathBuf,
-    /// Crop side in pixels.
+    /// Crop side in pixels (LIDC crops larger than this keep their centre).
     #[arg(long, default_value_t = 128)]
     pub crop: usize,
     /// Background crops as a share of all crops, in [0, 1).

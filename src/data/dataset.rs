@@ -92,7 +92,16 @@ impl Dataset {
         Ok(Self { images, masks, series, synthetic: vec![false; n], preprocess: None })
     }
 
+    /// Reads an npz, or LIDC crops as the PyTorch port's pickle or DeepMind's PNG folders hold
+    /// them ([`super::lidc`]).
     pub fn load(path: &Path) -> Result<Self> {
+        match super::lidc::detect(path) {
+            Some(layout) => super::lidc::load(path, &layout),
+            None => Self::load_npz(path),
+        }
+    }
+
+    fn load_npz(path: &Path) -> Result<Self> {
         let src = path.display().to_string();
         let mut arrays = npz::read_npz(path)?;
         let images = match arrays.remove("images") {
@@ -185,6 +194,19 @@ impl Dataset {
         let mut synthetic = self.synthetic.clone();
         synthetic.extend(std::iter::repeat_n(true, other.len()));
         Ok(Self { images: cat3, masks: cat4, series, synthetic, preprocess: self.preprocess.clone() })
+    }
+
+    /// The central `size` x `size` of every crop (DeepMind's 180-px LIDC crops are cut to 128
+    /// this way for training).
+    pub fn center_crop(&self, size: usize) -> Result<Self> {
+        let (h, w) = (self.height(), self.width());
+        if size > h || size > w {
+            bail!("cannot cut {size}x{size} from {h}x{w} crops");
+        }
+        let (y0, x0) = ((h - size) / 2, (w - size) / 2);
+        let images = self.images.slice(ndarray::s![.., y0..y0 + size, x0..x0 + size]).to_owned();
+        let masks = self.masks.slice(ndarray::s![.., .., y0..y0 + size, x0..x0 + size]).to_owned();
+        Ok(Self { images, masks, series: self.series.clone(), synthetic: self.synthetic.clone(), preprocess: self.preprocess.clone() })
     }
 
     /// The examples at `idx`, in that order.

@@ -238,6 +238,9 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
     if s.crop < 8 {
         bail!("--crop must be at least 8");
     }
+    if let Some(layout) = super::lidc::detect(&s.input) {
+        return import_lidc(s, &layout);
+    }
     if !(0.0..1.0).contains(&s.background_share) {
         bail!("--background-share must be in [0, 1)");
     }
@@ -307,4 +310,27 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
     let mpath = s.out.with_extension("manifest.json");
     fsio::write_atomic(&mpath, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     Ok(Imported { crops: n, annotators, skipped, manifest: mpath })
+}
+
+/// LIDC crops as the PyTorch port's pickle or DeepMind's PNG folders hold them, written as an
+/// npz; crops larger than `--crop` keep their centre (DeepMind's 180 px become 128, as in the
+/// paper). Their intensities are the release's own: the record stays unknown.
+fn import_lidc(s: &ImportSettings, layout: &super::lidc::Layout) -> Result<Imported> {
+    let mut ds = super::lidc::load(&s.input, layout)?;
+    if ds.height() > s.crop || ds.width() > s.crop {
+        ds = ds.center_crop(s.crop)?;
+    } else if ds.height() < s.crop || ds.width() < s.crop {
+        bail!("{}: the crops are {}x{}, smaller than --crop {}", s.input.display(), ds.height(), ds.width(), s.crop);
+    }
+    ds.save(&s.out)?;
+    let manifest = serde_json::json!({
+        "input": s.input.display().to_string(),
+        "layout": match layout { super::lidc::Layout::Pickle(_) => "lidc-pickle", super::lidc::Layout::DeepMind => "deepmind-png" },
+        "crop": s.crop,
+        "annotators": ds.annotators(),
+        "crops": ds.len(),
+    });
+    let mpath = s.out.with_extension("manifest.json");
+    fsio::write_atomic(&mpath, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    Ok(Imported { crops: ds.len(), annotators: ds.annotators(), skipped: Vec::new(), manifest: mpath })
 }

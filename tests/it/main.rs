@@ -17,6 +17,7 @@ mod import;
 mod kernels;
 mod kill;
 mod layout;
+mod lidc;
 mod metrics;
 mod mismatch;
 mod model;
