@@ -43,8 +43,8 @@ declare -A ROWS=(
     [3f_recipe]="${PU[*]} ${RECIPE[*]}"
     [4f_every_level_recipe]="${PU[*]} --transformer-levels all ${RECIPE[*]}"
     [6f_hpunet_geco_recipe]="--model hpunet --loss geco ${RECIPE[*]}"
-    # GECO with top-k 10%: with the reference's 2%, the HPU-Net never samples findings only
-    # some experts marked on the known-truth set (docs/small-data.md).
+    # GECO with top-k 10%: with the reference's 2%, the HPU-Net takes 5x the steps to sample
+    # findings only some experts marked on the known-truth set (docs/small-data.md).
     [6g_hpunet_geco_topk10]="--model hpunet --loss geco --topk 0.1"
 )
 ONLY=${ONLY:-$(printf '%s\n' "${!ROWS[@]}" | sort | tr '\n' ' ')}

@@ -7,9 +7,10 @@
 //! finding always or never, ignoring its latents, gives about 0.5), and no more than 0.02 on
 //! the background.
 //!
-//! The HPU-Net learns the set with GECO and top-k 10% (and over every pixel, more slowly), not
-//! with the reference's top-k 2%, whose 92 pixels per batch here are fewer than the subtle
-//! findings' contested pixels: its prior then never samples them (docs/small-data.md).
+//! The HPU-Net learns the set in 80 epochs with GECO and top-k 10%. With the reference's top-k
+//! 2% (92 pixels per batch here, fewer than the subtle findings' contested pixels) its prior
+//! does not sample the subtle findings at all after 200 epochs and learns them only by 400;
+//! with the ELBO it ignores its latents until about 200 (docs/small-data.md).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
