@@ -46,6 +46,14 @@ pub struct Prediction {
     pub patches: usize,
 }
 
+impl Prediction {
+    /// The maps resampled bilinearly onto an h x w grid over the same extent.
+    pub fn resampled(&self, h: usize, w: usize) -> Prediction {
+        let map = |m: &Vec<f32>| crate::data::resample::linear(m, (self.height, self.width), (h, w));
+        Prediction { height: h, width: w, probs: self.probs.iter().map(map).collect(), mean: map(&self.mean), patches: self.patches }
+    }
+}
+
 /// The overlapping windows of `ph` x `pw` over an image of h x w, zero-padded up to one patch.
 pub struct Windows {
     padded: Vec<f32>,

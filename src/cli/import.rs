@@ -31,6 +31,10 @@ pub struct ImportArgs {
     /// Contrast-limited adaptive histogram equalisation after the window (dark, low-contrast scans).
     #[arg(long)]
     pub clahe: bool,
+    /// Resample every scan to this in-plane pixel spacing in mm first (bilinear for CT, by area
+    /// for masks) and record it, so that predict does the same [default: each scan's own grid].
+    #[arg(long, value_name = "MM")]
+    pub spacing: Option<f64>,
     /// What NIfTI images' values are: hu or unit [default: read from each file's header and values].
     #[arg(long, value_enum)]
     pub units: Option<Units>,
@@ -41,8 +45,8 @@ pub struct ImportArgs {
 
 impl ImportArgs {
     pub fn settings(self) -> ImportSettings {
-        let Self { input, out, crop, background_share, window, clahe, units, seed } = self;
-        ImportSettings { input, out, crop, background_share, window, clahe, units, seed }
+        let Self { input, out, crop, background_share, window, clahe, units, spacing, seed } = self;
+        ImportSettings { input, out, crop, background_share, window, clahe, units, spacing, seed }
     }
 }
 

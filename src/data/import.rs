@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::Dataset;
 use super::intensity::Window;
+use super::resample;
 use super::scan::{self, Preprocess, Scan, Units};
 use crate::fsio;
 
@@ -32,6 +33,8 @@ pub struct ImportSettings {
     pub clahe: bool,
     /// What NIfTI images hold, where the user says so.
     pub units: Option<Units>,
+    /// Resample every scan (and its masks) to this in-plane pixel spacing in mm first.
+    pub spacing: Option<f64>,
     pub seed: u64,
 }
 
@@ -248,7 +251,13 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
     let annotators = labels.values().map(|m| m.len()).max().unwrap_or(0);
     // The record follows the scans' units: a window only touches HU.
     let mut units: Option<(Units, String)> = None;
-    let pre_for = |u: Units| Preprocess { window: (u == Units::Hu).then_some(s.window), clahe: s.clahe, ..Default::default() };
+    if let Some(mm) = s.spacing
+        && !(mm.is_finite() && mm > 0.0)
+    {
+        bail!("--spacing must be a positive number of mm, got {mm}");
+    }
+    let pre_for =
+        |u: Units| Preprocess { window: (u == Units::Hu).then_some(s.window), clahe: s.clahe, spacing: s.spacing, ..Default::default() };
     let mut rng = StdRng::seed_from_u64(s.seed);
     let (mut crops, mut skipped) = (Crops::default(), Vec::new());
     for img_path in &images {
@@ -283,9 +292,25 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
         }
         let pre = pre_for(u);
         let label_names: Vec<String> = files.values().map(|p| p.display().to_string()).collect();
+        let from = match (s.spacing, scan.spacing()) {
+            (Some(_), None) => bail!(
+                "--spacing: {} states no pixel spacing (PNG and TIFF have none); import DICOM or NIfTI, or leave out --spacing",
+                img_path.display()
+            ),
+            (_, from) => from,
+        };
         for (z, sl) in scan.slices.iter().enumerate() {
+            let mut masks: Vec<Vec<u8>> =
+                label_scans.iter().map(|l| l.slices[z].values.iter().map(|&v| (v > 0.0) as u8).collect()).collect();
+            let sl = match (s.spacing, from) {
+                (Some(mm), Some(from)) => {
+                    let r = sl.resampled(from, mm);
+                    masks = masks.iter().map(|m| resample::mask_area(m, (sl.height, sl.width), (r.height, r.width))).collect();
+                    r
+                }
+                _ => sl.clone(),
+            };
             let x = sl.normalized(&pre)?;
-            let masks: Vec<Vec<u8>> = label_scans.iter().map(|l| l.slices[z].values.iter().map(|&v| (v > 0.0) as u8).collect()).collect();
             crop_slice(&mut crops, &x, &masks, (sl.height, sl.width), (&case, img_path, &label_names, z), s, &mut rng);
         }
     }

@@ -13,6 +13,7 @@ pub mod masks;
 pub mod npz;
 pub mod pickle;
 pub mod preprocess;
+pub mod resample;
 pub mod scan;
 pub mod split;
 pub mod synth;

@@ -17,11 +17,15 @@ pub struct Preprocess {
     /// Contrast-limited adaptive histogram equalisation after windowing (for dark scans).
     pub clahe: bool,
     pub clahe_clip: f32,
+    /// The in-plane pixel spacing (mm) every scan was resampled to (`import --spacing`);
+    /// unset: each scan's own grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spacing: Option<f64>,
 }
 
 impl Default for Preprocess {
     fn default() -> Self {
-        Self { window: None, clahe: false, clahe_clip: 2.0 }
+        Self { window: None, clahe: false, clahe_clip: 2.0, spacing: None }
     }
 }
 
@@ -42,7 +46,11 @@ pub fn describe(p: Option<&Preprocess>) -> String {
         },
         None => "intensities in [0, 1], no HU window".to_string(),
     };
-    if p.clahe { format!("{window}, CLAHE clip {}", p.clahe_clip) } else { window }
+    let window = if p.clahe { format!("{window}, CLAHE clip {}", p.clahe_clip) } else { window };
+    match p.spacing {
+        Some(mm) => format!("{window}, resampled to {mm} mm pixels"),
+        None => window,
+    }
 }
 
 /// The units a scan's values are in.

@@ -30,6 +30,19 @@ pub struct Slice {
 }
 
 impl Slice {
+    /// (height, width).
+    pub fn size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
+    /// This slice, whose pixels are `from` mm apart (rows, columns), resampled bilinearly to
+    /// `mm` mm pixels over the same extent.
+    pub fn resampled(&self, from: (f64, f64), mm: f64) -> Slice {
+        let size = (super::resample::resampled_len(self.height, from.0, mm), super::resample::resampled_len(self.width, from.1, mm));
+        let values = super::resample::linear(&self.values, (self.height, self.width), size);
+        Slice { height: size.0, width: size.1, values, ..self.clone() }
+    }
+
     /// Network input in [0, 1]: HU through `p`'s window, intensities as they are; then CLAHE.
     /// An HU slice needs a window (`preprocess::for_scan` resolves one or refuses).
     pub fn normalized(&self, p: &Preprocess) -> Result<Vec<f32>> {
@@ -47,6 +60,19 @@ pub struct Scan {
     pub source: PathBuf,
     pub slices: Vec<Slice>,
     pub geometry: Geometry,
+}
+
+impl Scan {
+    /// In-plane pixel spacing in mm (between rows, between columns), where the file states it:
+    /// DICOM's Pixel Spacing, NIfTI's pixdim; PNG and TIFF have none.
+    pub fn spacing(&self) -> Option<(f64, f64)> {
+        let ok = |(r, c): (f64, f64)| (r.is_finite() && c.is_finite() && r > 0.0 && c > 0.0).then_some((r, c));
+        match &self.geometry {
+            Geometry::Dicom(s) => s.pixel_spacing.map(|p| (p[0], p[1])).and_then(ok),
+            Geometry::Nifti(h) => ok((h.pixdim[2] as f64, h.pixdim[1] as f64)),
+            Geometry::Plain => None,
+        }
+    }
 }
 
 fn is_nifti(p: &Path) -> bool {

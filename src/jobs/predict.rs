@@ -102,13 +102,17 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
             req.window,
             s.allow_mismatch,
         )?;
+        let grid = model_grid(&scan, &pre, (&input, &s.run), s.allow_mismatch)?;
         let name = scan::stem(&input);
         let dir = req.out.join(&name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let total: usize = scan
             .slices
             .iter()
-            .map(|sl| window_starts(sl.height.max(ph), ph, req.overlap).len() * window_starts(sl.width.max(pw), pw, req.overlap).len())
+            .map(|sl| {
+                let (h, w) = grid.map_or((sl.height, sl.width), |(from, mm)| sl.resampled(from, mm).size());
+                window_starts(h.max(ph), ph, req.overlap).len() * window_starts(w.max(pw), pw, req.overlap).len()
+            })
             .sum();
         let pb = crate::progress::bar(total as u64, false, &format!("{name} patches"));
         let started = Instant::now();
@@ -116,9 +120,27 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
         let mut inputs01 = Vec::with_capacity(scan.slices.len());
         for slice in &scan.slices {
             let x = slice.normalized(&pre)?;
-            preds.push(predict_image(&model, &x, slice.height, slice.width, (ph, pw), &sampling, req.overlap, &device, |k| {
-                pb.inc(k as u64)
-            })?);
+            let mut tick = |k: usize| pb.inc(k as u64);
+            let pred = match grid {
+                // On the model's grid, then back onto the scan's.
+                Some((from, mm)) => {
+                    let r = slice.resampled(from, mm);
+                    let p = predict_image(
+                        &model,
+                        &r.normalized(&pre)?,
+                        r.height,
+                        r.width,
+                        (ph, pw),
+                        &sampling,
+                        req.overlap,
+                        &device,
+                        &mut tick,
+                    )?;
+                    p.resampled(slice.height, slice.width)
+                }
+                None => predict_image(&model, &x, slice.height, slice.width, (ph, pw), &sampling, req.overlap, &device, &mut tick)?,
+            };
+            preds.push(pred);
             inputs01.push(x);
         }
         pb.finish_and_clear();
@@ -153,6 +175,25 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Where the run's record resamples scans (`import --spacing`): the scan's own spacing and the
+/// run's. A scan that states none is refused, or with `--allow-mismatch` predicted on its grid.
+fn model_grid(scan: &Scan, pre: &Preprocess, (input, run): (&Path, &Path), allow: bool) -> Result<Option<((f64, f64), f64)>> {
+    let Some(mm) = pre.spacing else { return Ok(None) };
+    match scan.spacing() {
+        Some(from) => Ok(Some((from, mm))),
+        None if allow => {
+            tracing::warn!("{} states no pixel spacing; predicting on its own grid as --allow-mismatch asks", input.display());
+            Ok(None)
+        }
+        None => bail!(
+            "{} states no pixel spacing (PNG and TIFF have none), but {} was trained on scans resampled to {mm} mm pixels. \
+             Give the scan as DICOM or NIfTI, or --allow-mismatch to predict on the file's own grid",
+            input.display(),
+            run.display()
+        ),
+    }
 }
 
 /// inputs.npz, samples.npz and review.json (what `apunet review` reads), and the page.

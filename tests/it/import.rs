@@ -49,6 +49,7 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
         window: Window::Lung,
         clahe: true,
         units: None,
+        spacing: None,
         seed: 1,
     })
     .unwrap();
@@ -93,6 +94,7 @@ fn import_crops_around_lesions_and_reports_bad_cases() {
         window: Window::Lung,
         clahe: false,
         units: None,
+        spacing: None,
         seed: 0,
     })
     .unwrap_err();

@@ -27,6 +27,7 @@ mod parallel;
 mod predict;
 mod recipe;
 mod review;
+mod spacing;
 mod train;
 mod truth;
 mod wgpu;
