@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::data::head_ct::{self, HeadCtConfig};
 use crate::data::synth::{self, SynthConfig};
 use crate::train::RunConfig;
 
@@ -62,12 +63,16 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// The npz to write.
+    /// The npz to write (--kind head-ct: the folder, in import's layout).
     #[arg(long)]
     pub out: PathBuf,
-    /// Crops to make.
-    #[arg(long, default_value_t = 256)]
-    pub count: usize,
+    /// lidc-like: dark lung-CT-like crops in [0, 1] (npz); head-ct: head CT slices in HU with
+    /// subtle hyperdense lesions, as NIfTI scans and expert masks for `apunet import`.
+    #[arg(long, value_enum, default_value = "lidc-like")]
+    pub kind: SynthKind,
+    /// Crops (head-ct: cases) to make [default: 256; head-ct 40].
+    #[arg(long)]
+    pub count: Option<usize>,
     /// Crop side in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
@@ -77,6 +82,13 @@ pub struct SynthArgs {
     /// Seed of the generator (split: of the series drawn for validation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// `synth --kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SynthKind {
+    LidcLike,
+    HeadCt,
 }
 
 #[derive(Args, Debug)]
@@ -198,7 +210,21 @@ pub fn print_json(v: &serde_json::Value) -> Result<()> {
 }
 
 fn synth_cmd(a: SynthArgs) -> Result<()> {
-    let cfg = SynthConfig { count: a.count, size: a.size, annotators: a.annotators, seed: a.seed, ..Default::default() };
+    if a.kind == SynthKind::HeadCt {
+        let cfg = HeadCtConfig { cases: a.count.unwrap_or(40), size: a.size, annotators: a.annotators, seed: a.seed };
+        head_ct::write_folder(&a.out, &cfg)?;
+        crate::say!(
+            "wrote {} head-CT slices {}x{} in HU with {} experts' masks into {} (apunet import --input {} --window brain)",
+            cfg.cases,
+            a.size,
+            a.size,
+            a.annotators,
+            a.out.display(),
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let cfg = SynthConfig { count: a.count.unwrap_or(256), size: a.size, annotators: a.annotators, seed: a.seed, ..Default::default() };
     let ds = synth::generate_to(&cfg, &a.out)?;
     crate::say!("wrote {} ({} images {}x{}, {} annotators)", a.out.display(), ds.len(), a.size, a.size, a.annotators);
     Ok(())

@@ -6,6 +6,7 @@ pub mod clahe;
 pub mod dataset;
 pub mod dicom;
 pub mod dicom_guard;
+pub mod head_ct;
 pub mod import;
 pub mod intensity;
 pub mod lidc;

@@ -12,6 +12,7 @@ mod fortran;
 mod fuzz;
 mod gan;
 mod gan_run;
+mod head_ct;
 mod hpunet;
 mod import;
 mod kernels;
