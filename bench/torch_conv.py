@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """PyTorch side of `cargo run --release --example conv_gflops [-- THREADS]`: the same 3x3
 convolutions, forward, input gradient and weight gradient each timed alone (best of 5 after a
-warm-up call), in GFLOP/s of the forward's multiply-adds.
+warm-up call), in GFLOP/s of the forward's multiply-adds and as a share of the core's fp32 FMA
+peak, which `apunet bench --fma-peak` measures first with a register-only loop (APUNET_BIN, else
+target/release/apunet; without it the shares are left out).
 
     python3 bench/torch_conv.py [THREADS]
 """
+import json
+import os
+import subprocess
 import sys
 import time
 
@@ -28,8 +33,22 @@ def best_of_5(f):
     return min(times)
 
 
+def fma_peak():
+    """One core's fp32 FMA peak in GFLOP/s, from apunet's register-only loop, or None."""
+    binary = os.environ.get("APUNET_BIN", os.path.join(os.path.dirname(__file__), "..", "target", "release", "apunet"))
+    try:
+        out = subprocess.run([binary, "bench", "--fma-peak"], capture_output=True, text=True, check=True).stdout
+        return json.loads(out)["fma_peak_gflops_per_core"]
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
+        return None
+
+
 def main():
-    torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    torch.set_num_threads(threads)
+    peak = fma_peak()
+    print(f"FMA peak, one thread: {peak:.1f} GFLOP/s" if peak else "FMA peak unknown (no apunet binary): shares left out", flush=True)
+    share = (lambda t, gflop: f" {100 * gflop / t / (peak * threads):3.0f}%") if peak else (lambda t, gflop: "")
     back = torch.ops.aten.convolution_backward
     with torch.no_grad():
         for n, ci, co, hw, pad in GEOMS:
@@ -43,8 +62,9 @@ def main():
             dx = best_of_5(lambda: back(g, x, w, None, *conv, [True, False, False]))
             dw = best_of_5(lambda: back(g, x, w, None, *conv, [False, True, False]))
             print(
-                f"n{n} {ci:>3}->{co:<3} @{hw:<3}  forward {fwd * 1e3:6.1f} ms {gflop / fwd:5.1f} GFLOP/s | "
-                f"input grad {dx * 1e3:6.1f} ms {gflop / dx:5.1f} | weight grad {dw * 1e3:6.1f} ms {gflop / dw:5.1f}",
+                f"n{n} {ci:>3}->{co:<3} @{hw:<3}  forward {fwd * 1e3:6.1f} ms {gflop / fwd:5.1f} GFLOP/s{share(fwd, gflop)} | "
+                f"input grad {dx * 1e3:6.1f} ms {gflop / dx:5.1f}{share(dx, gflop)} | "
+                f"weight grad {dw * 1e3:6.1f} ms {gflop / dw:5.1f}{share(dw, gflop)}",
                 flush=True,
             )
 

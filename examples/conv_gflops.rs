@@ -2,13 +2,16 @@
 //! default model and the LIDC recipe at batch 8 and of the CycleGAN at batch 1, forward, input
 //! gradient and weight gradient, layout copies included, on one thread unless told otherwise.
 //! Also prints a hash of each result's bits, so that a change meant to reorder memory traffic
-//! only can be checked to give the same bits.
+//! only can be checked to give the same bits. Each rate is also given as a share of the core's
+//! fp32 FMA peak, measured first with a register-only loop (`apunet::kernels::peak`), so that
+//! the figures mean the same on any CPU (the share is per thread: with THREADS > 1 it is of
+//! THREADS cores' peak).
 //!
 //!     cargo run --release --example conv_gflops [-- THREADS]
 
 use std::time::Instant;
 
-use apunet::kernels::{ConvGeom, direct, weight_grad};
+use apunet::kernels::{ConvGeom, direct, peak, weight_grad};
 
 fn bits_hash(v: &[f32]) -> u64 {
     v.iter().fold(0u64, |a, x| a.wrapping_mul(31).wrapping_add(u64::from(x.to_bits())))
@@ -40,6 +43,10 @@ fn main() {
     }
     let threads = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("the first rayon pool");
+    let p = peak::measure();
+    let fmt = |g: Option<f64>| g.map_or("-".to_string(), |g| format!("{g:.1}"));
+    println!("FMA peak, one thread: AVX2 {} GFLOP/s, AVX-512 {} GFLOP/s", fmt(p.avx2_gflops), fmt(p.avx512_gflops));
+    let peak = p.best().unwrap_or(f64::NAN) * threads as f64;
     // (batch, c_in, c_out, size, pad): the default model's encoder levels and a decoder block's
     // first conv at batch 8; then the CycleGAN's residual blocks at batch 1 (paper size at 128
     // and 256 px, the small network at 128 px), on inputs already reflection-padded; then the
@@ -69,14 +76,18 @@ fn main() {
         let fwd = best_of_5(|| direct::forward(&g, &x, &w, None));
         let bx = best_of_5(|| direct::backward_x(&g, &w, &grad));
         let bw = best_of_5(|| weight_grad::backward_weight(&g, &x, &grad));
+        let share = |t: f64| 100.0 * gflop / t / peak;
         println!(
-            "n{batch} {ci:>3}->{co:<3} @{hw:<3}  forward {:6.1} ms {:5.1} GFLOP/s | input grad {:6.1} ms {:5.1} | weight grad {:6.1} ms {:5.1}",
+            "n{batch} {ci:>3}->{co:<3} @{hw:<3}  forward {:6.1} ms {:5.1} GFLOP/s {:3.0}% | input grad {:6.1} ms {:5.1} {:3.0}% | weight grad {:6.1} ms {:5.1} {:3.0}%",
             fwd * 1e3,
             gflop / fwd,
+            share(fwd),
             bx * 1e3,
             gflop / bx,
+            share(bx),
             bw * 1e3,
-            gflop / bw
+            gflop / bw,
+            share(bw)
         );
         let (a, b, c) = (direct::forward(&g, &x, &w, None), direct::backward_x(&g, &w, &grad), weight_grad::backward_weight(&g, &x, &grad));
         println!("             bits: {:016x} {:016x} {:016x}", bits_hash(&a), bits_hash(&b), bits_hash(&c));

@@ -59,6 +59,10 @@ pub struct BenchSettings {
     /// each, every rank stepping on its rows of the batch [default: 1, one rank].
     #[arg(long, default_value_t = 1)]
     pub ranks: usize,
+    /// Only measure one core's fp32 FMA peak (a register-only loop, AVX2 and AVX-512), the
+    /// figure kernel rates are shares of (examples/conv_gflops.rs, bench/torch_conv.py).
+    #[arg(long)]
+    pub fma_peak: bool,
 }
 
 fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -76,6 +80,12 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// The default model (or the one the settings name) trained and sampled on random data: a
 /// JSON report.
 pub fn bench(a: &BenchSettings) -> Result<serde_json::Value> {
+    if a.fma_peak {
+        let p = crate::kernels::peak::measure();
+        return Ok(
+            serde_json::json!({ "fma_peak_gflops_per_core": p.best(), "avx2_gflops": p.avx2_gflops, "avx512_gflops": p.avx512_gflops }),
+        );
+    }
     let device = parse_device(&a.device)?;
     let gpu = a.device != "cpu" && a.device != "flex";
     let b = a.batch_size.unwrap_or(if gpu { 32 } else { 8 });

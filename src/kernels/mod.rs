@@ -10,6 +10,7 @@ pub mod head;
 pub mod layout;
 pub mod norm;
 pub mod pad;
+pub mod peak;
 pub mod pool;
 pub mod resize;
 pub mod strided;
