@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::data::synth::SynthKind;
 use crate::jobs::demo::{DemoSettings, run_demo};
 
 #[derive(Args, Debug)]
@@ -12,6 +13,10 @@ pub struct DemoArgs {
     /// Folder for the data, the run, the samples and the evaluation.
     #[arg(long, default_value = "apunet-demo")]
     pub out: PathBuf,
+    /// lidc-like: dark lung-CT-like crops; head-ct: head CT in HU with subtle lesions, imported
+    /// through the brain window at 0.5 mm pixels, as `synth --kind head-ct` and `import` make it.
+    #[arg(long, value_enum, default_value = "lidc-like")]
+    pub data: SynthKind,
     /// Training epochs.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -30,6 +35,6 @@ pub struct DemoArgs {
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
-    let DemoArgs { out, epochs, count, size, device, seed } = a;
-    run_demo(&DemoSettings { out, epochs, count, size, device, seed }, |line| crate::say!("{line}"))
+    let DemoArgs { out, data, epochs, count, size, device, seed } = a;
+    run_demo(&DemoSettings { out, kind: data, epochs, count, size, device, seed }, |line| crate::say!("{line}"))
 }

@@ -14,7 +14,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::data::head_ct::{self, HeadCtConfig};
-use crate::data::synth::{self, SynthConfig};
+use crate::data::synth::{self, SynthConfig, SynthKind};
 use crate::train::RunConfig;
 
 pub use crate::jobs::sample::RunSampling as SamplingArgs;
@@ -82,13 +82,6 @@ pub struct SynthArgs {
     /// Seed of the generator (split: of the series drawn for validation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-/// `synth --kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SynthKind {
-    LidcLike,
-    HeadCt,
 }
 
 #[derive(Args, Debug)]

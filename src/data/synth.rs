@@ -12,6 +12,15 @@ use rand_distr::{Distribution, Normal};
 
 use super::Dataset;
 
+/// Which synthetic data `synth` and `demo` make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SynthKind {
+    /// Dark lung-CT-like crops in [0, 1] (this module).
+    LidcLike,
+    /// Head CT in HU with experts' masks, in import's layout ([`super::head_ct`]).
+    HeadCt,
+}
+
 #[derive(Debug, Clone)]
 pub struct SynthConfig {
     pub count: usize,

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::data::synth::{self, SynthConfig};
+use crate::data::head_ct::{self, HeadCtConfig};
+use crate::data::import::{ImportSettings, import_folder};
+use crate::data::intensity::Window;
+use crate::data::synth::{self, SynthConfig, SynthKind};
 use crate::device::parse_device;
 use crate::jobs::evaluate::{EvalRequest, evaluate_run, plot_run};
 use crate::jobs::sample::{RunSampling, sample_to_file};
@@ -17,6 +20,8 @@ use crate::train::{self, RunConfig, TrainConfig, TrainRequest};
 #[derive(Debug, Clone)]
 pub struct DemoSettings {
     pub out: PathBuf,
+    /// Which synthetic data: lung-CT-like crops, or head CT in HU through `import`.
+    pub kind: SynthKind,
     pub epochs: usize,
     pub count: usize,
     pub size: usize,
@@ -33,6 +38,27 @@ pub fn demo_config(epochs: usize, seed: u64) -> RunConfig {
     }
 }
 
+/// About `crops` crops of `size` px from synthetic head-CT cases written into `dir` and
+/// imported as a user would: brain window, 0.5 mm pixels.
+fn head_ct_crops(dir: &std::path::Path, crops: usize, size: usize, seed: u64) -> Result<crate::data::Dataset> {
+    // A case gives about 1.4 crops: its lesions and a share of background.
+    let cases = (crops * 5 / 7).max(1);
+    head_ct::write_folder(dir, &HeadCtConfig { cases, size: 128.max(size), annotators: 4, seed })?;
+    let out = dir.with_extension("npz");
+    import_folder(&ImportSettings {
+        input: dir.into(),
+        out: out.clone(),
+        crop: size,
+        background_share: 0.2,
+        window: Window::Brain,
+        clahe: false,
+        units: None,
+        spacing: Some(0.5),
+        seed,
+    })?;
+    crate::data::Dataset::load(&out)
+}
+
 /// The held-out set's seed: never the training seed.
 pub fn heldout_seed(seed: u64) -> u64 {
     seed ^ 0x5E_ED0F_7E57
@@ -45,12 +71,20 @@ pub fn run_demo(a: &DemoSettings, mut say: impl FnMut(String)) -> Result<()> {
     let device = parse_device(&a.device)?;
     std::fs::create_dir_all(&a.out)?;
     let data = a.out.join("synthetic.npz");
-    let ds = synth::generate(&SynthConfig { count: a.count, size: a.size, seed: a.seed, ..Default::default() })?;
-    ds.save(&data)?;
     // Scored on images it never saw: another seed's draw of the same generator.
     let heldout = a.out.join("heldout.npz");
-    let test =
-        synth::generate(&SynthConfig { count: (a.count / 3).max(1), size: a.size, seed: heldout_seed(a.seed), ..Default::default() })?;
+    let held = (a.count / 3).max(1);
+    let (ds, test) = match a.kind {
+        SynthKind::LidcLike => (
+            synth::generate(&SynthConfig { count: a.count, size: a.size, seed: a.seed, ..Default::default() })?,
+            synth::generate(&SynthConfig { count: held, size: a.size, seed: heldout_seed(a.seed), ..Default::default() })?,
+        ),
+        SynthKind::HeadCt => (
+            head_ct_crops(&a.out.join("head-ct/train"), a.count, a.size, a.seed)?,
+            head_ct_crops(&a.out.join("head-ct/heldout"), held, a.size, heldout_seed(a.seed))?,
+        ),
+    };
+    ds.save(&data)?;
     test.save(&heldout)?;
     say(format!(
         "1/4 synthetic data: {} ({} crops {}x{}, {} annotators) and held-out {} ({} crops)",

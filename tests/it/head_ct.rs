@@ -91,3 +91,17 @@ fn a_synthetic_head_ct_hides_its_lesions_from_the_lung_window_only() {
     let p = ds.preprocess.unwrap();
     assert_eq!((p.window, p.spacing), (Some(Window::Brain), Some(0.5)));
 }
+
+#[test]
+fn the_demo_runs_on_the_head_ct_as_a_second_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_apunet"))
+        .args(["demo", "--data", "head-ct", "--out", dir.path().to_str().unwrap(), "--epochs", "1", "--count", "16"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ds = Dataset::load(&dir.path().join("synthetic.npz")).unwrap();
+    let p = ds.preprocess.clone().expect("imported with a record");
+    assert_eq!((p.window, p.spacing, ds.height()), (Some(Window::Brain), Some(0.5), 64));
+    assert!(dir.path().join("eval/metrics.json").exists() && dir.path().join("eval/review.html").exists());
+}
