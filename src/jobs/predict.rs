@@ -103,6 +103,8 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
             s.allow_mismatch,
         )?;
         let grid = model_grid(&scan, &pre, (&input, &s.run), s.allow_mismatch)?;
+        // What is reported as applied: no resampling where the scan kept its own grid.
+        let pre = if grid.is_none() { Preprocess { spacing: None, ..pre } } else { pre };
         let name = scan::stem(&input);
         let dir = req.out.join(&name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -153,7 +153,8 @@ fn predict_resamples_to_the_runs_spacing_and_back() {
     obj.write_to_file(&bare).unwrap();
     let e = format!("{:#}", predict(&run, &bare, &dir.path().join("q"), false).unwrap_err());
     assert!(e.contains("states no pixel spacing") && e.contains("0.5 mm"), "{e}");
-    predict(&run, &bare, &dir.path().join("q"), true).unwrap();
+    let reports = predict(&run, &bare, &dir.path().join("q"), true).unwrap();
+    assert_eq!(reports[0].applied.spacing, None, "reported as resampled, though it kept its grid");
     assert_eq!(mean_of(&dir.path().join("q/bare")).0[1..], [128, 128]);
     // And a PNG is refused as well (it holds intensities, the run HU).
     let png = dir.path().join("slice.png");
