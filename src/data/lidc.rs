@@ -13,6 +13,7 @@ use ndarray::{Array3, Array4};
 
 use super::Dataset;
 use super::pickle::{self, Value};
+use super::scan;
 
 /// Which layout `path` holds, if it is one of these.
 pub fn detect(path: &Path) -> Option<Layout> {
@@ -150,15 +151,11 @@ fn is_png(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
-/// A grayscale PNG as intensities in [0, 1] (8- or 16-bit) and its size.
+/// A grayscale PNG as intensities in [0, 1] (8- or 16-bit, through [`scan::read_gray`] and its
+/// limit on decoded size) and its size.
 fn read_gray(p: &Path) -> Result<(Vec<f32>, (usize, usize))> {
-    let img = image::open(p).with_context(|| format!("reading {}", p.display()))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let values = match img {
-        image::DynamicImage::ImageLuma16(g) => g.pixels().map(|p| p.0[0] as f32 / 65535.0).collect(),
-        other => other.to_luma8().pixels().map(|p| p.0[0] as f32 / 255.0).collect(),
-    };
-    Ok((values, (h, w)))
+    let s = scan::read_gray(p)?;
+    Ok((s.values, (s.height, s.width)))
 }
 
 /// Crops gathered one by one, checked to share a size and a grader count.

@@ -117,7 +117,7 @@ fn copy_paste_carries_the_lesion_with_each_experts_mask() {
     assert!(to_host(b.images).unwrap().iter().all(|v| *v == 0.2));
 }
 
-fn apunet(args: &[&str]) -> Command {
+fn apunet<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_apunet"));
     c.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
     c
@@ -167,13 +167,11 @@ fn the_whole_recipe_resumes_after_a_kill_as_if_never_stopped() {
         .map(|s| s.to_string())
         .collect()
     };
-    let args = |v: &[String]| v.iter().map(String::as_str).collect::<Vec<_>>().join("\u{1}");
     let (whole, cut) = (dir.path().join("whole"), dir.path().join("cut"));
-    let out = apunet(&args(&flags(&whole)).split('\u{1}').collect::<Vec<_>>()).output().unwrap();
+    let out = apunet(&flags(&whole)).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The same run killed once it has saved epoch 3, then resumed.
-    let cut_flags = flags(&cut);
-    let mut child = apunet(&args(&cut_flags).split('\u{1}').collect::<Vec<_>>()).spawn().unwrap();
+    let mut child = apunet(&flags(&cut)).spawn().unwrap();
     let state = cut.join("checkpoints/state.json");
     while child.try_wait().unwrap().is_none() {
         let epoch = std::fs::read_to_string(&state)

@@ -82,19 +82,8 @@ fn low_resolution(img: &mut [f32], h: usize, w: usize, zoom: f32) {
             low[y * lw + x] = img[sy.min(h - 1) * w + sx.min(w - 1)];
         }
     }
-    for y in 0..h {
-        let fy = ((y as f32 + 0.5) * lh as f32 / h as f32 - 0.5).clamp(0.0, (lh - 1) as f32);
-        let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
-        let y1 = (y0 + 1).min(lh - 1);
-        for x in 0..w {
-            let fx = ((x as f32 + 0.5) * lw as f32 / w as f32 - 0.5).clamp(0.0, (lw - 1) as f32);
-            let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
-            let x1 = (x0 + 1).min(lw - 1);
-            let top = low[y0 * lw + x0] * (1.0 - tx) + low[y0 * lw + x1] * tx;
-            let bottom = low[y1 * lw + x0] * (1.0 - tx) + low[y1 * lw + x1] * tx;
-            img[y * w + x] = top * (1.0 - ty) + bottom * ty;
-        }
-    }
+    let up = crate::data::resample::linear(&low, (lh, lw), (h, w));
+    img.copy_from_slice(&up);
 }
 
 fn stats(v: &[f32]) -> (f32, f32) {

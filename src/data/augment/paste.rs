@@ -6,6 +6,7 @@
 use rand::Rng;
 
 use super::color::blur;
+use crate::data::resample;
 
 /// The lesion is rescaled by a factor drawn from this range.
 pub const SCALE: (f32, f32) = (0.75, 1.25);
@@ -41,21 +42,14 @@ pub fn cut(img: &[f32], masks: &[&[u8]], h: usize, w: usize, scale: f32) -> Opti
     let (y1, x1) = ((y1 + MARGIN).min(h - 1), (x1 + MARGIN).min(w - 1));
     let (bh, bw) = (y1 - y0 + 1, x1 - x0 + 1);
     let (oh, ow) = (((bh as f32 * scale).round() as usize).max(1), ((bw as f32 * scale).round() as usize).max(1));
-    // Output pixel centres mapped back into the box, bilinear inside it.
-    let sample = |src: &dyn Fn(usize, usize) -> f32, y: usize, x: usize| {
-        let sy = ((y as f32 + 0.5) * bh as f32 / oh as f32 - 0.5).clamp(0.0, (bh - 1) as f32);
-        let sx = ((x as f32 + 0.5) * bw as f32 / ow as f32 - 0.5).clamp(0.0, (bw - 1) as f32);
-        let (ya, xa) = (sy.floor() as usize, sx.floor() as usize);
-        let (yb, xb) = ((ya + 1).min(bh - 1), (xa + 1).min(bw - 1));
-        let (ty, tx) = (sy - ya as f32, sx - xa as f32);
-        let top = src(ya, xa) * (1.0 - tx) + src(ya, xb) * tx;
-        let bottom = src(yb, xa) * (1.0 - tx) + src(yb, xb) * tx;
-        top * (1.0 - ty) + bottom * ty
+    // The box, resampled bilinearly over the same extent; each mask thresholded at one half.
+    let box_of = |src: &dyn Fn(usize) -> f32| -> Vec<f32> {
+        let region: Vec<f32> = (0..bh * bw).map(|j| src((y0 + j / bw) * w + x0 + j % bw)).collect();
+        resample::linear(&region, (bh, bw), (oh, ow))
     };
-    let grid = |src: &dyn Fn(usize, usize) -> f32| -> Vec<f32> { (0..oh * ow).map(|j| sample(src, j / ow, j % ow)).collect() };
-    let region = grid(&|y, x| img[(y0 + y) * w + x0 + x]);
+    let region = box_of(&|j| img[j]);
     let cut_masks: Vec<Vec<u8>> =
-        masks.iter().map(|m| grid(&|y, x| m[(y0 + y) * w + x0 + x] as f32).into_iter().map(|v| u8::from(v >= 0.5)).collect()).collect();
+        masks.iter().map(|m| box_of(&|j| m[j] as f32).into_iter().map(|v| u8::from(v >= 0.5)).collect()).collect();
     let core: Vec<f32> = (0..oh * ow).map(|j| if cut_masks.iter().any(|m| m[j] > 0) { 1.0 } else { 0.0 }).collect();
     if core.iter().all(|&v| v == 0.0) {
         return None;
