@@ -14,7 +14,8 @@ def fmt(v):
 def main(root):
     print("| input window | seeds | GED (lower is better) | HM-IoU | Dice mean mask vs majority | empty mean masks | area outside every expert (px per crop) | per seed: GED / Dice |")
     print("|---|---|---|---|---|---|---|---|")
-    for w in ["lung", "brain"]:
+    labels = {"lung": "lung", "brain": "brain", "stacked": "brain, subdural, bone as 3 channels"}
+    for w in labels:
         runs = sorted((Path(root) / w).glob("seed*"))
         runs = [r for r in runs if (r / "eval/metrics.json").exists()]
         if not runs:
@@ -26,7 +27,7 @@ def main(root):
         empty = [float(sum(p["prediction_empty"] == "true" for p in rr)) for rr in rows]
         outside = [statistics.mean(float(p["area_outside_experts"]) for p in rr) for rr in rows]
         per = ", ".join(f"{r.name}: {g:.3f} / {d:.3f}" for r, g, d in zip(runs, ged, dice))
-        print(f"| {w} | {len(runs)} | {fmt(ged)} | {fmt([x['hm_iou']['mean'] for x in m])} | {fmt(dice)} | {fmt(empty)} of {len(rows[0])} | {fmt(outside)} | {per} |")
+        print(f"| {labels[w]} | {len(runs)} | {fmt(ged)} | {fmt([x['hm_iou']['mean'] for x in m])} | {fmt(dice)} | {fmt(empty)} of {len(rows[0])} | {fmt(outside)} | {per} |")
 
 
 if __name__ == "__main__":

@@ -39,16 +39,16 @@ pub struct Sampling {
     pub mean_scales: Vec<bool>,
 }
 
-/// Samples `s.n` masks for every image in `images` [N,H,W].
+/// Samples `s.n` masks for every image in `images` [N,C,H,W].
 pub fn sample_images(
     model: &Segmenter,
-    images: &Array3<f32>,
+    images: &Array4<f32>,
     s: &Sampling,
     device: &Device,
     mut progress: impl FnMut(usize),
 ) -> Result<Samples> {
     let (n, seed, batch) = (s.n, s.seed, s.batch);
-    let (count, h, w) = images.dim();
+    let (count, c, h, w) = images.dim();
     let latent = model.latent_size(h, w);
     let mut masks = Array4::<u8>::zeros((count, n, h, w));
     let mut mean = Array3::<f32>::zeros((count, h, w));
@@ -60,8 +60,8 @@ pub fn sample_images(
         let end = (start + per_chunk).min(count);
         let b = end - start;
         // Logical (row-major) order, whatever the array's memory layout.
-        let chunk: Vec<f32> = images.slice(ndarray::s![start..end, .., ..]).iter().copied().collect();
-        let x = Tensor::<4>::from_data(TensorData::new(chunk, [b, 1, h, w]), device);
+        let chunk: Vec<f32> = images.slice(ndarray::s![start..end, .., .., ..]).iter().copied().collect();
+        let x = Tensor::<4>::from_data(TensorData::new(chunk, [b, c, h, w]), device);
         let eps: Vec<f32> = (start..end).flat_map(|i| image_eps(seed, i, n, latent)).collect();
         let eps = Tensor::<2>::from_data(TensorData::new(eps, [b * n, latent]), device);
         let enc = model.encode(x);

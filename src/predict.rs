@@ -54,9 +54,12 @@ impl Prediction {
     }
 }
 
-/// The overlapping windows of `ph` x `pw` over an image of h x w, zero-padded up to one patch.
+/// The overlapping windows of `ph` x `pw` over an image of C planes of h x w, zero-padded up to
+/// one patch.
 pub struct Windows {
     padded: Vec<f32>,
+    /// Input channels (planes).
+    pub channels: usize,
     /// Padded height and width.
     pub hh: usize,
     pub ww: usize,
@@ -67,35 +70,46 @@ pub struct Windows {
 }
 
 impl Windows {
+    /// `img`: C planes of h x w one after another (C = 1 for a plain image).
     pub fn new(img: &[f32], h: usize, w: usize, ph: usize, pw: usize, overlap: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&overlap) {
             bail!("overlap must be in [0, 1), got {overlap}");
         }
-        if img.len() != h * w || h == 0 || w == 0 {
-            bail!("image of {} values is not {h}x{w}", img.len());
+        if h == 0 || w == 0 || img.is_empty() || !img.len().is_multiple_of(h * w) {
+            bail!("image of {} values is not whole planes of {h}x{w}", img.len());
         }
-        let (hh, ww) = (h.max(ph), w.max(pw));
-        let padded = (0..hh * ww).map(|p| if p / ww < h && p % ww < w { img[(p / ww) * w + p % ww] } else { 0.0 }).collect();
+        let (channels, (hh, ww)) = (img.len() / (h * w), (h.max(ph), w.max(pw)));
+        let padded = img
+            .chunks(h * w)
+            .flat_map(|plane| (0..hh * ww).map(move |p| if p / ww < h && p % ww < w { plane[(p / ww) * w + p % ww] } else { 0.0 }))
+            .collect();
         let (ys, xs) = (window_starts(hh, ph, overlap), window_starts(ww, pw, overlap));
         let positions = ys.iter().flat_map(|&y| xs.iter().map(move |&x| (y, x))).collect();
-        Ok(Self { padded, hh, ww, ph, pw, positions })
+        Ok(Self { padded, channels, hh, ww, ph, pw, positions })
     }
 
-    /// The patches at `corners`, concatenated row-major: [B * ph * pw].
+    /// The patches at `corners`, concatenated row-major: [B * C * ph * pw].
     pub fn patches(&self, corners: &[(usize, usize)]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(corners.len() * self.ph * self.pw);
+        let mut out = Vec::with_capacity(corners.len() * self.channels * self.ph * self.pw);
         for &(y0, x0) in corners {
-            for y in 0..self.ph {
-                let row = (y0 + y) * self.ww + x0;
-                out.extend_from_slice(&self.padded[row..row + self.pw]);
+            for plane in self.padded.chunks(self.hh * self.ww) {
+                for y in 0..self.ph {
+                    let row = (y0 + y) * self.ww + x0;
+                    out.extend_from_slice(&plane[row..row + self.pw]);
+                }
             }
         }
         out
     }
+
+    /// The patches at `corners` as a tensor [B, C, ph, pw].
+    fn tensor(&self, corners: &[(usize, usize)], device: &Device) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(self.patches(corners), [corners.len(), self.channels, self.ph, self.pw]), device)
+    }
 }
 
-/// Slides a `ph` x `pw` window over `img` (h x w in [0,1]); `run` maps a batch of patches
-/// [B*ph*pw] to probabilities [B][n][ph*pw]. Images smaller than a patch are zero-padded.
+/// Slides a `ph` x `pw` window over `img` (C planes of h x w in [0,1]); `run` maps a batch of patches
+/// [B*C*ph*pw] to probabilities [B][n][ph*pw]. Images smaller than a patch are zero-padded.
 #[allow(clippy::too_many_arguments)]
 pub fn sliding_window(
     img: &[f32],
@@ -154,11 +168,9 @@ fn blend(
 /// The image's prior: the prior net's mean and log sigma averaged over every window (the prior
 /// net alone, a fraction of the backbone's cost), so the whole image has one distribution.
 pub fn image_prior(model: &ProbUNet, win: &Windows, batch: usize, device: &Device) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (ph, pw) = (win.ph, win.pw);
     let (mut mu, mut log_sigma) = (Vec::new(), Vec::new());
     for chunk in win.positions.chunks(batch.max(1)) {
-        let x = Tensor::<4>::from_data(TensorData::new(win.patches(chunk), [chunk.len(), 1, ph, pw]), device);
-        let g = model.prior.forward(x);
+        let g = model.prior.forward(win.tensor(chunk, device));
         let (m, s) = (to_host(g.mu)?, to_host(g.log_sigma)?);
         let l = m.len() / chunk.len();
         mu.resize(l, 0.0);
@@ -217,7 +229,7 @@ pub fn predict_image(
         n,
         batch,
         |patches, b| {
-            let x = Tensor::<4>::from_data(TensorData::new(patches.to_vec(), [b, 1, ph, pw]), device);
+            let x = Tensor::<4>::from_data(TensorData::new(patches.to_vec(), [b, win.channels, ph, pw]), device);
             let per_patch: Vec<f32> = (0..b).flat_map(|_| shared.iter().copied()).collect();
             let per_patch = Tensor::<2>::from_data(TensorData::new(per_patch, [b * n, latent]), device);
             let logits = match punet {

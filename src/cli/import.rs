@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::data::import::{ImportSettings, import_folder};
-use crate::data::intensity::Window;
+use crate::data::intensity::WindowList;
 use crate::data::scan::Units;
 
 #[derive(Args, Debug)]
@@ -25,9 +25,15 @@ pub struct ImportArgs {
     /// Background crops as a share of all crops, in [0, 1).
     #[arg(long, default_value_t = 0.2)]
     pub background_share: f64,
-    /// The window for CT inputs: lung, mediastinum, brain, subdural, stroke, bone, soft-tissue, file, percentile or WIDTH,LEVEL.
-    #[arg(long, default_value = "lung")]
-    pub window: Window,
+    /// The window for CT inputs: lung, mediastinum, brain, subdural, stroke, bone, soft-tissue,
+    /// file, percentile or WIDTH,LEVEL; several, comma-separated, are stacked as channels in
+    /// that order (head CT: brain,subdural,bone).
+    #[arg(long = "windows", visible_alias = "window", default_value = "lung", value_name = "WINDOW[,WINDOW...]")]
+    pub windows: WindowList,
+    /// Neighbouring slices on each side stacked as further channels (2.5D; the volume's ends
+    /// mirrored); cases of a single slice are skipped.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub context_slices: usize,
     /// Contrast-limited adaptive histogram equalisation after the window (dark, low-contrast scans).
     #[arg(long)]
     pub clahe: bool,
@@ -45,8 +51,8 @@ pub struct ImportArgs {
 
 impl ImportArgs {
     pub fn settings(self) -> ImportSettings {
-        let Self { input, out, crop, background_share, window, clahe, units, spacing, seed } = self;
-        ImportSettings { input, out, crop, background_share, window, clahe, units, spacing, seed }
+        let Self { input, out, crop, background_share, windows, context_slices, clahe, units, spacing, seed } = self;
+        ImportSettings { input, out, crop, background_share, windows: windows.0, context_slices, clahe, units, spacing, seed }
     }
 }
 

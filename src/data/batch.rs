@@ -62,7 +62,7 @@ impl fmt::Display for AnnotatorChoice {
     }
 }
 
-/// Images [B,1,H,W] and the chosen masks [B,1,H,W] as 0/1 floats.
+/// Images [B,C,H,W] and the chosen masks [B,1,H,W] as 0/1 floats.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub images: Tensor<4>,
@@ -102,7 +102,7 @@ pub fn training_patches<R: Rng>(
     rng: &mut R,
     device: &Device,
 ) -> Result<Batch> {
-    let (h, w, a) = (ds.height(), ds.width(), ds.annotators());
+    let (c, h, w, a) = (ds.channels(), ds.height(), ds.width(), ds.annotators());
     if let AnnotatorChoice::Fixed(k) = choice
         && k >= a
     {
@@ -116,10 +116,10 @@ pub fn training_patches<R: Rng>(
     };
     let hw = h * w;
     let php = ph * pw;
-    let mut images = vec![0f32; idx.len() * php];
+    let mut images = vec![0f32; idx.len() * c * php];
     let mut masks = vec![0f32; idx.len() * php];
     let mut mask_src = vec![0f32; hw];
-    let (mut img_full, mut mask_full) = (vec![0f32; hw], vec![0f32; hw]);
+    let (mut img_full, mut mask_full) = (vec![0f32; c * hw], vec![0f32; hw]);
     for (b, &i) in idx.iter().enumerate() {
         let (mut img, mut labels) = example(ds, i);
         if aug.copy_paste > 0.0 && !aug.donors.is_empty() && rng.gen_bool(aug.copy_paste.min(1.0)) {
@@ -135,35 +135,42 @@ pub fn training_patches<R: Rng>(
             *d = v as f32;
         }
         let sym = if aug.symmetry { Symmetry::random(rng, h == w) } else { Symmetry::default() };
-        sym.apply(&img, h, w, &mut img_full);
+        // Every plane (window, neighbouring slice) moves with the mask.
+        for (src, dst) in img.chunks(hw).zip(img_full.chunks_mut(hw)) {
+            sym.apply(src, h, w, dst);
+        }
         sym.apply(&mask_src, h, w, &mut mask_full);
         let origin = match patch {
             Some(p) => patch_origin(p.foreground, &labels, sym, (h, w), (ph, pw), rng),
             None => (0, 0),
         };
-        let (out_img, out_mask) = (&mut images[b * php..(b + 1) * php], &mut masks[b * php..(b + 1) * php]);
+        let (out_img, out_mask) = (&mut images[b * c * php..(b + 1) * c * php], &mut masks[b * php..(b + 1) * php]);
         let center = (origin.0 as f32 + (ph as f32 - 1.0) / 2.0, origin.1 as f32 + (pw as f32 - 1.0) / 2.0);
+        let planes = img_full.chunks(hw).zip(out_img.chunks_mut(php));
         match aug.spatial.then(|| Warp::draw(rng, center, ph, pw)).flatten() {
             Some(warp) => {
-                warp.sample(&img_full, h, w, out_img);
+                planes.for_each(|(src, dst)| warp.sample(src, h, w, dst));
                 warp.sample_mask(&mask_full, h, w, out_mask);
             }
             None => {
-                for y in 0..ph {
-                    let src = (origin.0 + y) * w + origin.1;
-                    out_img[y * pw..(y + 1) * pw].copy_from_slice(&img_full[src..src + pw]);
-                    out_mask[y * pw..(y + 1) * pw].copy_from_slice(&mask_full[src..src + pw]);
-                }
+                let cut = |src: &[f32], dst: &mut [f32]| {
+                    for y in 0..ph {
+                        let at = (origin.0 + y) * w + origin.1;
+                        dst[y * pw..(y + 1) * pw].copy_from_slice(&src[at..at + pw]);
+                    }
+                };
+                planes.for_each(|(src, dst)| cut(src, dst));
+                cut(&mask_full, out_mask);
             }
         }
         if aug.intensity {
-            color::augment(rng, out_img, ph, pw);
+            // Per channel, as nnU-Net draws its intensity transforms.
+            out_img.chunks_mut(php).for_each(|plane| color::augment(rng, plane, ph, pw));
         }
     }
-    let shape = [idx.len(), 1, ph, pw];
     Ok(Batch {
-        images: Tensor::from_data(TensorData::new(images, shape), device),
-        masks: Tensor::from_data(TensorData::new(masks, shape), device),
+        images: Tensor::from_data(TensorData::new(images, [idx.len(), c, ph, pw]), device),
+        masks: Tensor::from_data(TensorData::new(masks, [idx.len(), 1, ph, pw]), device),
     })
 }
 
@@ -219,9 +226,9 @@ fn patch_origin<R: Rng>(
     origin
 }
 
-/// Just the images at `idx`, [B,1,H,W].
+/// Just the images at `idx`, [B,C,H,W].
 pub fn images_tensor(ds: &Dataset, idx: &[usize], device: &Device) -> Tensor<4> {
-    let (h, w) = (ds.height(), ds.width());
+    let (c, h, w) = (ds.channels(), ds.height(), ds.width());
     let data: Vec<f32> = idx.iter().flat_map(|&i| ds.images.index_axis(ndarray::Axis(0), i).iter().copied().collect::<Vec<_>>()).collect();
-    Tensor::from_data(TensorData::new(data, [idx.len(), 1, h, w]), device)
+    Tensor::from_data(TensorData::new(data, [idx.len(), c, h, w]), device)
 }

@@ -1,18 +1,20 @@
 //! The dataset every command shares: CT crops with several annotators' masks, in the
-//! converted-LIDC npz layout (`images` [N,H,W] f32, `masks` [N,A,H,W] u8, `series_uid` [N]).
+//! converted-LIDC npz layout (`images` [N,H,W] or [N,C,H,W] f32, `masks` [N,A,H,W] u8,
+//! `series_uid` [N]). Channels are stacked windows or neighbouring slices (`import --windows`,
+//! `--context-slices`); masks are per slice.
 
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use ndarray::{Array3, Array4, Axis};
+use ndarray::{Array3, Array4, ArrayView3, Axis};
 
 use super::npz::{self, NpyArray, NpzEntry};
 use super::preprocess::Preprocess;
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
-    /// [N, H, W], intensities normalised to about [0, 1].
-    pub images: Array3<f32>,
+    /// [N, C, H, W], intensities normalised to about [0, 1].
+    pub images: Array4<f32>,
     /// [N, A, H, W], binary {0, 1}.
     pub masks: Array4<u8>,
     /// One series (patient/scan) id per image; splits never put a series on both sides.
@@ -37,20 +39,44 @@ impl Dataset {
         self.masks.shape()[1]
     }
 
-    pub fn height(&self) -> usize {
+    /// Input channels per example (stacked windows, neighbouring slices).
+    pub fn channels(&self) -> usize {
         self.images.shape()[1]
     }
 
-    pub fn width(&self) -> usize {
+    pub fn height(&self) -> usize {
         self.images.shape()[2]
     }
 
-    /// Builds a dataset and checks everything a user file can get wrong.
-    pub fn new(images: Array3<f32>, masks: Array4<u8>, series: Option<Vec<String>>, source: &str) -> Result<Self> {
-        let [n, h, w] = [images.shape()[0], images.shape()[1], images.shape()[2]];
+    pub fn width(&self) -> usize {
+        self.images.shape()[3]
+    }
+
+    /// The channel a reader looks at: the first window's own slice (its neighbours come
+    /// before it under `--context-slices`).
+    pub fn display_channel(&self) -> usize {
+        self.preprocess.as_ref().map_or(0, |p| p.context_slices).min(self.channels() - 1)
+    }
+
+    /// [N, H, W]: every example's [`Self::display_channel`], for figures and review pages.
+    pub fn display_images(&self) -> ArrayView3<'_, f32> {
+        self.images.index_axis(Axis(1), self.display_channel())
+    }
+
+    /// A one-channel dataset from images [N, H, W].
+    pub fn gray(images: Array3<f32>, masks: Array4<u8>, series: Option<Vec<String>>, source: &str) -> Result<Self> {
+        Self::new(images.insert_axis(Axis(1)), masks, series, source)
+    }
+
+    /// Builds a dataset from images [N, C, H, W] and checks everything a user file can get wrong.
+    pub fn new(images: Array4<f32>, masks: Array4<u8>, series: Option<Vec<String>>, source: &str) -> Result<Self> {
+        let [n, c, h, w] = [images.shape()[0], images.shape()[1], images.shape()[2], images.shape()[3]];
         let ms = masks.shape();
         if n == 0 {
-            bail!("{source}: 'images' is empty (shape {:?}); expected [N, H, W] with N >= 1", images.shape());
+            bail!("{source}: 'images' is empty (shape {:?}); expected [N, H, W] or [N, C, H, W] with N >= 1", images.shape());
+        }
+        if c == 0 {
+            bail!("{source}: 'images' has 0 channels (shape {:?}); expected [N, C, H, W] with C >= 1", images.shape());
         }
         if ms[1] == 0 {
             bail!("{source}: 'masks' has annotator count 0 (shape {ms:?}); expected [N, A, H, W] with A >= 1");
@@ -59,7 +85,7 @@ impl Dataset {
             bail!("{source}: 'masks' has shape {ms:?} but 'images' has shape {:?}; expected masks [{n}, A, {h}, {w}]", images.shape());
         }
         if let Some(bad) = images.iter().position(|v| !v.is_finite()) {
-            let idx = bad / (h * w);
+            let idx = bad / (c * h * w);
             bail!("{source}: image {idx} contains NaN or infinite pixels; clean the data first");
         }
         if let Some(bad) = images.iter().position(|v| !(0.0..=1.0).contains(v)) {
@@ -68,7 +94,7 @@ impl Dataset {
                 "{source}: image {} has intensities outside [0, 1] (the data span [{lo}, {hi}]); apunet trains on \
                  windowed intensities in [0, 1]. For raw CT in Hounsfield units, build the dataset with \
                  `apunet import --window lung` (or mediastinum, W,L); otherwise rescale to [0, 1] first",
-                bad / (h * w)
+                bad / (c * h * w)
             );
         }
         if let Some(bad) = masks.iter().position(|&v| v > 1) {
@@ -110,9 +136,10 @@ impl Dataset {
             Some(other) => bail!("{src}: 'images' must be float, got {}", other.kind()),
             None => bail!("{src}: no 'images' array (found: {:?})", arrays.keys().collect::<Vec<_>>()),
         };
-        let images = match images.into_dimensionality::<ndarray::Ix3>() {
-            Ok(a) => a,
-            Err(_) => bail!("{src}: 'images' must have shape [N, H, W]"),
+        let images = match images.ndim() {
+            3 => images.insert_axis(Axis(1)).into_dimensionality::<ndarray::Ix4>()?,
+            4 => images.into_dimensionality::<ndarray::Ix4>()?,
+            _ => bail!("{src}: 'images' has shape {:?}; expected [N, H, W] or [N, C, H, W]", images.shape()),
         };
         let masks = match arrays.remove("masks") {
             Some(NpyArray::U8(a)) => a,
@@ -157,8 +184,12 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// Writes the npz; one-channel images as [N, H, W], the layout other tools expect.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let images = self.images.clone().into_dyn();
+        let images = match self.channels() {
+            1 => self.images.index_axis(Axis(1), 0).to_owned().into_dyn(),
+            _ => self.images.clone().into_dyn(),
+        };
         let masks = self.masks.clone().into_dyn();
         let synthetic = npz::array(&[self.len()], self.synthetic.iter().map(|&b| b as u8).collect())?;
         let preprocess: Vec<String> = self.preprocess.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
@@ -176,24 +207,28 @@ impl Dataset {
 
     /// This dataset followed by `other`'s examples, marked synthetic; sizes must match.
     pub fn append_synthetic(&self, other: &Dataset, other_name: &str) -> Result<Self> {
-        if other.height() != self.height() || other.width() != self.width() || other.annotators() != self.annotators() {
+        let shape = |d: &Dataset| (d.channels(), d.height(), d.width(), d.annotators());
+        if shape(other) != shape(self) {
+            let (a, b) = (shape(other), shape(self));
             bail!(
-                "{other_name}: examples are {}x{} with {} annotators but the training data are {}x{} with {}",
-                other.height(),
-                other.width(),
-                other.annotators(),
-                self.height(),
-                self.width(),
-                self.annotators()
+                "{other_name}: examples are {}x{} with {} channels and {} annotators but the training data are {}x{} with {} and {}",
+                a.1,
+                a.2,
+                a.0,
+                a.3,
+                b.1,
+                b.2,
+                b.0,
+                b.3
             );
         }
-        let cat3 = ndarray::concatenate(Axis(0), &[self.images.view(), other.images.view()])?;
-        let cat4 = ndarray::concatenate(Axis(0), &[self.masks.view(), other.masks.view()])?;
+        let images = ndarray::concatenate(Axis(0), &[self.images.view(), other.images.view()])?;
+        let masks = ndarray::concatenate(Axis(0), &[self.masks.view(), other.masks.view()])?;
         let mut series = self.series.clone();
         series.extend(other.series.iter().map(|s| format!("synthetic:{s}")));
         let mut synthetic = self.synthetic.clone();
         synthetic.extend(std::iter::repeat_n(true, other.len()));
-        Ok(Self { images: cat3, masks: cat4, series, synthetic, preprocess: self.preprocess.clone() })
+        Ok(Self { images, masks, series, synthetic, preprocess: self.preprocess.clone() })
     }
 
     /// The central `size` x `size` of every crop (DeepMind's 180-px LIDC crops are cut to 128
@@ -204,7 +239,7 @@ impl Dataset {
             bail!("cannot cut {size}x{size} from {h}x{w} crops");
         }
         let (y0, x0) = ((h - size) / 2, (w - size) / 2);
-        let images = self.images.slice(ndarray::s![.., y0..y0 + size, x0..x0 + size]).to_owned();
+        let images = self.images.slice(ndarray::s![.., .., y0..y0 + size, x0..x0 + size]).to_owned();
         let masks = self.masks.slice(ndarray::s![.., .., y0..y0 + size, x0..x0 + size]).to_owned();
         Ok(Self { images, masks, series: self.series.clone(), synthetic: self.synthetic.clone(), preprocess: self.preprocess.clone() })
     }

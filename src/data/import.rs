@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use ndarray::{Array3, Array4};
+use ndarray::Array4;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::Dataset;
 use super::intensity::Window;
 use super::resample;
-use super::scan::{self, Preprocess, Scan, Units};
+use super::scan::{self, Preprocess, Scan, Slice, Units};
 use crate::fsio;
 
 /// How `import` cuts a folder into crops.
@@ -28,8 +28,10 @@ pub struct ImportSettings {
     pub crop: usize,
     /// Background crops as a share of all crops, in [0, 1).
     pub background_share: f64,
-    /// The window for CT in HU.
-    pub window: Window,
+    /// The windows for CT in HU, stacked as channels in this order (one: one channel).
+    pub windows: Vec<Window>,
+    /// Neighbouring slices on each side stacked as channels (2.5D).
+    pub context_slices: usize,
     pub clahe: bool,
     /// What NIfTI images hold, where the user says so.
     pub units: Option<Units>,
@@ -197,7 +199,9 @@ fn crop_slice(
     let c = s.crop;
     let union: Vec<u8> = (0..h * w).map(|p| masks.iter().any(|m| m[p] != 0) as u8).collect();
     let mut take = |y0: isize, x0: isize, kind: &'static str| {
-        out.images.extend(cut(x, h, w, y0, x0, c));
+        for plane in x.chunks(h * w) {
+            out.images.extend(cut(plane, h, w, y0, x0, c));
+        }
         for m in masks {
             out.masks.extend(cut(m, h, w, y0, x0, c));
         }
@@ -256,8 +260,18 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
     {
         bail!("--spacing must be a positive number of mm, got {mm}");
     }
-    let pre_for =
-        |u: Units| Preprocess { window: (u == Units::Hu).then_some(s.window), clahe: s.clahe, spacing: s.spacing, ..Default::default() };
+    if s.windows.is_empty() {
+        bail!("--windows needs at least one window");
+    }
+    // Intensities take no window but keep a channel per window named, so every case has the same channels.
+    let pre_for = |u: Units| Preprocess {
+        window: (u == Units::Hu).then_some(s.windows[0]),
+        extra_windows: s.windows[1..].to_vec(),
+        context_slices: s.context_slices,
+        clahe: s.clahe,
+        spacing: s.spacing,
+        ..Default::default()
+    };
     let mut rng = StdRng::seed_from_u64(s.seed);
     let (mut crops, mut skipped) = (Crops::default(), Vec::new());
     for img_path in &images {
@@ -290,6 +304,9 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
             Some(_) => {}
             None => units = Some((u, img_path.display().to_string())),
         }
+        if u == Units::Unit && s.windows.len() > 1 {
+            bail!("{} holds {u}: --windows stacks HU windows, which only CT in Hounsfield units has", img_path.display());
+        }
         let pre = pre_for(u);
         let label_names: Vec<String> = files.values().map(|p| p.display().to_string()).collect();
         let from = match (s.spacing, scan.spacing()) {
@@ -299,29 +316,33 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
             ),
             (_, from) => from,
         };
-        for (z, sl) in scan.slices.iter().enumerate() {
-            let mut masks: Vec<Vec<u8>> =
-                label_scans.iter().map(|l| l.slices[z].values.iter().map(|&v| (v > 0.0) as u8).collect()).collect();
-            let sl = match (s.spacing, from) {
-                (Some(mm), Some(from)) => {
-                    let r = sl.resampled(from, mm);
-                    masks = masks.iter().map(|m| resample::mask_area(m, (sl.height, sl.width), (r.height, r.width))).collect();
-                    r
-                }
-                _ => sl.clone(),
-            };
-            let x = sl.normalized(&pre)?;
-            crop_slice(&mut crops, &x, &masks, (sl.height, sl.width), (&case, img_path, &label_names, z), s, &mut rng);
+        if s.context_slices > 0 && scan.slices.len() == 1 {
+            skip(format!("one slice, but --context-slices {} stacks neighbouring slices", s.context_slices));
+            continue;
+        }
+        let grid = s.spacing.zip(from);
+        let slices: Vec<Slice> =
+            scan.slices.iter().map(|sl| grid.map_or_else(|| sl.clone(), |(mm, from)| sl.resampled(from, mm))).collect();
+        for (z, (sl, orig)) in slices.iter().zip(&scan.slices).enumerate() {
+            let masks: Vec<Vec<u8>> = label_scans
+                .iter()
+                .map(|l| {
+                    let m: Vec<u8> = l.slices[z].values.iter().map(|&v| (v > 0.0) as u8).collect();
+                    if grid.is_some() { resample::mask_area(&m, orig.size(), sl.size()) } else { m }
+                })
+                .collect();
+            let x = scan::network_input(&slices, z, &pre)?;
+            crop_slice(&mut crops, &x, &masks, sl.size(), (&case, img_path, &label_names, z), s, &mut rng);
         }
     }
     if crops.records.is_empty() {
         bail!("no crops made from {}: every case was skipped or unlabelled", s.input.display());
     }
     let (n, c) = (crops.records.len(), s.crop);
-    let images = Array3::from_shape_vec((n, c, c), crops.images)?;
+    let pre = pre_for(units.map_or(Units::Unit, |(u, _)| u));
+    let images = Array4::from_shape_vec((n, pre.channels(), c, c), crops.images)?;
     let masks = Array4::from_shape_vec((n, annotators, c, c), crops.masks)?;
     let mut ds = Dataset::new(images, masks, Some(crops.series), &s.input.display().to_string())?;
-    let pre = pre_for(units.map_or(Units::Unit, |(u, _)| u));
     ds.preprocess = Some(pre.clone());
     ds.save(&s.out)?;
     let manifest = Manifest {

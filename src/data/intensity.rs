@@ -119,6 +119,33 @@ impl fmt::Display for Window {
     }
 }
 
+/// Windows in channel order, written "brain,subdural,bone"; a WIDTH,LEVEL pair counts as one
+/// window ("brain,200,80").
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowList(pub Vec<Window>);
+
+impl FromStr for WindowList {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < parts.len() {
+            let numeric = parts[i].parse::<f64>().is_ok();
+            let take = if numeric { 2 } else { 1 };
+            if i + take > parts.len() {
+                bail!("'{s}': a numeric window is WIDTH,LEVEL, but '{}' has no level after it", parts[i]);
+            }
+            out.push(parts[i..i + take].join(",").parse::<Window>()?);
+            i += take;
+        }
+        if out.is_empty() || parts.iter().any(|p| p.is_empty()) {
+            bail!("'{s}': give windows separated by commas, such as brain,subdural,bone");
+        }
+        Ok(Self(out))
+    }
+}
+
 /// Linear window: level - width/2 maps to 0, level + width/2 to 1, clipped.
 pub fn apply_window(hu: &[f32], width: f64, level: f64) -> Vec<f32> {
     let lo = level - width / 2.0;
@@ -141,6 +168,16 @@ pub fn percentile_normalize(values: &[f32], lo_pct: f64, hi_pct: f64) -> Vec<f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_lists_read_presets_and_pairs_in_order() {
+        let l: WindowList = "brain, subdural,200,80,bone".parse().unwrap();
+        assert_eq!(l.0, vec![Window::Brain, Window::Subdural, Window::Explicit { width: 200.0, level: 80.0 }, Window::Bone]);
+        assert_eq!("80,40".parse::<WindowList>().unwrap().0, vec![Window::Explicit { width: 80.0, level: 40.0 }]);
+        for bad in ["", "brain,", "brain,80", "brain,nonsense"] {
+            assert!(bad.parse::<WindowList>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn windows_map_hu_to_unit_interval() {

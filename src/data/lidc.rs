@@ -188,6 +188,6 @@ impl Builder {
         let n = self.series.len();
         let images = Array3::from_shape_vec((n, h, w), self.images)?;
         let masks = Array4::from_shape_vec((n, a, h, w), self.masks)?;
-        Dataset::new(images, masks, Some(self.series), &root.display().to_string())
+        Dataset::gray(images, masks, Some(self.series), &root.display().to_string())
     }
 }

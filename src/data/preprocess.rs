@@ -14,6 +14,12 @@ pub struct Preprocess {
     /// The HU window that mapped CT to [0, 1]; unset when the inputs were intensities already
     /// (PNG, TIFF, a NIfTI of intensities), which no window touches.
     pub window: Option<Window>,
+    /// Further HU windows stacked after the first as channels (`--windows brain,subdural,bone`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_windows: Vec<Window>,
+    /// Neighbouring slices on each side stacked as channels (2.5D; edges mirrored).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub context_slices: usize,
     /// Contrast-limited adaptive histogram equalisation after windowing (for dark scans).
     pub clahe: bool,
     pub clahe_clip: f32,
@@ -25,11 +31,34 @@ pub struct Preprocess {
 
 impl Default for Preprocess {
     fn default() -> Self {
-        Self { window: None, clahe: false, clahe_clip: 2.0, spacing: None }
+        Self { window: None, extra_windows: Vec::new(), context_slices: 0, clahe: false, clahe_clip: 2.0, spacing: None }
     }
 }
 
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
 impl Preprocess {
+    /// The record for windows `windows` (the first is [`Self::window`]); none: intensities.
+    pub fn with_windows(windows: &[Window]) -> Self {
+        Self { window: windows.first().copied(), extra_windows: windows.iter().skip(1).copied().collect(), ..Default::default() }
+    }
+
+    /// Every window in channel order (empty for intensities).
+    pub fn windows(&self) -> Vec<Window> {
+        match self.window {
+            Some(first) => std::iter::once(first).chain(self.extra_windows.iter().copied()).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Input channels: per window (one for intensities), the slice and its neighbours. Channel
+    /// `w * (2K + 1) + K + o` is window `w` of the slice `o` away.
+    pub fn channels(&self) -> usize {
+        (1 + self.extra_windows.len()) * (2 * self.context_slices + 1)
+    }
+
     /// What the inputs were before they became [0, 1].
     pub fn units(&self) -> Units {
         if self.window.is_some() { Units::Hu } else { Units::Unit }
@@ -39,12 +68,18 @@ impl Preprocess {
 /// A record for messages: "window lung (width 1500, level -600), CLAHE clip 2" or "unknown".
 pub fn describe(p: Option<&Preprocess>) -> String {
     let Some(p) = p else { return "unknown (no preprocessing record)".into() };
-    let window = match &p.window {
-        Some(w) => match w.resolve(None) {
-            Some((width, level)) if !matches!(w, Window::File) => format!("HU window {w} (width {width}, level {level})"),
-            _ => format!("HU window {w}"),
-        },
-        None => "intensities in [0, 1], no HU window".to_string(),
+    let one = |w: &Window| match w.resolve(None) {
+        Some((width, level)) if !matches!(w, Window::File) => format!("{w} (width {width}, level {level})"),
+        _ => w.to_string(),
+    };
+    let window = match p.windows().as_slice() {
+        [] => "intensities in [0, 1], no HU window".to_string(),
+        [w] => format!("HU window {}", one(w)),
+        ws => format!("HU windows {} stacked as channels", ws.iter().map(one).collect::<Vec<_>>().join(", ")),
+    };
+    let window = match p.context_slices {
+        0 => window,
+        k => format!("{window}, {k} neighbouring slice{} on each side", if k == 1 { "" } else { "s" }),
     };
     let window = if p.clahe { format!("{window}, CLAHE clip {}", p.clahe_clip) } else { window };
     match p.spacing {
@@ -93,6 +128,10 @@ pub fn for_scan(run: (&str, Option<&Preprocess>), scan: (&str, Units), window: O
     let (scan_name, units) = scan;
     let base = record.cloned().unwrap_or_default();
     match (units, window, record) {
+        (Units::Hu, Some(w), Some(p)) if !p.extra_windows.is_empty() => bail!(
+            "--window {w} replaces one window, but {run_name} was trained on {}; leave out --window to apply the run's",
+            describe(Some(p))
+        ),
         (Units::Hu, Some(w), _) => Ok(Preprocess { window: Some(w), ..base }),
         (Units::Hu, None, Some(p)) if p.window.is_some() => Ok(p.clone()),
         (Units::Hu, None, Some(p)) => bail!(

@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
 
 use super::dicom::{self, CtSlice};
+use super::intensity::Window;
 pub use super::preprocess::{Preprocess, Units};
 
 /// Where the pixels came from, for writing results back.
@@ -43,16 +44,57 @@ impl Slice {
         Slice { height: size.0, width: size.1, values, ..self.clone() }
     }
 
-    /// Network input in [0, 1]: HU through `p`'s window, intensities as they are; then CLAHE.
-    /// An HU slice needs a window (`preprocess::for_scan` resolves one or refuses).
-    pub fn normalized(&self, p: &Preprocess) -> Result<Vec<f32>> {
-        let x = match (self.units, &p.window) {
+    /// One channel in [0, 1]: HU through `window`, intensities as they are; then CLAHE.
+    fn channel(&self, window: Option<Window>, p: &Preprocess) -> Result<Vec<f32>> {
+        let x = match (self.units, window) {
             (Units::Hu, Some(w)) => w.apply(&self.values, self.file_window),
             (Units::Hu, None) => bail!("a slice in Hounsfield units needs a window to become network input"),
             (Units::Unit, _) => self.values.clone(),
         };
         Ok(if p.clahe { super::clahe::clahe(&x, self.height, self.width, p.clahe_clip) } else { x })
     }
+}
+
+/// Network input for slice `z` of one volume's `slices`: `p.channels()` planes in [0, 1], in
+/// the order [`Preprocess::channels`] states. Neighbours past either end are mirrored (a single
+/// slice is its own neighbour); intensities fill every window's planes as they are.
+pub fn network_input(slices: &[Slice], z: usize, p: &Preprocess) -> Result<Vec<f32>> {
+    let (k, depth) = (p.context_slices as isize, slices.len());
+    let size = slices[z].size();
+    let windows = p.windows();
+    let mut out = Vec::with_capacity(p.channels() * size.0 * size.1);
+    for slot in 0..1 + p.extra_windows.len() {
+        for o in -k..=k {
+            let sl = &slices[mirror(z as isize + o, depth)];
+            if sl.size() != size {
+                bail!(
+                    "slice {} is {}x{} but slice {z} is {}x{}: neighbouring slices must share one size",
+                    mirror(z as isize + o, depth),
+                    sl.height,
+                    sl.width,
+                    size.0,
+                    size.1
+                );
+            }
+            out.extend(sl.channel(windows.get(slot).copied(), p)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The plane a reader looks at: `slice` through the first window (as the overlay shows it).
+pub fn display_plane(slice: &Slice, p: &Preprocess) -> Result<Vec<f32>> {
+    slice.channel(p.window, p)
+}
+
+/// Index `i` reflected into 0..len at both ends (-1 -> 1, len -> len - 2).
+pub fn mirror(i: isize, len: usize) -> usize {
+    if len < 2 {
+        return 0;
+    }
+    let period = 2 * (len as isize - 1);
+    let m = i.rem_euclid(period);
+    (if m < len as isize { m } else { period - m }) as usize
 }
 
 #[derive(Debug, Clone)]

@@ -179,7 +179,7 @@ pub fn generate(cfg: &SynthConfig) -> Result<Dataset> {
     }
     let per = cfg.per_series.max(1);
     let series = (0..n).map(|i| format!("synthetic.{}.{}", cfg.seed, i / per)).collect();
-    Dataset::new(images, masks, Some(series), "synth")
+    Dataset::gray(images, masks, Some(series), "synth")
 }
 
 fn add_blob(img: &mut [f32], s: usize, cx: f32, cy: f32, sigma: f32, amp: f32) {

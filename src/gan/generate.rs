@@ -22,7 +22,9 @@ pub fn side_by_side(real: &Dataset, synthetic: &Dataset, k: usize) -> Result<ima
     }
     let (h, w) = (real.height(), real.width());
     let k = k.min(real.len()).min(synthetic.len()).max(1);
-    let ct = |d: &Dataset| (0..k).map(|i| d.images.index_axis(ndarray::Axis(0), i).iter().copied().collect()).collect::<Vec<Vec<f32>>>();
+    let ct = |d: &Dataset| {
+        (0..k).map(|i| d.display_images().index_axis(ndarray::Axis(0), i).iter().copied().collect()).collect::<Vec<Vec<f32>>>()
+    };
     let rows = vec![
         ("real CT".to_string(), ct(real)),
         ("real masks".to_string(), mean_masks(real, k)),
@@ -121,7 +123,7 @@ pub fn generate(
     }
     let images = ndarray::Array3::from_shape_vec((count, h, w), images)?;
     let out_masks = ndarray::Array4::from_shape_vec((count, a, h, w), out_masks)?;
-    let mut ds = Dataset::new(images, out_masks, Some(series), "generated")?;
+    let mut ds = Dataset::gray(images, out_masks, Some(series), "generated")?;
     ds.synthetic = vec![true; count];
     // The images are the generator's: they look like the CT it learnt from.
     ds.preprocess = cfg.preprocess.clone();

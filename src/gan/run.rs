@@ -314,10 +314,10 @@ type Loaded = (Vec<PathBuf>, Domain, Domain, Option<Preprocess>);
 
 fn load_mask2ct(d: &Path) -> Result<Loaded> {
     let ds = Dataset::load(d)?;
-    Ok((vec![d.to_path_buf()], Domain::from_mean_masks(&ds), Domain::from_images(&ds), ds.preprocess.clone()))
+    Ok((vec![d.to_path_buf()], Domain::from_mean_masks(&ds), Domain::from_images(&ds, d)?, ds.preprocess.clone()))
 }
 
 fn load_unpaired(pa: &Path, pb: &Path) -> Result<Loaded> {
     let (a, b) = (Dataset::load(pa)?, Dataset::load(pb)?);
-    Ok((vec![pa.to_path_buf(), pb.to_path_buf()], Domain::from_images(&a), Domain::from_images(&b), b.preprocess.clone()))
+    Ok((vec![pa.to_path_buf(), pb.to_path_buf()], Domain::from_images(&a, pa)?, Domain::from_images(&b, pb)?, b.preprocess.clone()))
 }

@@ -88,15 +88,23 @@ pub struct Domain {
 }
 
 impl Domain {
-    pub fn from_images(ds: &Dataset) -> Self {
+    pub fn from_images(ds: &Dataset, source: &std::path::Path) -> anyhow::Result<Self> {
+        if ds.channels() != 1 {
+            anyhow::bail!(
+                "{}: the CycleGAN translates one-channel crops, but these have {} channels (stacked windows or \
+                 neighbouring slices); import the data with one window and no --context-slices for it",
+                source.display(),
+                ds.channels()
+            );
+        }
         let hw = ds.height() * ds.width();
         let flat = ds.images.as_standard_layout();
         let flat = flat.as_slice().expect("standard layout");
-        Self {
+        Ok(Self {
             images: flat.chunks(hw).map(|c| c.iter().map(|v| v * 2.0 - 1.0).collect()).collect(),
             height: ds.height(),
             width: ds.width(),
-        }
+        })
     }
 
     /// The annotators' mean mask per example, as a soft map in [-1, 1].

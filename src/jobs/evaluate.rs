@@ -67,8 +67,12 @@ pub fn evaluate_run(req: &EvalRequest) -> Result<Report> {
         units: publish::dataset_units(ds.preprocess.as_ref()),
         volume: false,
     };
-    let arrays =
-        publish::Arrays { images: ds.images.clone(), masks: ds.masks.clone(), samples: samples.masks.clone(), mean: samples.mean.clone() };
+    let arrays = publish::Arrays {
+        images: ds.display_images().to_owned(),
+        masks: ds.masks.clone(),
+        samples: samples.masks.clone(),
+        mean: samples.mean.clone(),
+    };
     publish::publish(&a.out, &arrays, &record, Some(&report), a.review, a.open)?;
     drop(arrays);
 
@@ -87,7 +91,7 @@ pub fn evaluate_run(req: &EvalRequest) -> Result<Report> {
     let smp = samples.masks.select(Axis(0), &idx);
     let smp = smp.as_standard_layout();
     let smp = smp.as_slice().expect("standard layout");
-    let imgs = sub.images.as_standard_layout();
+    let imgs = sub.display_images().as_standard_layout().into_owned();
     let msks = sub.masks.as_standard_layout();
     let (img, msk) = (imgs.as_slice().expect("standard layout"), msks.as_slice().expect("standard layout"));
     let shown = s.n.min(6);

@@ -12,7 +12,7 @@ use ndarray::{Array3, Array4};
 use crate::data::intensity::Window;
 use crate::data::npz::{self, NpzEntry};
 use crate::data::preprocess::{self, Preprocess, Units};
-use crate::data::scan::{self, Scan};
+use crate::data::scan::{self, Scan, Slice};
 use crate::eval::publish::{self, ReviewRecord};
 use crate::eval::review::Units as ReviewUnits;
 use crate::eval::{figures, metrics};
@@ -102,6 +102,7 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
             req.window,
             s.allow_mismatch,
         )?;
+        check_channels(&scan, &pre, cfg.model.in_channels, (&input, &s.run), s.allow_mismatch)?;
         let grid = model_grid(&scan, &pre, (&input, &s.run), s.allow_mismatch)?;
         // What is reported as applied: no resampling where the scan kept its own grid.
         let pre = if grid.is_none() { Preprocess { spacing: None, ..pre } } else { pre };
@@ -118,32 +119,18 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
             .sum();
         let pb = crate::progress::bar(total as u64, false, &format!("{name} patches"));
         let started = Instant::now();
+        // The scan on the model's grid, where the run's record resamples.
+        let model_slices: Vec<Slice> =
+            scan.slices.iter().map(|sl| grid.map_or_else(|| sl.clone(), |(from, mm)| sl.resampled(from, mm))).collect();
         let mut preds = Vec::with_capacity(scan.slices.len());
         let mut inputs01 = Vec::with_capacity(scan.slices.len());
-        for slice in &scan.slices {
-            let x = slice.normalized(&pre)?;
+        for (z, (slice, r)) in scan.slices.iter().zip(&model_slices).enumerate() {
+            let x = scan::network_input(&model_slices, z, &pre)?;
             let mut tick = |k: usize| pb.inc(k as u64);
-            let pred = match grid {
-                // On the model's grid, then back onto the scan's.
-                Some((from, mm)) => {
-                    let r = slice.resampled(from, mm);
-                    let p = predict_image(
-                        &model,
-                        &r.normalized(&pre)?,
-                        r.height,
-                        r.width,
-                        (ph, pw),
-                        &sampling,
-                        req.overlap,
-                        &device,
-                        &mut tick,
-                    )?;
-                    p.resampled(slice.height, slice.width)
-                }
-                None => predict_image(&model, &x, slice.height, slice.width, (ph, pw), &sampling, req.overlap, &device, &mut tick)?,
-            };
-            preds.push(pred);
-            inputs01.push(x);
+            let pred = predict_image(&model, &x, r.height, r.width, (ph, pw), &sampling, req.overlap, &device, &mut tick)?;
+            // Back onto the scan's grid.
+            preds.push(if grid.is_some() { pred.resampled(slice.height, slice.width) } else { pred });
+            inputs01.push(scan::display_plane(slice, &pre)?);
         }
         pb.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
@@ -177,6 +164,34 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Refuses a record whose channels the model does not take, and a single slice where the run
+/// stacks neighbouring slices (with `--allow-mismatch`: the slice stands in for its neighbours).
+fn check_channels(scan: &Scan, pre: &Preprocess, model_channels: usize, (input, run): (&Path, &Path), allow: bool) -> Result<()> {
+    if pre.channels() != model_channels {
+        bail!(
+            "{}'s model takes {model_channels} input channel(s), but its preprocessing record ({}) makes {}; the run is inconsistent",
+            run.display(),
+            preprocess::describe(Some(pre)),
+            pre.channels()
+        );
+    }
+    if pre.context_slices > 0 && scan.slices.len() == 1 {
+        let text = format!(
+            "{} is a single slice, but {} was trained with {} neighbouring slice(s) on each side as channels",
+            input.display(),
+            run.display(),
+            pre.context_slices
+        );
+        if !allow {
+            bail!(
+                "{text}. Give the whole volume (a DICOM series folder or a NIfTI), or --allow-mismatch to let the slice stand in for its neighbours"
+            );
+        }
+        tracing::warn!("{text}; the slice stands in for its neighbours as --allow-mismatch asks");
+    }
+    Ok(())
 }
 
 /// Where the run's record resamples scans (`import --spacing`): the scan's own spacing and the

@@ -97,9 +97,18 @@ impl RunSampling {
         Ok((device, cfg, model))
     }
 
-    /// Refuses a dataset preprocessed otherwise than the run's training data (unless
-    /// `allow_mismatch`), naming both.
+    /// Refuses a dataset of other input channels than the model takes, and one preprocessed
+    /// otherwise than the run's training data (unless `allow_mismatch`), naming both.
     pub fn check_data(&self, cfg: &RunConfig, ds: &Dataset, data: &Path) -> Result<()> {
+        if ds.channels() != cfg.model.in_channels {
+            anyhow::bail!(
+                "{} holds {}-channel images but run {}'s model takes {} channel(s); give data imported as its training data was",
+                data.display(),
+                ds.channels(),
+                self.run.display(),
+                cfg.model.in_channels
+            );
+        }
         crate::data::preprocess::check_match(
             (&format!("run {}", self.run.display()), cfg.data.preprocess.as_ref()),
             (&data.display().to_string(), ds.preprocess.as_ref()),

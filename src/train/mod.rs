@@ -262,7 +262,7 @@ fn prepare(req: &TrainRequest, paths: &RunPaths) -> Result<Setup> {
     cfg.validate()?;
     let data = Dataset::load(&req.data)?;
     let saved_size = (cfg.data.height, cfg.data.width);
-    check_data(&mut cfg, &data, &req.data)?;
+    check_data(&mut cfg, &data, &req.data, req.resume)?;
     if req.resume && saved_size != (0, 0) && saved_size != (cfg.data.height, cfg.data.width) {
         bail!(
             "--resume: {} trained on {}x{} crops but {} holds {}x{} crops; a run keeps its data",
@@ -317,8 +317,20 @@ fn split_data(cfg: &RunConfig, data: Dataset, data_path: &Path) -> Result<Split>
     Ok((data, train_idx, val_idx, extra_idx))
 }
 
-/// Checks the data against the model and records the crop size and preprocessing in `cfg`.
-fn check_data(cfg: &mut RunConfig, data: &Dataset, path: &Path) -> Result<()> {
+/// Checks the data against the model and records the crop size, input channels and
+/// preprocessing in `cfg`.
+fn check_data(cfg: &mut RunConfig, data: &Dataset, path: &Path, resume: bool) -> Result<()> {
+    match (cfg.model.in_channels, data.channels()) {
+        (m, d) if m == d => {}
+        // A new run takes the data's channels unless its config states others.
+        (1, d) if !resume => cfg.model.in_channels = d,
+        (m, d) => bail!(
+            "{} holds {d}-channel images ({}) but the model takes {m} (model.in_channels){}",
+            path.display(),
+            preprocess::describe(data.preprocess.as_ref()),
+            if resume { "; a run keeps its data" } else { "" }
+        ),
+    }
     fit_hpunet_depth(cfg, data.height(), data.width());
     cfg.model.check_size(data.height(), data.width())?;
     if let Some(p) = cfg.train.patch {

@@ -80,7 +80,7 @@ pub fn figure(
 pub fn render_figure(sub: &Dataset, samples: &ndarray::Array4<u8>, n: usize, title: &str) -> image::RgbImage {
     let (h, w) = (sub.height(), sub.width());
     let hw = h * w;
-    let images = sub.images.as_standard_layout();
+    let images = sub.display_images().as_standard_layout().into_owned();
     let masks = sub.masks.as_standard_layout();
     let samples = samples.as_standard_layout();
     let img = images.as_slice().expect("standard layout");

@@ -210,7 +210,7 @@ fn patches_are_crops_of_the_image_and_can_be_placed_over_lesions() {
             masks[[i, k, 29, 29]] = 1;
         }
     }
-    let ds = Dataset::new(images, masks, None, "test").unwrap();
+    let ds = Dataset::gray(images, masks, None, "test").unwrap();
     let d = Device::flex();
     let mut rng = StdRng::seed_from_u64(1);
     let idx: Vec<usize> = (0..n).collect();

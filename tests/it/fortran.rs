@@ -30,7 +30,7 @@ fn fortran4<T: Copy + Default>(a: &Array4<T>) -> Array4<T> {
 
 /// Writes `ds` as numpy would write `np.asfortranarray` arrays, and checks the file says so.
 fn save_fortran(ds: &Dataset, path: &Path) {
-    let images = fortran3(&ds.images).into_dyn();
+    let images = fortran3(&ds.images.index_axis(ndarray::Axis(1), 0).to_owned()).into_dyn();
     let masks = fortran4(&ds.masks).into_dyn();
     npz::write_npz(path, &[("images", NpzEntry::F32(&images)), ("masks", NpzEntry::U8(&masks)), ("series_uid", NpzEntry::Str(&ds.series))])
         .unwrap();
@@ -121,7 +121,7 @@ fn sampling_training_and_metrics_agree_on_c_and_fortran_order() {
     let sampling = Sampling { n: 3, ..args.sampling(&cfg).unwrap() };
     let dev = Device::flex();
     let from_c = sample_images(&model, &ds.images, &sampling, &dev, |_| {}).unwrap();
-    let from_f = sample_images(&model, &fortran3(&ds.images), &sampling, &dev, |_| {}).unwrap();
+    let from_f = sample_images(&model, &fortran4(&ds.images), &sampling, &dev, |_| {}).unwrap();
     assert_eq!(from_c.masks, from_f.masks);
     assert_eq!(from_c.mean, from_f.mean);
 

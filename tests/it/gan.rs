@@ -1,4 +1,5 @@
 use crate::common;
+use std::path::Path;
 
 use apunet::gan::networks::{Discriminator, Generator, l1, lsgan};
 use apunet::model::to_host;
@@ -77,7 +78,7 @@ fn gan_train_resume_and_generate() {
     let out = dir.path().join("gan");
     let req = |epochs, resume| GanRequest {
         a: Domain::from_mean_masks(&ds),
-        b: Domain::from_images(&ds),
+        b: Domain::from_images(&ds, Path::new("synth")).unwrap(),
         out: out.clone(),
         config: cfg(epochs),
         device: Device::flex(),
@@ -126,7 +127,7 @@ fn gan_train_resume_and_generate() {
     assert!(format!("{:#}", train_gan(rgb).unwrap_err()).contains("single-channel CT and masks; got channels 1 and 3"));
     for (size, text) in [(18, "18x18"), (16, "at least 24x24")] {
         let small = synth(&SynthConfig { count: 2, size, ..Default::default() }).unwrap();
-        let (mut r, d) = (req(1, false), Domain::from_images(&small));
+        let (mut r, d) = (req(1, false), Domain::from_images(&small, Path::new("synth")).unwrap());
         r.a = d.clone();
         r.b = d;
         let e = format!("{:#}", train_gan(r).unwrap_err());

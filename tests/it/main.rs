@@ -5,6 +5,7 @@
 
 mod common;
 
+mod channels;
 mod cli;
 mod ct;
 mod data;

@@ -211,7 +211,7 @@ fn a_large_image_is_sampled_with_one_prior_and_one_latent_per_sample() {
     let img: Vec<f32> = (0..h * w)
         .map(|q| {
             let (y, x) = (q / w, q % w);
-            ds.images[[tiles[(y / p) * 2 + x / p], y % p, x % p]]
+            ds.images[[tiles[(y / p) * 2 + x / p], 0, y % p, x % p]]
         })
         .collect();
     let win = Windows::new(&img, h, w, p, p, 0.5).unwrap();

@@ -34,7 +34,7 @@ fn discs(n: usize, lesion: impl Fn(usize) -> Option<(f32, f32, f32)>, experts: &
             }
         }
     }
-    Dataset::new(images, masks, None, "test").unwrap()
+    Dataset::gray(images, masks, None, "test").unwrap()
 }
 
 #[test]

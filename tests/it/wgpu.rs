@@ -17,7 +17,7 @@ use burn::module::{ModuleVisitor, Param};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::Gradients;
-use ndarray::Array3;
+use ndarray::Array4;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -105,7 +105,7 @@ fn a_tiny_model_trains_on_the_gpu_as_on_the_cpu() {
 
     // Sampling and large-image prediction run on the GPU and agree with the CPU.
     let (vc, vg) = (Segmenter::PUNet(on_cpu.valid()), Segmenter::PUNet(on_gpu.valid()));
-    let imgs = Array3::from_shape_fn((3, s, s), |(i, y, x)| ((i + y * x) % 9) as f32 / 9.0);
+    let imgs = Array4::from_shape_fn((3, 1, s, s), |(i, _, y, x)| ((i + y * x) % 9) as f32 / 9.0);
     let sampling = |batch| Sampling { n: 4, seed: 0, batch, mean_scales: vec![] };
     let sc = sample_images(&vc, &imgs, &sampling(2), &Device::flex(), |_| {}).unwrap();
     let sg = sample_images(&vg, &imgs, &sampling(2), &gpu(), |_| {}).unwrap();

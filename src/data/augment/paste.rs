@@ -23,17 +23,18 @@ pub const TRIES: usize = 30;
 pub struct Lesion {
     pub height: usize,
     pub width: usize,
+    /// The cut region's planes (one per input channel), each height x width.
     img: Vec<f32>,
     /// Each expert's mask over the cut region.
     masks: Vec<Vec<u8>>,
     /// Blend weight: 1 on the lesion, falling to 0 over about two pixels outside it.
     alpha: Vec<f32>,
-    /// Mean intensity of the cut region outside every expert's mask.
+    /// Mean intensity (over every plane) of the cut region outside every expert's mask.
     surround: f32,
 }
 
-/// Cuts the lesion of `img` (h x w; every pixel any expert marked, with a margin) rescaled by
-/// `scale`; `None` for a crop no expert marked.
+/// Cuts the lesion of `img` (C planes of h x w; every pixel any expert marked, with a margin)
+/// rescaled by `scale`; `None` for a crop no expert marked.
 pub fn cut(img: &[f32], masks: &[&[u8]], h: usize, w: usize, scale: f32) -> Option<Lesion> {
     let marked: Vec<usize> = (0..h * w).filter(|&j| masks.iter().any(|m| m[j] > 0)).collect();
     let (y0, y1) = (marked.iter().map(|j| j / w).min()?, marked.iter().map(|j| j / w).max()?);
@@ -47,7 +48,7 @@ pub fn cut(img: &[f32], masks: &[&[u8]], h: usize, w: usize, scale: f32) -> Opti
         let region: Vec<f32> = (0..bh * bw).map(|j| src((y0 + j / bw) * w + x0 + j % bw)).collect();
         resample::linear(&region, (bh, bw), (oh, ow))
     };
-    let region = box_of(&|j| img[j]);
+    let region: Vec<f32> = img.chunks(h * w).flat_map(|plane| box_of(&|j| plane[j])).collect();
     let cut_masks: Vec<Vec<u8>> =
         masks.iter().map(|m| box_of(&|j| m[j] as f32).into_iter().map(|v| u8::from(v >= 0.5)).collect()).collect();
     let core: Vec<f32> = (0..oh * ow).map(|j| if cut_masks.iter().any(|m| m[j] > 0) { 1.0 } else { 0.0 }).collect();
@@ -57,17 +58,19 @@ pub fn cut(img: &[f32], masks: &[&[u8]], h: usize, w: usize, scale: f32) -> Opti
     let mut alpha = dilate(&core, oh, ow);
     blur(&mut alpha, oh, ow, 1.0);
     alpha.iter_mut().zip(&core).for_each(|(a, c)| *a = a.max(*c).min(1.0));
-    let outside: Vec<f32> = region.iter().zip(&core).filter(|(_, c)| **c == 0.0).map(|(v, _)| *v).collect();
+    let outside: Vec<f32> = region.iter().zip(core.iter().cycle()).filter(|(_, c)| **c == 0.0).map(|(v, _)| *v).collect();
     let surround = if outside.is_empty() { f32::NAN } else { outside.iter().sum::<f32>() / outside.len() as f32 };
     Some(Lesion { height: oh, width: ow, img: region, masks: cut_masks, alpha, surround })
 }
 
-/// Pastes `lesion` into `img` and every expert's mask (h x w) at a plausible place: no expert
-/// marked anything under it, and its surroundings are within [`TOLERANCE`] of the donor's.
+/// Pastes `lesion` into `img` (as many planes of h x w as the lesion has) and every expert's
+/// mask (h x w) at a plausible place: no expert marked anything under it, and its surroundings
+/// are within [`TOLERANCE`] of the donor's.
 /// Returns where (row, column of the corner), or `None` when no place was found.
 pub fn paste<R: Rng>(rng: &mut R, lesion: &Lesion, img: &mut [f32], masks: &mut [Vec<u8>], h: usize, w: usize) -> Option<(usize, usize)> {
     let (lh, lw) = (lesion.height, lesion.width);
-    if lh > h || lw > w || masks.len() != lesion.masks.len() || !lesion.surround.is_finite() {
+    let planes = lesion.img.len() / (lh * lw);
+    if lh > h || lw > w || masks.len() != lesion.masks.len() || !lesion.surround.is_finite() || img.len() != planes * h * w {
         return None;
     }
     for _ in 0..TRIES {
@@ -77,13 +80,16 @@ pub fn paste<R: Rng>(rng: &mut R, lesion: &Lesion, img: &mut [f32], masks: &mut 
         if overlaps {
             continue;
         }
-        let (sum, n) = (0..lh * lw).filter(|&j| lesion.alpha[j] < 1.0).fold((0f32, 0usize), |(s, n), j| (s + img[at(j)], n + 1));
-        if n == 0 || (sum / n as f32 - lesion.surround).abs() > TOLERANCE {
+        let ring: Vec<usize> = (0..lh * lw).filter(|&j| lesion.alpha[j] < 1.0).collect();
+        let sum: f32 = img.chunks(h * w).map(|plane| ring.iter().map(|&j| plane[at(j)]).sum::<f32>()).sum();
+        if ring.is_empty() || (sum / (ring.len() * planes) as f32 - lesion.surround).abs() > TOLERANCE {
             continue;
         }
         for j in 0..lh * lw {
             let (a, p) = (lesion.alpha[j], at(j));
-            img[p] = a * lesion.img[j] + (1.0 - a) * img[p];
+            for (plane, cut) in img.chunks_mut(h * w).zip(lesion.img.chunks(lh * lw)) {
+                plane[p] = a * cut[j] + (1.0 - a) * plane[p];
+            }
             for (m, lm) in masks.iter_mut().zip(&lesion.masks) {
                 m[p] = m[p].max(lm[j]);
             }
@@ -158,6 +164,23 @@ mod tests {
         let (mut img, mut full) = (vec![0.2; 32 * 32], vec![vec![1u8; 32 * 32]; 3]);
         assert!(paste(&mut rng, &lesion, &mut img, &mut full, 32, 32).is_none());
         assert!(cut(&dimg, &[&vec![0u8; 32 * 32][..]], 32, 32, 1.0).is_none());
+    }
+
+    #[test]
+    fn every_plane_of_a_lesion_is_pasted_with_its_own_values() {
+        let (dimg, dmasks) = crop(8.0, 8.0);
+        // A second plane: the first inverted, as another window of the same slice might be.
+        let two: Vec<f32> = dimg.iter().copied().chain(dimg.iter().map(|v| 1.0 - v)).collect();
+        let refs: Vec<&[u8]> = dmasks.iter().map(Vec::as_slice).collect();
+        let lesion = cut(&two, &refs, 32, 32, 1.0).unwrap();
+        let (mut img, mut masks) = ([vec![0.2; 32 * 32], vec![0.8; 32 * 32]].concat(), vec![vec![0u8; 32 * 32]; 3]);
+        let mut rng = StdRng::seed_from_u64(0);
+        let (oy, ox) = paste(&mut rng, &lesion, &mut img, &mut masks, 32, 32).expect("flat planes have room");
+        let centre = (oy + MARGIN + 3) * 32 + ox + MARGIN + 3;
+        assert!((img[centre] - 0.9).abs() < 1e-6 && (img[32 * 32 + centre] - 0.1).abs() < 1e-6);
+        assert_eq!(masks[0][centre], 1);
+        // A one-plane crop does not take a two-plane lesion.
+        assert!(paste(&mut rng, &lesion, &mut vec![0.2; 32 * 32], &mut masks, 32, 32).is_none());
     }
 
     #[test]
