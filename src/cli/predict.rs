@@ -68,7 +68,15 @@ pub fn predict_cmd(a: PredictArgs) -> Result<()> {
             r.seconds,
             r.slices as f64 / r.seconds.max(1e-9),
             r.dir.display()
-        )
+        );
+        match &r.dicom_seg {
+            Ok(files) if !files.is_empty() => {
+                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                crate::say!("  DICOM SEG over the source series: {}", names.join(", "))
+            }
+            Ok(_) => {}
+            Err(why) => tracing::warn!("{}: no DICOM SEG written: {why}", r.name),
+        }
     })?;
     Ok(())
 }

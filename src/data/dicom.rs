@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use dicom_core::VR;
 use dicom_dictionary_std::tags;
 use dicom_object::open_file;
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
@@ -28,6 +29,52 @@ pub struct CtSlice {
     pub orientation: Option<[f64; 6]>,
     pub pixel_spacing: Option<[f64; 2]>,
     pub transfer_syntax: String,
+    /// Who and what the object is: a DICOM SEG derived from it references and copies these.
+    pub ids: DicomIds,
+}
+
+/// A source object's identity, and the patient and study attributes a derived object copies.
+#[derive(Debug, Clone, Default)]
+pub struct DicomIds {
+    pub sop_class_uid: Option<String>,
+    pub sop_instance_uid: Option<String>,
+    pub study_instance_uid: Option<String>,
+    pub series_instance_uid: Option<String>,
+    pub frame_of_reference_uid: Option<String>,
+    pub slice_thickness: Option<f64>,
+    /// The patient and general study modules' attributes ([`COPIED`]) as the file holds them.
+    pub copied: Vec<(dicom_object::Tag, String)>,
+}
+
+/// Patient and study attributes a derived object repeats from its source (each is type 2 in
+/// the segmentation IOD: present, empty where the source has none).
+pub const COPIED: [(dicom_object::Tag, VR); 9] = [
+    (tags::PATIENT_NAME, VR::PN),
+    (tags::PATIENT_ID, VR::LO),
+    (tags::PATIENT_BIRTH_DATE, VR::DA),
+    (tags::PATIENT_SEX, VR::CS),
+    (tags::STUDY_DATE, VR::DA),
+    (tags::STUDY_TIME, VR::TM),
+    (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
+    (tags::STUDY_ID, VR::SH),
+    (tags::ACCESSION_NUMBER, VR::SH),
+];
+
+fn text(obj: &dicom_object::DefaultDicomObject, tag: dicom_object::Tag) -> Option<String> {
+    let s = obj.element_opt(tag).ok().flatten()?.to_str().ok()?.trim_end_matches(['\0', ' ']).to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn ids(obj: &dicom_object::DefaultDicomObject) -> DicomIds {
+    DicomIds {
+        sop_class_uid: text(obj, tags::SOP_CLASS_UID),
+        sop_instance_uid: text(obj, tags::SOP_INSTANCE_UID),
+        study_instance_uid: text(obj, tags::STUDY_INSTANCE_UID),
+        series_instance_uid: text(obj, tags::SERIES_INSTANCE_UID),
+        frame_of_reference_uid: text(obj, tags::FRAME_OF_REFERENCE_UID),
+        slice_thickness: floats(obj, tags::SLICE_THICKNESS).and_then(|v| v.first().copied()),
+        copied: COPIED.iter().filter_map(|&(t, _)| text(obj, t).map(|v| (t, v))).collect(),
+    }
 }
 
 impl CtSlice {
@@ -89,6 +136,7 @@ pub fn read_dicom(path: &Path) -> Result<CtSlice> {
         orientation: floats(&obj, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| v.try_into().ok()),
         pixel_spacing: floats(&obj, tags::PIXEL_SPACING).and_then(|v| v.try_into().ok()),
         transfer_syntax,
+        ids: ids(&obj),
     };
     let (lo, hi) = slice.hu_range();
     if !lo.is_finite() || lo < HU_RANGE.0 || hi > HU_RANGE.1 {

@@ -122,19 +122,55 @@ fn cut<T: Copy + Default>(src: &[T], h: usize, w: usize, y0: isize, x0: isize, c
         .collect()
 }
 
-/// The folder's images and, per case, its annotators' label files.
-type Layout = (Vec<PathBuf>, BTreeMap<String, BTreeMap<usize, PathBuf>>);
+/// An annotator's label: a label map (PNG, NIfTI), or a DICOM SEG (every segment of a file per
+/// annotator, or one segment of a file per case).
+#[derive(Debug, Clone)]
+enum Label {
+    Map(PathBuf),
+    Seg(PathBuf, Option<u16>),
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Map(p) | Label::Seg(p, None) => write!(f, "{}", p.display()),
+            Label::Seg(p, Some(s)) => write!(f, "{} (segment {s})", p.display()),
+        }
+    }
+}
+
+/// The folder's images and, per case, its annotators' labels.
+type Layout = (Vec<PathBuf>, BTreeMap<String, BTreeMap<usize, Label>>);
+
+/// `CASE_A{k}.seg.dcm` -> a SEG per annotator; `CASE.seg.dcm` -> a segment per annotator, in
+/// the SEG's segment order.
+fn seg_labels(p: &Path, labels: &mut BTreeMap<String, BTreeMap<usize, Label>>) -> Result<()> {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = &name[..name.len() - ".seg.dcm".len()];
+    if let Some((case, k)) = label_key(Path::new(base)) {
+        labels.entry(case).or_default().insert(k, Label::Seg(p.to_path_buf(), None));
+        return Ok(());
+    }
+    let seg = super::seg_read::read_seg(p)?;
+    let experts = labels.entry(base.to_string()).or_default();
+    for (k, &(number, _)) in seg.segments.iter().enumerate() {
+        experts.insert(k + 1, Label::Seg(p.to_path_buf(), Some(number)));
+    }
+    Ok(())
+}
 
 fn layout(input: &Path) -> Result<Layout> {
     let (img_dir, lab_dir) = (input.join("images"), input.join("labels"));
     if !img_dir.is_dir() || !lab_dir.is_dir() {
         bail!("{} must contain images/ and labels/ folders (nnU-Net layout)", input.display());
     }
-    let mut labels: BTreeMap<String, BTreeMap<usize, PathBuf>> = BTreeMap::new();
+    let mut labels: BTreeMap<String, BTreeMap<usize, Label>> = BTreeMap::new();
     for e in std::fs::read_dir(&lab_dir)? {
         let p = e?.path();
-        if let Some((case, k)) = label_key(&p).filter(|_| scan::is_supported(&p)) {
-            labels.entry(case).or_default().insert(k, p);
+        if p.to_string_lossy().to_lowercase().ends_with(".seg.dcm") {
+            seg_labels(&p, &mut labels)?;
+        } else if let Some((case, k)) = label_key(&p).filter(|_| scan::is_supported(&p)) {
+            labels.entry(case).or_default().insert(k, Label::Map(p));
         }
     }
     let mut images: Vec<PathBuf> =
@@ -144,24 +180,27 @@ fn layout(input: &Path) -> Result<Layout> {
         bail!("{} holds no images", img_dir.display());
     }
     if labels.is_empty() {
-        bail!("{} holds no labels named CASE_A<k>.(png|nii.gz)", lab_dir.display());
+        bail!("{} holds no labels named CASE_A<k>.(png|nii.gz|seg.dcm) or CASE.seg.dcm", lab_dir.display());
     }
     Ok((images, labels))
 }
 
 /// A case's scan and its annotators' label maps, each the scan's size; or why not.
-fn load_case(img_path: &Path, files: &BTreeMap<usize, PathBuf>, units: Option<Units>) -> std::result::Result<(Scan, Vec<Scan>), String> {
+fn load_case(img_path: &Path, files: &BTreeMap<usize, Label>, units: Option<Units>) -> std::result::Result<(Scan, Vec<Scan>), String> {
     let scan = scan::read_scan_as(img_path, units).map_err(|e| format!("{e:#}"))?;
     let mut label_scans = Vec::new();
-    for p in files.values() {
-        let l = scan::read_labels(p).map_err(|e| format!("{e:#}"))?;
+    for label in files.values() {
+        let l = match label {
+            Label::Map(p) => scan::read_labels(p),
+            Label::Seg(p, segment) => super::seg_read::read_seg(p).and_then(|seg| seg.label_scan(*segment, &scan, p)),
+        };
+        let l = l.map_err(|e| format!("{e:#}"))?;
         let same = l.slices.len() == scan.slices.len()
             && l.slices.iter().zip(&scan.slices).all(|(a, b)| a.height == b.height && a.width == b.width);
         if !same {
             let (s, t) = (&l.slices[0], &scan.slices[0]);
             return Err(format!(
-                "label {} is {}x{}x{} but the image is {}x{}x{}",
-                p.display(),
+                "label {label} is {}x{}x{} but the image is {}x{}x{}",
                 l.slices.len(),
                 s.height,
                 s.width,
@@ -308,7 +347,7 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
             bail!("{} holds {u}: --windows stacks HU windows, which only CT in Hounsfield units has", img_path.display());
         }
         let pre = pre_for(u);
-        let label_names: Vec<String> = files.values().map(|p| p.display().to_string()).collect();
+        let label_names: Vec<String> = files.values().map(Label::to_string).collect();
         let from = match (s.spacing, scan.spacing()) {
             (Some(_), None) => bail!(
                 "--spacing: {} states no pixel spacing (PNG and TIFF have none); import DICOM or NIfTI, or leave out --spacing",

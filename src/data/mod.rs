@@ -6,6 +6,7 @@ pub mod clahe;
 pub mod dataset;
 pub mod dicom;
 pub mod dicom_guard;
+pub mod dicom_seg;
 pub mod head_ct;
 pub mod import;
 pub mod intensity;
@@ -16,6 +17,7 @@ pub mod pickle;
 pub mod preprocess;
 pub mod resample;
 pub mod scan;
+pub mod seg_read;
 pub mod split;
 pub mod synth;
 

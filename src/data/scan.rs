@@ -14,7 +14,9 @@ pub use super::preprocess::{Preprocess, Units};
 /// Where the pixels came from, for writing results back.
 #[derive(Debug, Clone)]
 pub enum Geometry {
-    Dicom(Box<CtSlice>),
+    /// Each source object's header (pixels dropped), in the scan's slice order; a multi-frame
+    /// object is one entry for all its slices.
+    Dicom(Vec<CtSlice>),
     Nifti(Box<NiftiHeader>),
     Plain,
 }
@@ -110,7 +112,7 @@ impl Scan {
     pub fn spacing(&self) -> Option<(f64, f64)> {
         let ok = |(r, c): (f64, f64)| (r.is_finite() && c.is_finite() && r > 0.0 && c > 0.0).then_some((r, c));
         match &self.geometry {
-            Geometry::Dicom(s) => s.pixel_spacing.map(|p| (p[0], p[1])).and_then(ok),
+            Geometry::Dicom(s) => s[0].pixel_spacing.map(|p| (p[0], p[1])).and_then(ok),
             Geometry::Nifti(h) => ok((h.pixdim[2] as f64, h.pixdim[1] as f64)),
             Geometry::Plain => None,
         }
@@ -177,7 +179,7 @@ pub fn read_labels(path: &Path) -> Result<Scan> {
 fn read_any(path: &Path, units: Option<Units>) -> Result<Scan> {
     if path.is_dir() {
         let slices = dicom::read_series(path)?;
-        let geometry = Geometry::Dicom(Box::new(CtSlice { hu: Vec::new(), ..slices[0].clone() }));
+        let geometry = Geometry::Dicom(slices.iter().map(|s| CtSlice { hu: Vec::new(), ..s.clone() }).collect());
         return Ok(Scan { source: path.to_path_buf(), slices: slices.into_iter().flat_map(dicom_slices).collect(), geometry });
     }
     if !path.exists() {
@@ -189,7 +191,7 @@ fn read_any(path: &Path, units: Option<Units>) -> Result<Scan> {
     match ext(path).as_str() {
         "dcm" | "dicom" => {
             let s = dicom::read_dicom(path)?;
-            let geometry = Geometry::Dicom(Box::new(CtSlice { hu: Vec::new(), ..s.clone() }));
+            let geometry = Geometry::Dicom(vec![CtSlice { hu: Vec::new(), ..s.clone() }]);
             Ok(Scan { source: path.to_path_buf(), slices: dicom_slices(s), geometry })
         }
         "png" | "tif" | "tiff" => Ok(Scan { source: path.to_path_buf(), slices: vec![read_gray(path)?], geometry: Geometry::Plain }),
@@ -342,20 +344,24 @@ pub fn output_header(geometry: &Geometry, width: usize, height: usize, depth: us
         Geometry::Nifti(h) => (**h).clone(),
         _ => NiftiHeader::default(),
     };
-    if let Geometry::Dicom(s) = geometry {
+    if let Geometry::Dicom(series) = geometry {
+        let s = &series[0];
         let (dy, dx) = s.pixel_spacing.map_or((1.0, 1.0), |p| (p[0], p[1]));
         let o = s.orientation.unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
         let p = s.position.unwrap_or([0.0; 3]);
         let n = [o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]];
+        // Between slices: the series' own step along the normal, else the slice thickness.
+        let step = series.get(1).and_then(|b| Some(b.normal_position()? - s.normal_position()?)).filter(|d| d.abs() > 1e-6);
+        let dz = step.or(s.ids.slice_thickness).unwrap_or(1.0);
         let row = |k: usize, sign: f64| -> [f32; 4] {
-            [(sign * o[k] * dx) as f32, (sign * o[3 + k] * dy) as f32, (sign * n[k]) as f32, (sign * p[k]) as f32]
+            [(sign * o[k] * dx) as f32, (sign * o[3 + k] * dy) as f32, (sign * n[k] * dz) as f32, (sign * p[k]) as f32]
         };
         h.srow_x = row(0, -1.0);
         h.srow_y = row(1, -1.0);
         h.srow_z = row(2, 1.0);
         h.sform_code = 1;
         h.qform_code = 0;
-        h.pixdim = [1.0, dx as f32, dy as f32, 1.0, 1.0, 1.0, 1.0, 1.0];
+        h.pixdim = [1.0, dx as f32, dy as f32, dz.abs() as f32, 1.0, 1.0, 1.0, 1.0];
     }
     let rank = if frames > 1 { 4 } else { 3 };
     h.dim = [rank, width as u16, height as u16, depth as u16, frames.max(1) as u16, 1, 1, 1];

@@ -9,10 +9,11 @@ use anyhow::{Context, Result, bail};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use ndarray::{Array3, Array4};
 
+use crate::data::dicom_seg::{SegKind, SegRequest, write_seg};
 use crate::data::intensity::Window;
 use crate::data::npz::{self, NpzEntry};
 use crate::data::preprocess::{self, Preprocess, Units};
-use crate::data::scan::{self, Scan, Slice};
+use crate::data::scan::{self, Geometry, Scan, Slice};
 use crate::eval::publish::{self, ReviewRecord};
 use crate::eval::review::Units as ReviewUnits;
 use crate::eval::{figures, metrics};
@@ -61,6 +62,8 @@ pub struct ScanReport {
     pub patches: usize,
     pub patch: (usize, usize),
     pub seconds: f64,
+    /// The DICOM SEG objects written for a DICOM input, or why none could be.
+    pub dicom_seg: std::result::Result<Vec<PathBuf>, String>,
 }
 
 /// A folder of DICOM files is one series; any other folder is a set of scans.
@@ -135,6 +138,7 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
         pb.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
         write_outputs(&scan, &preds, &inputs01, &dir)?;
+        let dicom_seg = write_dicom_seg(&scan, &preds, &dir).map_err(|e| format!("{e:#}"));
         let first = &scan.slices[0];
         let record = ReviewRecord {
             kind: "predict".into(),
@@ -159,6 +163,7 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
             patches: total,
             patch: (ph, pw),
             seconds,
+            dicom_seg,
         };
         done(&report);
         reports.push(report);
@@ -253,6 +258,28 @@ fn overlay(input: &[f32], pred: &Prediction) -> RgbImage {
         }
     }
     img
+}
+
+/// For DICOM input, samples.seg.dcm (binary, one segment per sample) and mean.seg.dcm (the
+/// mean probability, fractional) referencing the source slices; nothing for other inputs.
+fn write_dicom_seg(scan: &Scan, preds: &[Prediction], dir: &Path) -> Result<Vec<PathBuf>> {
+    let Geometry::Dicom(sources) = &scan.geometry else { return Ok(Vec::new()) };
+    let (rows, columns, n) = (preds[0].height, preds[0].width, preds[0].probs.len());
+    let binary = |m: &[f32]| m.iter().map(|&v| if v > 0.5 { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+    let samples: Vec<Vec<Vec<f32>>> = (0..n).map(|k| preds.iter().map(|p| binary(&p.probs[k])).collect()).collect();
+    let mean = vec![preds.iter().map(|p| p.mean.clone()).collect::<Vec<_>>()];
+    let outputs = [
+        ("samples.seg.dcm", SegKind::Binary, (1..=n).map(|k| format!("apunet sample {k}")).collect(), &samples, "apunet samples"),
+        ("mean.seg.dcm", SegKind::Probability, vec!["apunet mean probability".to_string()], &mean, "apunet mean probability"),
+    ];
+    let mut written = Vec::new();
+    for (name, kind, labels, frames, description) in outputs {
+        let path = dir.join(name);
+        let series_description = description.to_string();
+        write_seg(&path, &SegRequest { kind, sources, labels, frames, rows, columns, series_description })?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 fn write_outputs(scan: &Scan, preds: &[Prediction], inputs01: &[Vec<f32>], dir: &Path) -> Result<()> {

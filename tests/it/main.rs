@@ -9,6 +9,7 @@ mod channels;
 mod cli;
 mod ct;
 mod data;
+mod dicom_seg;
 mod fortran;
 mod fuzz;
 mod gan;

@@ -75,7 +75,8 @@ fn nifti_round_trip_keeps_values_and_geometry() {
 #[test]
 fn dicom_geometry_becomes_a_nifti_affine() {
     let s = read_scan(&common::shared_data().join("ct/CT_small.dcm")).unwrap();
-    let Geometry::Dicom(d) = &s.geometry else { panic!("expected DICOM geometry") };
+    let Geometry::Dicom(series) = &s.geometry else { panic!("expected DICOM geometry") };
+    let d = &series[0];
     let h = scan::output_header(&s.geometry, 128, 128, 1, 1);
     let spacing = d.pixel_spacing.expect("CT_small has PixelSpacing");
     assert_eq!(h.sform_code, 1);
