@@ -122,19 +122,21 @@ fn cut<T: Copy + Default>(src: &[T], h: usize, w: usize, y0: isize, x0: isize, c
         .collect()
 }
 
-/// An annotator's label: a label map (PNG, NIfTI), or a DICOM SEG (every segment of a file per
-/// annotator, or one segment of a file per case).
+/// An annotator's label: a label map (PNG, NIfTI), a DICOM SEG or an RTSTRUCT (all of a file
+/// per annotator, or one segment / ROI of a file per case).
 #[derive(Debug, Clone)]
 enum Label {
     Map(PathBuf),
     Seg(PathBuf, Option<u16>),
+    Rt(PathBuf, Option<u64>),
 }
 
 impl std::fmt::Display for Label {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Label::Map(p) | Label::Seg(p, None) => write!(f, "{}", p.display()),
+            Label::Map(p) | Label::Seg(p, None) | Label::Rt(p, None) => write!(f, "{}", p.display()),
             Label::Seg(p, Some(s)) => write!(f, "{} (segment {s})", p.display()),
+            Label::Rt(p, Some(r)) => write!(f, "{} (ROI {r})", p.display()),
         }
     }
 }
@@ -142,21 +144,33 @@ impl std::fmt::Display for Label {
 /// The folder's images and, per case, its annotators' labels.
 type Layout = (Vec<PathBuf>, BTreeMap<String, BTreeMap<usize, Label>>);
 
-/// `CASE_A{k}.seg.dcm` -> a SEG per annotator; `CASE.seg.dcm` -> a segment per annotator, in
-/// the SEG's segment order.
-fn seg_labels(p: &Path, labels: &mut BTreeMap<String, BTreeMap<usize, Label>>) -> Result<()> {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let base = &name[..name.len() - ".seg.dcm".len()];
+/// A DICOM SEG or RTSTRUCT in labels/ (told apart by SOP Class): `CASE_A{k}[.seg|.rtstruct].dcm`
+/// is annotator k's; `CASE[.seg|.rtstruct].dcm` holds a segment or ROI per annotator, in its
+/// order. Any other DICOM file is a label map image. Returns false for those.
+fn dicom_labels(p: &Path, labels: &mut BTreeMap<String, BTreeMap<usize, Label>>) -> Result<bool> {
+    let (seg, rt) = (super::seg_read::is_seg(p), super::rtstruct::is_rtstruct(p));
+    if !seg && !rt {
+        return Ok(false);
+    }
+    let stem = scan::stem(p);
+    let lower = stem.to_lowercase();
+    let base = [".seg", ".rtstruct"].iter().find(|s| lower.ends_with(*s)).map_or(stem.as_str(), |s| &stem[..stem.len() - s.len()]);
     if let Some((case, k)) = label_key(Path::new(base)) {
-        labels.entry(case).or_default().insert(k, Label::Seg(p.to_path_buf(), None));
-        return Ok(());
+        let label = if seg { Label::Seg(p.to_path_buf(), None) } else { Label::Rt(p.to_path_buf(), None) };
+        labels.entry(case).or_default().insert(k, label);
+        return Ok(true);
     }
-    let seg = super::seg_read::read_seg(p)?;
     let experts = labels.entry(base.to_string()).or_default();
-    for (k, &(number, _)) in seg.segments.iter().enumerate() {
-        experts.insert(k + 1, Label::Seg(p.to_path_buf(), Some(number)));
+    if seg {
+        for (k, &(number, _)) in super::seg_read::read_seg(p)?.segments.iter().enumerate() {
+            experts.insert(k + 1, Label::Seg(p.to_path_buf(), Some(number)));
+        }
+    } else {
+        for (k, &(number, _)) in super::rtstruct::read_rtstruct(p)?.rois.iter().enumerate() {
+            experts.insert(k + 1, Label::Rt(p.to_path_buf(), Some(number)));
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn layout(input: &Path) -> Result<Layout> {
@@ -167,9 +181,11 @@ fn layout(input: &Path) -> Result<Layout> {
     let mut labels: BTreeMap<String, BTreeMap<usize, Label>> = BTreeMap::new();
     for e in std::fs::read_dir(&lab_dir)? {
         let p = e?.path();
-        if p.to_string_lossy().to_lowercase().ends_with(".seg.dcm") {
-            seg_labels(&p, &mut labels)?;
-        } else if let Some((case, k)) = label_key(&p).filter(|_| scan::is_supported(&p)) {
+        let dicom = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm"));
+        if dicom && dicom_labels(&p, &mut labels)? {
+            continue;
+        }
+        if let Some((case, k)) = label_key(&p).filter(|_| scan::is_supported(&p)) {
             labels.entry(case).or_default().insert(k, Label::Map(p));
         }
     }
@@ -180,7 +196,7 @@ fn layout(input: &Path) -> Result<Layout> {
         bail!("{} holds no images", img_dir.display());
     }
     if labels.is_empty() {
-        bail!("{} holds no labels named CASE_A<k>.(png|nii.gz|seg.dcm) or CASE.seg.dcm", lab_dir.display());
+        bail!("{} holds no labels named CASE_A<k>.(png|nii.gz|dcm) or a DICOM SEG / RTSTRUCT named CASE.dcm", lab_dir.display());
     }
     Ok((images, labels))
 }
@@ -193,6 +209,7 @@ fn load_case(img_path: &Path, files: &BTreeMap<usize, Label>, units: Option<Unit
         let l = match label {
             Label::Map(p) => scan::read_labels(p),
             Label::Seg(p, segment) => super::seg_read::read_seg(p).and_then(|seg| seg.label_scan(*segment, &scan, p)),
+            Label::Rt(p, roi) => super::rtstruct::read_rtstruct(p).and_then(|rt| rt.label_scan(*roi, &scan, p)),
         };
         let l = l.map_err(|e| format!("{e:#}"))?;
         let same = l.slices.len() == scan.slices.len()

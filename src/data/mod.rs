@@ -16,6 +16,7 @@ pub mod npz;
 pub mod pickle;
 pub mod preprocess;
 pub mod resample;
+pub mod rtstruct;
 pub mod scan;
 pub mod seg_read;
 pub mod split;

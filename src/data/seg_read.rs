@@ -44,6 +44,11 @@ fn frame_refs(f: &InMemDicomObject, shared: Option<&InMemDicomObject>) -> Option
     Some((segment, text(source, tags::REFERENCED_SOP_INSTANCE_UID)?))
 }
 
+/// Whether `path` is a DICOM SEG (by its SOP Class UID).
+pub fn is_seg(path: &Path) -> bool {
+    open_file(path).ok().and_then(|o| text(&o, tags::SOP_CLASS_UID)).as_deref() == Some(uids::SEGMENTATION_STORAGE)
+}
+
 /// Reads a DICOM SEG (binary, or fractional thresholded at half its maximum).
 pub fn read_seg(path: &Path) -> Result<SegFrames> {
     let name = path.display();

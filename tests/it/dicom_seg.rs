@@ -327,3 +327,38 @@ fn every_frame_carries_its_masks_bits_for_both_readers() {
         (0..2).map(|k| (0..3).map(|z| (0..128 * 128).filter(|&p| marks(k, z, p)).map(|p| (p + 1) as f64).sum()).collect()).collect();
     assert_eq!(v["per_segment"], serde_json::json!(want), "highdicom's pixels per segment and slice");
 }
+
+/// Expert k's mask on slice z at (y, x), as tests/fixtures/write_rtstruct.py contours it.
+fn contoured(k: usize, z: usize, y: usize, x: usize) -> u8 {
+    let inside = |rows: (usize, usize), cols: (usize, usize)| (rows.0..=rows.1).contains(&y) && (cols.0..=cols.1).contains(&x);
+    match k {
+        1 => u8::from(inside((40 + z, 59 + z), (50, 69))),
+        _ => u8::from(inside((45, 64), (55, 74 + z)) && !(z == 1 && inside((50, 54), (60, 64)))),
+    }
+}
+
+#[test]
+fn import_rasterises_experts_contours_from_an_rtstruct() {
+    let Some(py) = highdicom_python() else {
+        assert!(std::env::var_os("CI").is_none(), "CI must write the RTSTRUCT fixture with pydicom: .ci/run installs it");
+        eprintln!("SKIPPED: no Python with pydicom and highdicom to write the RTSTRUCT fixture");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rt");
+    series(&root.join("images/case"), 3);
+    std::fs::create_dir_all(root.join("labels")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/write_rtstruct.py");
+    let o = Command::new(&py).arg(&script).arg(root.join("images/case")).arg(root.join("labels/case.dcm")).output().unwrap();
+    assert!(o.status.success(), "write_rtstruct.py: {}", String::from_utf8_lossy(&o.stderr));
+    let (_, ds, manifest) = import(&root);
+    assert_eq!((ds.len(), ds.annotators()), (3, 2), "a lesion crop per slice, an annotator per ROI");
+    for i in 0..3 {
+        let c = &manifest["crops"][i];
+        let (z, y0, x0) = (c["slice"].as_u64().unwrap() as usize, c["y0"].as_u64().unwrap() as usize, c["x0"].as_u64().unwrap() as usize);
+        for k in 0..2 {
+            let bad = (0..64 * 64).filter(|&p| ds.masks[[i, k, p / 64, p % 64]] != contoured(k + 1, z, y0 + p / 64, x0 + p % 64)).count();
+            assert_eq!(bad, 0, "expert {} on slice {z} differs in {bad} pixels", k + 1);
+        }
+    }
+}
