@@ -69,6 +69,12 @@ fn the_reference_configuration_and_shapes() {
         assert_eq!(model.predict_prior_mean(&enc).dims(), [b, 1, s, s]);
         assert_eq!(model.reconstruct(x, y).dims(), [b, 1, s, s]);
     }
+    // Three input channels (stacked windows): the prior takes them, the posterior them and the mask.
+    let model = Segmenter::new(&ModelConfig { in_channels: 3, ..tiny_hpu(true) }, &d);
+    let x = randn([2, 3, 16, 16], &d);
+    let y = x.clone().narrow(1, 0, 1).greater_elem(0.5).float();
+    assert_eq!(model.forward_train(x.clone(), y, Tensor::zeros([2, 20], &d)).logits.dims(), [2, 1, 16, 16]);
+    assert_eq!(model.sample_from(&model.encode(x), Tensor::zeros([6, 20], &d), &[]).dims(), [6, 1, 16, 16]);
 }
 
 #[test]
