@@ -12,7 +12,7 @@ use crate::model::{ModelConfig, ModelKind, NormKind, TransformerLevels};
 use crate::train::distributed::Alone;
 use crate::train::objective::LossKind;
 use crate::train::schedule::LrSchedule;
-use crate::train::{self, Collective, Launch, RunConfig, Select};
+use crate::train::{self, Collective, Launch, RunConfig, Select, TrainSummary, Unwatched, Watch};
 
 /// Flags left out take their value from --config, else from the defaults shown; on --resume,
 /// from the run's own config.toml.
@@ -295,7 +295,7 @@ pub enum Distributed {
 pub fn train_cmd(a: TrainArgs) -> Result<()> {
     match (a.distributed, &a.devices) {
         (Distributed::None, Some(names)) => devices_run(&a, names),
-        (Distributed::None, None) => run(&a, &Alone, parse_device(&a.device)?),
+        (Distributed::None, None) => run(&a, &Alone, parse_device(&a.device)?, &Unwatched).map(drop),
         (Distributed::Mpi, _) => mpi_run(a),
     }
 }
@@ -307,14 +307,14 @@ fn devices_run(a: &TrainArgs, names: &[String]) -> Result<()> {
     }
     let devices = names.iter().map(|n| parse_device(n)).collect::<Result<Vec<_>>>()?;
     let timeout = std::time::Duration::from_secs(a.dist_timeout.max(1));
-    train::threads::run_ranks(devices, timeout, |rank, device| run(a, rank, device))
+    train::threads::run_ranks(devices, timeout, |rank, device| run(a, rank, device, &Unwatched).map(drop))
 }
 
 #[cfg(feature = "mpi")]
 fn mpi_run(a: TrainArgs) -> Result<()> {
     let comm = train::mpi::Mpi::init(std::time::Duration::from_secs(a.dist_timeout.max(1)))?;
     let device = parse_device(&rank_device(&a.device, &comm))?;
-    match run(&a, &comm, device) {
+    match run(&a, &comm, device, &Unwatched).map(drop) {
         // A rank that stops alone would leave the others waiting: end them all.
         Err(e) if comm.size() > 1 => comm.abort(&format!("rank {}: {e:#}", comm.rank())),
         other => other,
@@ -329,7 +329,16 @@ fn mpi_run(_: TrainArgs) -> Result<()> {
     )
 }
 
-fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
+/// `apunet train` in this process on one device, `watch` told of each epoch and asked whether
+/// to stop (the Python package's progress callback and Ctrl-C); it prints what the command does.
+pub fn train_in_process(a: &TrainArgs, watch: &dyn Watch) -> Result<TrainSummary> {
+    if a.distributed != Distributed::None || a.devices.is_some() {
+        bail!("--distributed and --devices start several ranks: run them from the command line (apunet train)");
+    }
+    run(a, &Alone, parse_device(&a.device)?, watch)
+}
+
+fn run(a: &TrainArgs, comm: &dyn Collective, device: Device, watch: &dyn Watch) -> Result<TrainSummary> {
     let out = match (&a.resume, &a.out) {
         (Some(r), Some(o)) if !crate::fsio::same_path(r, o) => {
             bail!("--resume {} continues that run in its own directory; --out {} names another. Give one of them", r.display(), o.display())
@@ -340,18 +349,23 @@ fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
     };
     let launch =
         Launch { out: out.clone(), resume: a.resume.is_some(), config: a.config.clone(), data: a.data.clone(), device, quiet: a.quiet };
-    let summary = train::launch(launch, comm, |cfg| {
-        apply_overrides(cfg, a);
-        if a.attention && cfg.model.kind != ModelKind::Hpunet {
-            bail!(
-                "--attention applies to --model hpunet; the Probabilistic U-Net has attention gates and a \
+    let summary = train::launch_watched(
+        launch,
+        comm,
+        |cfg| {
+            apply_overrides(cfg, a);
+            if a.attention && cfg.model.kind != ModelKind::Hpunet {
+                bail!(
+                    "--attention applies to --model hpunet; the Probabilistic U-Net has attention gates and a \
                  transformer by default (--no-attention removes them)"
-            );
-        }
-        Ok(())
-    })?;
+                );
+            }
+            Ok(())
+        },
+        watch,
+    )?;
     if comm.rank() != 0 {
-        return Ok(());
+        return Ok(summary);
     }
     if summary.epochs_run == 0 {
         crate::say!(
@@ -371,7 +385,7 @@ fn run(a: &TrainArgs, comm: &dyn Collective, device: Device) -> Result<()> {
             out.display()
         );
     }
-    Ok(())
+    Ok(summary)
 }
 
 /// `--device` for this rank: a GPU named without an index is the rank's local rank.

@@ -196,9 +196,8 @@ impl Report {
         self.summary.metrics.iter().find(|(k, _)| k == name).map(|(_, s)| *s)
     }
 
-    /// Writes metrics.json, per_image.csv and report.md into `dir`.
-    pub fn write(&self, dir: &Path, title: &str) -> Result<()> {
-        std::fs::create_dir_all(dir)?;
+    /// metrics.json's content: counts, each metric's mean and interval, agreement, ECE.
+    pub fn to_json(&self) -> Result<serde_json::Value> {
         let mut json = serde_json::Map::new();
         json.insert("images".into(), self.summary.images.into());
         json.insert("samples_per_image".into(), self.summary.samples_per_image.into());
@@ -220,7 +219,13 @@ impl Report {
              intervals: 95% percentile bootstrap over images (1000 resamples)"
                 .into(),
         );
-        fsio::write_atomic(&dir.join("metrics.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+        Ok(json.into())
+    }
+
+    /// Writes metrics.json, per_image.csv and report.md into `dir`.
+    pub fn write(&self, dir: &Path, title: &str) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        fsio::write_atomic(&dir.join("metrics.json"), serde_json::to_string_pretty(&self.to_json()?)?.as_bytes())?;
 
         let m = self.summary.annotators;
         let mut csv = String::from("image,ged,hm_iou");

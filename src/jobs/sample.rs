@@ -97,18 +97,22 @@ impl RunSampling {
         Ok((device, cfg, model))
     }
 
-    /// Refuses a dataset of other input channels than the model takes, and one preprocessed
-    /// otherwise than the run's training data (unless `allow_mismatch`), naming both.
-    pub fn check_data(&self, cfg: &RunConfig, ds: &Dataset, data: &Path) -> Result<()> {
-        if ds.channels() != cfg.model.in_channels {
+    /// Refuses images of other input channels than the run's model takes.
+    pub fn check_channels(&self, cfg: &RunConfig, channels: usize, source: &str) -> Result<()> {
+        if channels != cfg.model.in_channels {
             anyhow::bail!(
-                "{} holds {}-channel images but run {}'s model takes {} channel(s); give data imported as its training data was",
-                data.display(),
-                ds.channels(),
+                "{source} holds {channels}-channel images but run {}'s model takes {} channel(s); give data imported as its training data was",
                 self.run.display(),
                 cfg.model.in_channels
             );
         }
+        Ok(())
+    }
+
+    /// Refuses a dataset of other input channels than the model takes, and one preprocessed
+    /// otherwise than the run's training data (unless `allow_mismatch`), naming both.
+    pub fn check_data(&self, cfg: &RunConfig, ds: &Dataset, data: &Path) -> Result<()> {
+        self.check_channels(cfg, ds.channels(), &data.display().to_string())?;
         crate::data::preprocess::check_match(
             (&format!("run {}", self.run.display()), cfg.data.preprocess.as_ref()),
             (&data.display().to_string(), ds.preprocess.as_ref()),

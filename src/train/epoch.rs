@@ -58,6 +58,8 @@ pub struct Stepper<'a> {
     pub augmentation: Augmentation,
     /// The weights' moving average, kept by rank 0 (the one that validates and saves).
     pub ema: Option<Ema>,
+    /// Asked before every step whether to stop.
+    pub watch: &'a dyn super::Watch,
 }
 
 impl Stepper<'_> {
@@ -81,6 +83,9 @@ impl Stepper<'_> {
         let (mut sum, mut rec, mut kl, mut seen, mut skipped) = (0f64, 0f64, 0f64, 0usize, 0usize);
         let step_start = Instant::now();
         for (k, idx) in batches.iter().enumerate() {
+            if self.watch.stop() {
+                return Err(super::Stopped.into());
+            }
             let lr = tc.lr_at(epoch, k, batches.len());
             let (trained, values) = self.step(model, optim, lr, &objective, data, idx, patch, rng, device)?;
             model = trained;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::prelude::Device;
 
-use super::{Collective, RunConfig, RunPaths, TrainRequest, TrainSummary, checkpoint, train_with};
+use super::{Collective, RunConfig, RunPaths, TrainRequest, TrainSummary, Unwatched, Watch, checkpoint, train_watched};
 
 /// Where and how to train, before the config is resolved.
 pub struct Launch {
@@ -24,11 +24,21 @@ pub struct Launch {
 /// Resolves `l` on rank 0 (`settings` puts the user's flags over the config and may refuse
 /// them) and trains as this rank of `comm`.
 pub fn launch(l: Launch, comm: &dyn Collective, settings: impl FnOnce(&mut RunConfig) -> Result<()>) -> Result<TrainSummary> {
+    launch_watched(l, comm, settings, &Unwatched)
+}
+
+/// [`launch`], with `watch` told of each epoch and asked whether to stop.
+pub fn launch_watched(
+    l: Launch,
+    comm: &dyn Collective,
+    settings: impl FnOnce(&mut RunConfig) -> Result<()>,
+    watch: &dyn Watch,
+) -> Result<TrainSummary> {
     let Launch { out, resume, config, data, device, quiet } = l;
     if comm.rank() != 0 {
         // Rank 0 resolves the run and hands it to the others, which may not see its files.
         let req = TrainRequest { data: PathBuf::new(), out, config: RunConfig::default(), device, resume, quiet };
-        return train_with(req, comm);
+        return train_watched(req, comm, watch);
     }
     let paths = RunPaths::new(&out);
     let mut cfg = match (&config, resume) {
@@ -49,5 +59,5 @@ pub fn launch(l: Launch, comm: &dyn Collective, settings: impl FnOnce(&mut RunCo
     if !resume && paths.state().exists() {
         bail!("{} already holds a run; continue it with --resume {} or choose another --out", out.display(), out.display());
     }
-    train_with(TrainRequest { data, out, config: cfg, device, resume, quiet }, comm)
+    train_watched(TrainRequest { data, out, config: cfg, device, resume, quiet }, comm, watch)
 }

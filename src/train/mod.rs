@@ -14,6 +14,7 @@ pub mod objective;
 pub mod schedule;
 pub mod threads;
 pub mod validation;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,8 +32,9 @@ pub use checkpoint::{RunPaths, TrainState, Which, load_run};
 pub use config::{DataConfig, RunConfig, Select, TrainConfig};
 pub use distributed::Collective;
 pub use history::{EpochMetrics, read_metrics, write_metrics};
-pub use launch::{Launch, launch};
+pub use launch::{Launch, launch, launch_watched};
 pub use validation::{figure, render_figure};
+pub use watch::{Stopped, Unwatched, Watch};
 
 use crate::data::augment::Augmentation;
 use crate::data::{AnnotatorChoice, Dataset, preprocess, split};
@@ -89,6 +91,11 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
 /// Trains as one rank of a data-parallel run: every rank steps on its rows of each global
 /// batch; rank 0 alone validates and writes the run (checkpoints, metrics, figures).
 pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSummary> {
+    train_watched(req, comm, &Unwatched)
+}
+
+/// [`train_with`], reporting each committed epoch to `watch` and stopping when it asks.
+pub fn train_watched(req: TrainRequest, comm: &dyn Collective, watch: &dyn Watch) -> Result<TrainSummary> {
     let lead = comm.rank() == 0;
     let paths = RunPaths::new(&req.out);
     let Setup { cfg, mut state, data, train_idx, val_idx, extra_idx } = prepare_ranks(&req, &paths, comm)?;
@@ -162,6 +169,7 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
         exchange_seconds: 0.0,
         augmentation: augmentation(&tc, &data, &train_idx),
         ema,
+        watch,
     };
     for epoch in state.epoch + 1..=tc.epochs {
         let started = Instant::now();
@@ -207,6 +215,7 @@ pub fn train_with(req: TrainRequest, comm: &dyn Collective) -> Result<TrainSumma
         if !req.quiet {
             eprintln!("{}", epoch_line(&m, val_idx.is_empty()));
         }
+        watch.epoch(&m);
     }
     Ok(TrainSummary { history, best_epoch: state.best_epoch, skipped_steps: state.skipped_steps, epochs_run, target_epochs: tc.epochs })
 }
