@@ -87,6 +87,9 @@ fn now() -> (String, String) {
 /// Checks that every source can be referenced: a single-frame object with UIDs and geometry.
 fn check_sources(r: &SegRequest<'_>) -> Result<()> {
     let first = r.sources.first().ok_or_else(|| anyhow::anyhow!("no source slices to reference"))?;
+    if r.sources.iter().any(|s| s.frames != 1) {
+        bail!("the source is a multi-frame object; DICOM SEG output references single-frame slices only");
+    }
     if r.frames.iter().any(|f| f.len() != r.sources.len() || f.iter().any(|p| p.len() != r.rows * r.columns)) {
         bail!("the SEG frames do not match {} source slices of {}x{}", r.sources.len(), r.rows, r.columns);
     }
@@ -102,9 +105,6 @@ fn check_sources(r: &SegRequest<'_>) -> Result<()> {
         ];
         if let Some((name, _)) = missing.iter().find(|m| m.1) {
             bail!("a source slice has no {name}, which a DICOM SEG must reference");
-        }
-        if s.frames != 1 {
-            bail!("the source is a multi-frame object; DICOM SEG output references single-frame slices only");
         }
         if (s.rows, s.columns) != (r.rows, r.columns) || s.ids.study_instance_uid != first.ids.study_instance_uid {
             bail!("the source slices differ in size or study; a DICOM SEG covers one series");

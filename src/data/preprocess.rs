@@ -40,11 +40,6 @@ fn is_zero(v: &usize) -> bool {
 }
 
 impl Preprocess {
-    /// The record for windows `windows` (the first is [`Self::window`]); none: intensities.
-    pub fn with_windows(windows: &[Window]) -> Self {
-        Self { window: windows.first().copied(), extra_windows: windows.iter().skip(1).copied().collect(), ..Default::default() }
-    }
-
     /// Every window in channel order (empty for intensities).
     pub fn windows(&self) -> Vec<Window> {
         match self.window {

@@ -176,7 +176,9 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
 fn check_channels(scan: &Scan, pre: &Preprocess, model_channels: usize, (input, run): (&Path, &Path), allow: bool) -> Result<()> {
     if pre.channels() != model_channels {
         bail!(
-            "{}'s model takes {model_channels} input channel(s), but its preprocessing record ({}) makes {}; the run is inconsistent",
+            "{}'s model takes {model_channels} input channel(s), but the preprocessing predict would apply ({}) makes {}: the run \
+             records no windows or neighbouring slices that made its channels, so they cannot be rebuilt from a scan. Sample \
+             inputs made as its training data were with `apunet sample`",
             run.display(),
             preprocess::describe(Some(pre)),
             pre.channels()

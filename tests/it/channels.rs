@@ -191,3 +191,29 @@ fn a_run_on_stacked_channels_predicts_a_volume_through_its_record_and_refuses_th
     let e = Domain::from_images(&Dataset::load(&data).unwrap(), &data).unwrap_err().to_string();
     assert!(e.contains("6 channels"), "{e}");
 }
+
+#[test]
+fn channels_without_a_record_are_not_rebuilt_from_a_scan() {
+    let _guard = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    // Two channels from somewhere else: no record of the windows that made them.
+    let one =
+        apunet::data::synth::generate(&apunet::data::synth::SynthConfig { count: 6, size: 16, seed: 1, ..Default::default() }).unwrap();
+    let two = ndarray::concatenate(ndarray::Axis(1), &[one.images.view(), one.images.view()]).unwrap();
+    let ds = Dataset::new(two, one.masks.clone(), None, "two").unwrap();
+    let data = dir.path().join("two.npz");
+    ds.save(&data).unwrap();
+    assert_eq!(Dataset::load(&data).unwrap().channels(), 2, "[N,C,H,W] survives the npz");
+    let run = dir.path().join("run");
+    let config = RunConfig {
+        model: common::tiny_config(),
+        train: TrainConfig { epochs: 1, batch_size: 3, val_fraction: 0.0, figure_images: 1, figure_samples: 1, ..Default::default() },
+        ..Default::default()
+    };
+    train::train(TrainRequest { data, out: run.clone(), config, device: Device::flex(), resume: false, quiet: true }).unwrap();
+    let png = dir.path().join("x.png");
+    image::GrayImage::from_fn(20, 20, |x, y| image::Luma([(x * 10 + y) as u8])).save(&png).unwrap();
+    let s = RunSampling { n: 2, checkpoint: train::Which::Last, ..RunSampling::for_run(&run) };
+    let e = format!("{:#}", predict_files(&PredictRequest::new(s, png, dir.path().join("p")), |_| {}).unwrap_err());
+    assert!(e.contains("takes 2 input channel(s)") && e.contains("cannot be rebuilt"), "{e}");
+}
