@@ -124,3 +124,29 @@ def test_the_notebook_in_docs_runs(tmp_path, monkeypatch):
     scope = {}
     for b in blocks:
         exec(compile(b, "docs/python.md", "exec"), scope)
+
+
+def test_the_gil_is_released_while_sampling(trained):
+    """Another Python thread runs in the middle of a sampling call (it could not, were the GIL held)."""
+    import threading
+    import time
+    run = apunet.load_run(trained["run"])
+    images = np.repeat(trained["images"], 4, axis=0)
+    stamps, done = [], threading.Event()
+
+    def count():
+        k = 0
+        while not done.is_set():
+            k += 1
+            if k % 100 == 0:
+                stamps.append(time.perf_counter())
+
+    t = threading.Thread(target=count)
+    t.start()
+    start = time.perf_counter()
+    run.sample(images, n=16, seed=0)
+    end = time.perf_counter()
+    done.set()
+    t.join()
+    middle = [s for s in stamps if start + 0.25 * (end - start) < s < end - 0.25 * (end - start)]
+    assert len(middle) > 10, f"{len(middle)} ticks of the other thread in the middle half of {end - start:.2f} s of sampling"
