@@ -129,12 +129,14 @@ enum Label {
     Map(PathBuf),
     Seg(PathBuf, Option<u16>),
     Rt(PathBuf, Option<u64>),
+    /// A per-case SEG or RTSTRUCT that could not be read: its case is skipped with the reason.
+    Unreadable(PathBuf, String),
 }
 
 impl std::fmt::Display for Label {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Label::Map(p) | Label::Seg(p, None) | Label::Rt(p, None) => write!(f, "{}", p.display()),
+            Label::Map(p) | Label::Seg(p, None) | Label::Rt(p, None) | Label::Unreadable(p, _) => write!(f, "{}", p.display()),
             Label::Seg(p, Some(s)) => write!(f, "{} (segment {s})", p.display()),
             Label::Rt(p, Some(r)) => write!(f, "{} (ROI {r})", p.display()),
         }
@@ -161,13 +163,20 @@ fn dicom_labels(p: &Path, labels: &mut BTreeMap<String, BTreeMap<usize, Label>>)
         return Ok(true);
     }
     let experts = labels.entry(base.to_string()).or_default();
-    if seg {
-        for (k, &(number, _)) in super::seg_read::read_seg(p)?.segments.iter().enumerate() {
-            experts.insert(k + 1, Label::Seg(p.to_path_buf(), Some(number)));
-        }
+    let numbers: Result<Vec<u64>> = if seg {
+        super::seg_read::read_seg(p).map(|s| s.segments.iter().map(|&(n, _)| u64::from(n)).collect())
     } else {
-        for (k, &(number, _)) in super::rtstruct::read_rtstruct(p)?.rois.iter().enumerate() {
-            experts.insert(k + 1, Label::Rt(p.to_path_buf(), Some(number)));
+        super::rtstruct::read_rtstruct(p).map(|r| r.rois.iter().map(|&(n, _)| n).collect())
+    };
+    match numbers {
+        Ok(numbers) => {
+            for (k, n) in numbers.into_iter().enumerate() {
+                let label = if seg { Label::Seg(p.to_path_buf(), Some(n as u16)) } else { Label::Rt(p.to_path_buf(), Some(n)) };
+                experts.insert(k + 1, label);
+            }
+        }
+        Err(e) => {
+            experts.insert(1, Label::Unreadable(p.to_path_buf(), format!("{e:#}")));
         }
     }
     Ok(true)
@@ -210,6 +219,7 @@ fn load_case(img_path: &Path, files: &BTreeMap<usize, Label>, units: Option<Unit
             Label::Map(p) => scan::read_labels(p),
             Label::Seg(p, segment) => super::seg_read::read_seg(p).and_then(|seg| seg.label_scan(*segment, &scan, p)),
             Label::Rt(p, roi) => super::rtstruct::read_rtstruct(p).and_then(|rt| rt.label_scan(*roi, &scan, p)),
+            Label::Unreadable(_, why) => return Err(why.clone()),
         };
         let l = l.map_err(|e| format!("{e:#}"))?;
         let same = l.slices.len() == scan.slices.len()
@@ -340,6 +350,10 @@ pub fn import_folder(s: &ImportSettings) -> Result<Imported> {
             skip("no labels".into());
             continue;
         };
+        if let Some(Label::Unreadable(_, why)) = files.values().find(|l| matches!(l, Label::Unreadable(..))) {
+            skip(why.clone());
+            continue;
+        }
         if files.len() != annotators {
             skip(format!("{} annotators' labels, the others have {annotators}", files.len()));
             continue;

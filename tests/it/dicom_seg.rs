@@ -278,10 +278,18 @@ fn import_takes_experts_from_dicom_seg_written_by_another_tool() {
     std::fs::copy(dir.path().join("per-case/labels/case.seg.dcm"), root.join("labels/good.seg.dcm")).unwrap();
     series(&root.join("images/other"), 3);
     std::fs::copy(dir.path().join("per-case/labels/case.seg.dcm"), root.join("labels/other.seg.dcm")).unwrap();
+    // A SEG apunet cannot read (16 bits per pixel) skips its case, saying why.
+    copy_dir(&dir.path().join("per-case/images/case"), &root.join("images/wide"));
+    let mut wide: InMemDicomObject = open_file(dir.path().join("per-case/labels/case.seg.dcm")).unwrap().into_inner();
+    wide.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)));
+    let file = wide.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)).unwrap();
+    file.write_to_file(root.join("labels/wide.dcm")).unwrap();
     let (done, ds, _) = import(&root);
     assert_eq!(ds.len(), 3);
-    assert_eq!(done.skipped.len(), 1);
-    assert!(done.skipped[0].case == "other" && done.skipped[0].reason.contains("not among the case's CT slices"), "{:?}", done.skipped);
+    let reasons: Vec<(&str, &str)> = done.skipped.iter().map(|s| (s.case.as_str(), s.reason.as_str())).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|(c, r)| *c == "other" && r.contains("not among the case's CT slices")), "{reasons:?}");
+    assert!(reasons.iter().any(|(c, r)| *c == "wide" && r.contains("16 bits per pixel")), "{reasons:?}");
 }
 
 #[test]
