@@ -43,10 +43,11 @@ def _images(x: Any, name: str, dims: Sequence[int]) -> np.ndarray:
 
 def _masks(x: Any, name: str) -> np.ndarray:
     a = np.asarray(x)
-    if a.dtype == np.bool_ or (a.dtype.kind in "iu" and a.size and 0 <= a.min() and a.max() <= 1) or (a.dtype.kind in "iu" and not a.size):
-        a = a.astype(np.uint8, copy=False)
-    else:
+    if a.dtype != np.bool_ and a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be binary masks (bool, or integers 0 and 1), got dtype {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() > 1):
+        raise ValueError(f"{name} must be binary (0 or 1), found values in [{a.min()}, {a.max()}]")
+    a = a.astype(np.uint8, copy=False)
     if a.ndim != 4:
         raise ValueError(f"{name} has shape {list(a.shape)}; expected [N, n, H, W]")
     return a

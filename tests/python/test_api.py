@@ -88,7 +88,9 @@ def test_metrics_match_the_cli(trained, tmp_path):
     assert got["ged"] == want["metrics"]["ged"]["mean"] and got["hm_iou"] == want["metrics"]["hm_iou"]["mean"]
     assert got["dice"] == want["metrics"]["dice_majority"]["mean"] and got["ece"] == want["ece"]
     with pytest.raises(TypeError, match="binary masks"):
-        apunet.metrics(samples.astype(np.float32) * 2, trained["masks"])
+        apunet.metrics(samples.astype(np.float32), trained["masks"])
+    with pytest.raises(ValueError, match=r"binary \(0 or 1\), found values in \[2, 2\]"):
+        apunet.metrics(np.full_like(samples, 2), trained["masks"])
 
 
 def test_read_scan_gives_hu_and_spacing():
