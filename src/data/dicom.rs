@@ -60,7 +60,8 @@ pub const COPIED: [(dicom_object::Tag, VR); 9] = [
     (tags::ACCESSION_NUMBER, VR::SH),
 ];
 
-fn text(obj: &dicom_object::DefaultDicomObject, tag: dicom_object::Tag) -> Option<String> {
+/// Attribute `tag` as trimmed text; `None` when absent or empty.
+pub(super) fn text(obj: &dicom_object::InMemDicomObject, tag: dicom_object::Tag) -> Option<String> {
     let s = obj.element_opt(tag).ok().flatten()?.to_str().ok()?.trim_end_matches(['\0', ' ']).to_string();
     (!s.is_empty()).then_some(s)
 }
@@ -92,6 +93,12 @@ impl CtSlice {
 
 fn floats(obj: &dicom_object::DefaultDicomObject, tag: dicom_object::Tag) -> Option<Vec<f64>> {
     obj.element_opt(tag).ok().flatten().and_then(|e| e.to_multi_float64().ok())
+}
+
+/// A DICOM file's SOP Class UID (`None` for a file that is not readable DICOM): tells a SEG from
+/// an RTSTRUCT from an image.
+pub fn sop_class(path: &Path) -> Option<String> {
+    open_file(path).ok().and_then(|o| text(&o, tags::SOP_CLASS_UID))
 }
 
 /// Reads a DICOM file and converts every frame to HU; each frame gets its own rescale where

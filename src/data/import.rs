@@ -150,7 +150,9 @@ type Layout = (Vec<PathBuf>, BTreeMap<String, BTreeMap<usize, Label>>);
 /// is annotator k's; `CASE[.seg|.rtstruct].dcm` holds a segment or ROI per annotator, in its
 /// order. Any other DICOM file is a label map image. Returns false for those.
 fn dicom_labels(p: &Path, labels: &mut BTreeMap<String, BTreeMap<usize, Label>>) -> Result<bool> {
-    let (seg, rt) = (super::seg_read::is_seg(p), super::rtstruct::is_rtstruct(p));
+    let class = super::dicom::sop_class(p);
+    let seg = class.as_deref() == Some(dicom_dictionary_std::uids::SEGMENTATION_STORAGE);
+    let rt = class.as_deref() == Some(dicom_dictionary_std::uids::RT_STRUCTURE_SET_STORAGE);
     if !seg && !rt {
         return Ok(false);
     }

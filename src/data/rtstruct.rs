@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow, bail};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{InMemDicomObject, Tag, open_file};
 
-use super::dicom::CtSlice;
+use super::dicom::{CtSlice, text};
 use super::scan::{Geometry, Scan, Slice, Units};
 
 /// One closed contour: its points (x, y, z in mm) and the slice it names, if any.
@@ -26,18 +26,8 @@ pub struct StructureSet {
     contours: Vec<(u64, Contour)>,
 }
 
-fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let s = obj.element_opt(tag).ok().flatten()?.to_str().ok()?.trim_end_matches(['\0', ' ']).to_string();
-    (!s.is_empty()).then_some(s)
-}
-
 fn items(obj: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
     obj.element_opt(tag).ok().flatten().and_then(|e| e.items()).unwrap_or(&[])
-}
-
-/// Whether `path` is an RT Structure Set (by its SOP Class UID).
-pub fn is_rtstruct(path: &Path) -> bool {
-    open_file(path).ok().and_then(|o| text(&o, tags::SOP_CLASS_UID)).as_deref() == Some(uids::RT_STRUCTURE_SET_STORAGE)
 }
 
 /// Reads an RT Structure Set's ROIs and closed planar contours.

@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow, bail};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{InMemDicomObject, Tag, open_file};
 
+use super::dicom::text;
 use super::scan::{Geometry, Scan, Slice, Units};
 
 /// A Segmentation object's frames, each with its segment and source image.
@@ -19,11 +20,6 @@ pub struct SegFrames {
     pub segments: Vec<(u16, String)>,
     /// (segment number, referenced SOP Instance UID, rows x columns of 0/1).
     pub frames: Vec<(u16, String, Vec<u8>)>,
-}
-
-fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let s = obj.element_opt(tag).ok().flatten()?.to_str().ok()?.trim_end_matches(['\0', ' ']).to_string();
-    (!s.is_empty()).then_some(s)
 }
 
 fn int(obj: &InMemDicomObject, tag: Tag) -> Option<u64> {
@@ -42,11 +38,6 @@ fn frame_refs(f: &InMemDicomObject, shared: Option<&InMemDicomObject>) -> Option
     let segment = int(group(tags::SEGMENT_IDENTIFICATION_SEQUENCE)?, tags::REFERENCED_SEGMENT_NUMBER)? as u16;
     let source = first(group(tags::DERIVATION_IMAGE_SEQUENCE)?, tags::SOURCE_IMAGE_SEQUENCE)?;
     Some((segment, text(source, tags::REFERENCED_SOP_INSTANCE_UID)?))
-}
-
-/// Whether `path` is a DICOM SEG (by its SOP Class UID).
-pub fn is_seg(path: &Path) -> bool {
-    open_file(path).ok().and_then(|o| text(&o, tags::SOP_CLASS_UID)).as_deref() == Some(uids::SEGMENTATION_STORAGE)
 }
 
 /// Reads a DICOM SEG (binary, or fractional thresholded at half its maximum).
