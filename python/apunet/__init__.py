@@ -68,14 +68,19 @@ class Run:
         """The run's config.toml."""
         return self._run.config()
 
-    def sample(self, images: Any, n: int = 16, seed: int = 0, batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray]:
+    def sample(self, images: Any, n: int = 16, seed: int = 0, batch_size: int = 8, return_noise: bool = False) -> Tuple[np.ndarray, ...]:
         """n masks from the prior per image, as `apunet sample`: samples uint8 [N,n,H,W] and the
-        mean probability float32 [N,H,W] (for one [H,W] image: [n,H,W] and [H,W])."""
+        mean probability float32 [N,H,W] (for one [H,W] image: [n,H,W] and [H,W]).
+
+        `return_noise`: also the standard normals eps float32 [N,n,L] behind the samples (each
+        sample's latent is the prior's mu + sigma * eps), e.g. for the same samples in PyTorch
+        (bench/torch_peer.py, `decode`)."""
         a = _images(images, "images", (2, 3, 4))
         single = a.ndim == 2
         a = a.reshape((1, 1) + a.shape) if single else (a[:, None] if a.ndim == 3 else a)
-        samples, mean = self._run.sample(a, n, seed, batch_size)
-        return (samples[0], mean[0]) if single else (samples, mean)
+        out = self._run.sample(a, n, seed, batch_size)
+        out = tuple(o[0] for o in out) if single else out
+        return out if return_noise else out[:2]
 
     def predict(
         self,

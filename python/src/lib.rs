@@ -17,8 +17,8 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-/// Samples [N,n,H,W] and the mean [N,H,W].
-type Sampled<'py> = (Bound<'py, PyArray4<u8>>, Bound<'py, PyArray3<f32>>);
+/// Samples [N,n,H,W], the mean [N,H,W] and the standard normals behind the samples [N,n,L].
+type Sampled<'py> = (Bound<'py, PyArray4<u8>>, Bound<'py, PyArray3<f32>>, Bound<'py, PyArray3<f32>>);
 /// One image's samples [n,H,W] and mean [H,W].
 type Predicted<'py> = (Bound<'py, PyArray3<u8>>, Bound<'py, numpy::PyArray2<f32>>);
 /// A scan's values [D,H,W], spacing and units.
@@ -77,7 +77,8 @@ impl Run {
         std::fs::read_to_string(self.sampling.run.join("config.toml")).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
-    /// n masks per image of `images` [N,C,H,W] in [0, 1]: samples uint8 [N,n,H,W], mean float32 [N,H,W].
+    /// n masks per image of `images` [N,C,H,W] in [0, 1]: samples uint8 [N,n,H,W], mean float32
+    /// [N,H,W], and the standard normals eps float32 [N,n,L] whose latents mu + sigma * eps gave them.
     #[pyo3(signature = (images, n, seed, batch_size))]
     fn sample<'py>(
         &self,
@@ -89,19 +90,22 @@ impl Run {
     ) -> PyResult<Sampled<'py>> {
         let images = images.as_array().to_owned();
         let s = RunSampling { n, seed, batch_size, ..self.sampling.clone() };
-        let (masks, mean) = py
-            .detach(|| -> anyhow::Result<(Array4<u8>, Array3<f32>)> {
+        let (masks, mean, noise) = py
+            .detach(|| -> anyhow::Result<(Array4<u8>, Array3<f32>, Array3<f32>)> {
                 let (device, cfg, model) = s.load()?;
                 let (count, _, h, w) = images.dim();
+                let latent = model.latent_size(h, w);
+                let eps = (0..count).flat_map(|i| apunet::inference::image_eps(seed, i, n, latent)).collect();
+                let noise = Array3::from_shape_vec((count, n, latent), eps)?;
                 // The dataset's checks and messages: finite, in [0, 1].
                 let ds = Dataset::new(images, Array4::zeros((count, 1, h, w)), None, "images")?;
                 s.check_channels(&cfg, ds.channels(), "images")?;
                 cfg.model.check_size(h, w)?;
                 let out = apunet::inference::sample_images(&model, &ds.images, &s.sampling(&cfg)?, &device, |_| {})?;
-                Ok((out.masks, out.mean))
+                Ok((out.masks, out.mean, noise))
             })
             .map_err(py_err)?;
-        Ok((masks.into_pyarray(py), mean.into_pyarray(py)))
+        Ok((masks.into_pyarray(py), mean.into_pyarray(py), noise.into_pyarray(py)))
     }
 
     /// One image of any size [C,H,W] in [0, 1], patch by patch: samples uint8 [n,H,W], mean float32 [H,W].

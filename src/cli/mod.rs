@@ -7,6 +7,7 @@ pub mod import;
 pub mod predict;
 pub mod review;
 pub mod train;
+pub mod weights;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,10 @@ pub enum Command {
     /// The review page (one HTML file) for a folder `eval` wrote: every case's CT, expert
     /// contours, samples as a flip-book, uncertainty, sortable by GED and more.
     Review(review::ReviewArgs),
+    /// A run's network as safetensors under PyTorch's names (bench/torch_peer.py loads it).
+    Export(weights::ExportArgs),
+    /// A run made from safetensors weights that `export` or bench/torch_peer.py wrote.
+    ImportWeights(weights::ImportWeightsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -193,6 +198,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => print_json(&crate::jobs::bench::bench(&a)?),
         Command::Review(a) => review::review_cmd(a),
+        Command::Export(a) => weights::export_cmd(a),
+        Command::ImportWeights(a) => weights::import_weights_cmd(a),
     }
 }
 

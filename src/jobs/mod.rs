@@ -7,3 +7,4 @@ pub mod demo;
 pub mod evaluate;
 pub mod predict;
 pub mod sample;
+pub mod weights;

@@ -33,4 +33,5 @@ mod review;
 mod spacing;
 mod train;
 mod truth;
+mod weights;
 mod wgpu;
