@@ -9,7 +9,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, TensorMetadata};
 
-use super::{ConvGeom, CpuKernels, NormGeom, direct, weight_grad};
+use super::{AttnGeom, ConvGeom, CpuKernels, NormGeom, direct, weight_grad};
 
 #[derive(Debug)]
 struct ConvBackward;
@@ -183,6 +183,82 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         let (dx, dgamma, dbeta) = B::group_norm_fused_backward(Self::inner(x), Self::inner(gamma), Self::inner(beta), Self::inner(grad), g);
         (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
+    }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        labels: FloatTensor<Self>,
+        g: AttnGeom,
+    ) -> FloatTensor<Self> {
+        let prep = <AttentionBackward as Backward<B, 3>>::prepare::<C>(AttentionBackward, [q.node(), k.node(), v.node()]);
+        let (q, k, v, labels) = (q.into_primitive(), k.into_primitive(), v.into_primitive(), labels.into_primitive());
+        match prep.compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (o, lse) = B::fused_attention_keep(q.clone(), k.clone(), v.clone(), labels.clone(), g);
+                prep.finish(AttnSaved { q, k, v, o: o.clone(), lse, labels, geom: g }, o)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q, k, v, labels, g)),
+        }
+    }
+
+    fn fused_attention_keep(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        labels: FloatTensor<Self>,
+        g: AttnGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (o, lse) = B::fused_attention_keep(Self::inner(q), Self::inner(k), Self::inner(v), Self::inner(labels), g);
+        (Self::from_inner(o), Self::from_inner(lse))
+    }
+
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        labels: FloatTensor<Self>,
+        g: AttnGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let i = Self::inner;
+        let (dq, dk, dv) = B::fused_attention_backward(i(q), i(k), i(v), i(o), i(lse), i(grad), i(labels), g);
+        (Self::from_inner(dq), Self::from_inner(dk), Self::from_inner(dv))
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+/// What the attention's backward pass recomputes its probabilities from: the inputs, the
+/// output and the log-sum-exp of each query's scores (the score matrix itself is never kept).
+#[derive(Debug, Clone)]
+struct AttnSaved<T> {
+    q: T,
+    k: T,
+    v: T,
+    o: T,
+    lse: T,
+    labels: T,
+    geom: AttnGeom,
+}
+
+/// Parents: q, k and v.
+impl<B: CpuKernels> Backward<B, 3> for AttentionBackward {
+    type State = AttnSaved<FloatTensor<B>>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let s = ops.state;
+        let (dq, dk, dv) = B::fused_attention_backward(s.q, s.k, s.v, s.o, s.lse, grad, s.labels, s.geom);
+        for (node, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! a handwritten backward pass. Other devices (wgpu, cuda) keep burn's ops: [`conv2d`] picks
 //! at run time, so the models have one code path.
 
+pub mod attention;
 mod autodiff;
 pub mod conv;
 pub mod direct;
@@ -25,6 +26,7 @@ use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
+use burn::nn::attention::MultiHeadAttention;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::{GroupNorm, InstanceNorm};
 use burn::prelude::*;
@@ -33,6 +35,7 @@ use burn::tensor::activation::relu;
 
 use rayon::prelude::*;
 
+pub use attention::AttnGeom;
 pub use conv::ConvGeom;
 pub use norm::NormGeom;
 
@@ -121,6 +124,37 @@ pub trait CpuKernels: Backend {
         beta: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         geom: NormGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// Scaled dot-product attention of `q`, `k`, `v` `[N, T, H*d]` (`attention.rs`), the score
+    /// matrix never stored; `labels` `[W * T]` (or one unused value) restricts each token to
+    /// its own label's tokens.
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        labels: FloatTensor<Self>,
+        geom: AttnGeom,
+    ) -> FloatTensor<Self>;
+    /// [`CpuKernels::fused_attention`] and its log-sum-exp `[N, H, T]`, for the backward pass.
+    fn fused_attention_keep(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        labels: FloatTensor<Self>,
+        geom: AttnGeom,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// `(dq, dk, dv)` of [`CpuKernels::fused_attention`] from its inputs, output `o`, log-sum-exp and
+    /// the output's gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        labels: FloatTensor<Self>,
+        geom: AttnGeom,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -264,6 +298,63 @@ impl CpuKernels for Flex {
         let dtype = grad.dtype();
         (flex_out(dx, &x.shape().to_vec(), dtype), flex_out(dgamma, &[g.channels], dtype), flex_out(dbeta, &[g.channels], dtype))
     }
+
+    fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, labels: FlexTensor, g: AttnGeom) -> FlexTensor {
+        flex_attention(q, k, v, labels, g).0
+    }
+
+    fn fused_attention_keep(q: FlexTensor, k: FlexTensor, v: FlexTensor, labels: FlexTensor, g: AttnGeom) -> (FlexTensor, FlexTensor) {
+        flex_attention(q, k, v, labels, g)
+    }
+
+    fn fused_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        o: FlexTensor,
+        lse: FlexTensor,
+        grad: FlexTensor,
+        labels: FlexTensor,
+        g: AttnGeom,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let dtype = grad.dtype();
+        let c = |t: FlexTensor| t.to_contiguous();
+        let (q, k, v, o, lse, grad, labels) = (c(q), c(k), c(v), c(o), c(lse), c(grad), c(labels));
+        let used = &values(&labels)[..g.label_rows * g.tokens];
+        let [dq, dk, dv] =
+            attention::backward(&g, (&values(&q), &values(&k), &values(&v)), (&values(&o), &values(&lse), &values(&grad)), used);
+        let shape = [g.seqs, g.tokens, g.heads * g.head_dim];
+        (flex_out(dq, &shape, dtype), flex_out(dk, &shape, dtype), flex_out(dv, &shape, dtype))
+    }
+}
+
+/// `mha` (burn's `MultiHeadAttention`) as self-attention over `x [N, T, C]` on the attention
+/// kernel, where it applies: flex, f32, no dropout, burn's softmax and mask fill. `labels`
+/// `[W, T]`: sequence n's tokens attend only within their label in row n mod W. None
+/// elsewhere (before any parameter is read), and the caller runs burn's attention.
+pub fn self_attention(mha: &MultiHeadAttention, x: &Tensor<3>, labels: Option<&[f32]>) -> Option<Tensor<3>> {
+    let [seqs, tokens, c] = x.dims();
+    let plain = mha.dropout.prob == 0.0 && !mha.quiet_softmax && mha.min_float as f32 == attention::MASKED;
+    let fits = c == mha.d_model && mha.n_heads * mha.d_k == c && tokens > 0 && labels.is_none_or(|l| l.len() % tokens == 0);
+    if !plain || !fits || !on_kernels(&x.device(), x.dtype()) {
+        return None;
+    }
+    let label_rows = labels.map_or(0, |l| l.len() / tokens);
+    let g = AttnGeom { seqs, tokens, heads: mha.n_heads, head_dim: mha.d_k, label_rows };
+    // Query, key, value, output: the order burn's forward reads (and lazily initialises) them.
+    let (q, k, v) = (mha.query.forward(x.clone()), mha.key.forward(x.clone()), mha.value.forward(x.clone()));
+    let labels =
+        Tensor::<1>::from_data(TensorData::new(labels.map_or(vec![0.0], <[f32]>::to_vec), [labels.map_or(1, <[f32]>::len)]), &x.device());
+    let out = <Dispatch as CpuKernels>::fused_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), labels.into_dispatch(), g);
+    Some(mha.output.forward(Tensor::from_dispatch(out)))
+}
+
+/// The attention kernel on flex tensors: `(out, lse)`.
+fn flex_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, labels: FlexTensor, g: AttnGeom) -> (FlexTensor, FlexTensor) {
+    let (q, k, v, labels) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous(), labels.to_contiguous());
+    let used = &values(&labels)[..g.label_rows * g.tokens];
+    let (out, lse) = attention::forward(&g, &values(&q), &values(&k), &values(&v), used);
+    (flex_out(out, &[g.seqs, g.tokens, g.heads * g.head_dim], q.dtype()), flex_out(lse, &[g.seqs, g.heads, g.tokens], DType::F32))
 }
 
 /// `conv.forward(x)`, on the kernels where they apply (flex, f32, groups 1, dilation 1, explicit

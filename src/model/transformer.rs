@@ -48,20 +48,26 @@ impl TransformerBlock {
         let (wh, ww) = (window_side(h), window_side(w));
         let shift = if self.shifted == 1 { [wh / 2, ww / 2] } else { [0, 0] };
         let x = roll(roll(x, 2, h - shift[0]), 3, w - shift[1]);
-        let mask = (shift != [0, 0]).then(|| shifted_window_mask(b, [h, w], [wh, ww], shift, &device));
-        let t = self.tokens(partition(x, wh, ww), mask);
+        let labels = (shift != [0, 0]).then(|| shifted_window_labels([h, w], [wh, ww], shift));
+        let t = self.tokens(partition(x, wh, ww), labels.as_deref());
         let x = unpartition(t, [b, c, h, w], wh, ww);
         roll(roll(x, 2, shift[0]), 3, shift[1])
     }
 
-    /// Attention and MLP over token sequences [N, T, C]; `mask` [N, T, T] is true where a
-    /// token may not attend.
-    fn tokens(&self, t: Tensor<3>, mask: Option<Tensor<3, Bool>>) -> Tensor<3> {
-        let mut input = MhaInput::self_attn(self.norm1.forward(t.clone()));
-        if let Some(m) = mask {
-            input = input.mask_attn(m);
-        }
-        let t = t + self.attn.forward(input).context;
+    /// Attention and MLP over token sequences [N, T, C]. `labels` [W, T]: sequence n's tokens
+    /// attend only to tokens of their own label in row n mod W.
+    fn tokens(&self, t: Tensor<3>, labels: Option<&[f32]>) -> Tensor<3> {
+        let normed = self.norm1.forward(t.clone());
+        // The fused kernel where it runs (flex), burn's attention with the mask elsewhere.
+        let attended = crate::kernels::self_attention(&self.attn, &normed, labels).unwrap_or_else(|| {
+            let [n, tokens, _] = normed.dims();
+            let mut input = MhaInput::self_attn(normed.clone());
+            if let Some(l) = labels {
+                input = input.mask_attn(label_mask(l, n, tokens, &normed.device()));
+            }
+            self.attn.forward(input).context
+        });
+        let t = t + attended;
         t.clone() + self.fc2.forward(gelu(self.fc1.forward(self.norm2.forward(t))))
     }
 }
@@ -92,27 +98,36 @@ fn unpartition(t: Tensor<3>, [b, c, h, w]: [usize; 4], wh: usize, ww: usize) -> 
     t.reshape([b, h / wh, w / ww, wh, ww, c]).permute([0, 5, 1, 3, 2, 4]).reshape([b, c, h, w])
 }
 
-/// Swin's mask for shifted windows: after the shift, windows at the map's far edges hold
-/// pixels from opposite sides; those may attend only to pixels from their own side.
-fn shifted_window_mask(b: usize, [h, w]: [usize; 2], [wh, ww]: [usize; 2], [sh, sw]: [usize; 2], device: &Device) -> Tensor<3, Bool> {
+/// Swin's regions for shifted windows, [windows, wh * ww]: after the shift, windows at the
+/// map's far edges hold pixels from opposite sides, and a pixel may attend only to pixels of
+/// its own region (side).
+fn shifted_window_labels([h, w]: [usize; 2], [wh, ww]: [usize; 2], [sh, sw]: [usize; 2]) -> Vec<f32> {
     // Region of a row (col) of the shifted map: 0 inside, 1 and 2 for the edge bands.
     let region = |i: usize, n: usize, win: usize, s: usize| usize::from(i >= n - win) + usize::from(i >= n - s);
     let (nh, nw, t) = (h / wh, w / ww, wh * ww);
-    let mut mask = Vec::with_capacity(nh * nw * t * t);
+    let mut labels = Vec::with_capacity(nh * nw * t);
     for wy in 0..nh {
         for wx in 0..nw {
-            let label = |k: usize| {
+            labels.extend((0..t).map(|k| {
                 let (y, x) = (wy * wh + k / ww, wx * ww + k % ww);
-                region(y, h, wh, sh) * 3 + region(x, w, ww, sw)
-            };
-            let labels: Vec<usize> = (0..t).map(label).collect();
-            for i in 0..t {
-                mask.extend(labels.iter().map(|&l| l != labels[i]));
-            }
+                (region(y, h, wh, sh) * 3 + region(x, w, ww, sw)) as f32
+            }));
         }
     }
-    let per_image = Tensor::<3, Bool>::from_data(TensorData::new(mask, [nh * nw, t, t]), device);
-    per_image.unsqueeze_dim::<4>(0).expand([b, nh * nw, t, t]).reshape([b * nh * nw, t, t])
+    labels
+}
+
+/// burn's attention mask [n, T, T] for `labels` [W, T]: true where two tokens' labels differ.
+fn label_mask(labels: &[f32], n: usize, t: usize, device: &Device) -> Tensor<3, Bool> {
+    let rows = labels.len() / t;
+    let mut mask = Vec::with_capacity(rows * t * t);
+    for row in labels.chunks(t) {
+        for &own in row {
+            mask.extend(row.iter().map(|&l| l != own));
+        }
+    }
+    let per_row = Tensor::<3, Bool>::from_data(TensorData::new(mask, [rows, t, t]), device);
+    per_row.unsqueeze_dim::<4>(0).expand([n / rows, rows, t, t]).reshape([n, t, t])
 }
 
 /// [H*W, C]: the first half of the channels encodes the row, the second half the column.

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod attention;
 mod channels;
 mod cli;
 mod ct;
