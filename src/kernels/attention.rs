@@ -50,12 +50,20 @@ fn gather(g: &AttnGeom, x: &[f32], seq: usize, head: usize) -> Vec<f32> {
     out
 }
 
-/// `[T, d]` to `[d, T]`, so that a query's scores are axpys along the keys.
-fn transpose(x: &[f32], t: usize, d: usize) -> Vec<f32> {
+/// A pair's queries times 1/sqrt(d), transposed to `[d, T]`: every loop of the kernel runs
+/// along the queries.
+fn scaled_t(g: &AttnGeom, q: &[f32], seq: usize, head: usize) -> Vec<f32> {
+    let mut qt = transpose(&gather(g, q, seq, head), g.tokens, g.head_dim);
+    qt.iter_mut().for_each(|x| *x *= g.scale());
+    qt
+}
+
+/// `[rows, cols]` to `[cols, rows]`.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
-    for i in 0..t {
-        for j in 0..d {
-            out[j * t + i] = x[i * d + j];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = x[i * cols + j];
         }
     }
     out
@@ -66,125 +74,143 @@ fn label_row<'a>(g: &AttnGeom, labels: &'a [f32], seq: usize) -> Option<&'a [f32
     (g.label_rows > 0).then(|| &labels[(seq % g.label_rows) * g.tokens..][..g.tokens])
 }
 
-/// Scores of queries `q [rows, d]` (rows from `i0`) against keys `j0..j0+cols` of `kt [d, T]`,
-/// scaled and masked, into `s [rows, BLOCK]`.
+/// e^x for x <= 0 (scores minus their row's maximum), branch-free so that it vectorises:
+/// e^x = 2^n e^r with n = round(x / ln 2), |r| <= ln 2 / 2, e^r by its degree-7 Taylor series
+/// (within 2 ulp of libm's). Below -87, e^x is taken as e^-87 (1.6e-38, where f32 stays normal).
 #[inline(always)]
-fn scores(
-    s: &mut [f32],
-    (q, kt): (&[f32], &[f32]),
+fn exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+}
+
+/// Scores transposed, key by query, of a block: `st[j][i]` for keys j0..j0+cols and queries
+/// i0..i0+rows, from `k [T, d]` and the scaled queries `qt [d, T]`, masked by `labels`. Rows of
+/// `st` are BLOCK long; every loop runs along the queries, contiguous in `qt` and `st`.
+#[inline(always)]
+fn scores_t(
+    st: &mut [f32],
+    (k, qt): (&[f32], &[f32]),
     (t, d): (usize, usize),
     (i0, rows): (usize, usize),
     (j0, cols): (usize, usize),
-    scale: f32,
     labels: Option<&[f32]>,
 ) {
-    for i in 0..rows {
-        let row = &mut s[i * BLOCK..i * BLOCK + cols];
+    for j in 0..cols {
+        let row = &mut st[j * BLOCK..j * BLOCK + rows];
         row.fill(0.0);
-        let qi = &q[(i0 + i) * d..(i0 + i + 1) * d];
-        for (dd, &qv) in qi.iter().enumerate() {
-            let k = &kt[dd * t + j0..dd * t + j0 + cols];
-            row.iter_mut().zip(k).for_each(|(r, &kv)| *r += qv * kv);
+        for (dd, &kv) in k[(j0 + j) * d..(j0 + j + 1) * d].iter().enumerate() {
+            row.iter_mut().zip(&qt[dd * t + i0..dd * t + i0 + rows]).for_each(|(r, &q)| *r += kv * q);
         }
-        row.iter_mut().for_each(|r| *r *= scale);
         if let Some(l) = labels {
-            let own = l[i0 + i];
-            row.iter_mut().zip(&l[j0..j0 + cols]).for_each(|(r, &lj)| {
-                if lj != own {
-                    *r = MASKED
-                }
-            });
+            let own = l[j0 + j];
+            row.iter_mut().zip(&l[i0..i0 + rows]).for_each(|(r, &li)| *r = if li == own { *r } else { MASKED });
         }
     }
 }
 
-/// `out[..d] += w * x[..d]`.
+/// `a . b`, in 16 lanes (a fixed order, so that the compiler may vectorise it).
 #[inline(always)]
-fn axpy(out: &mut [f32], w: f32, x: &[f32]) {
-    out.iter_mut().zip(x).for_each(|(o, &v)| *o += w * v);
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        acc.iter_mut().zip(x.iter().zip(y)).for_each(|(s, (p, q))| *s += p * q);
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
-/// The forward pass of one (sequence, head) pair: output `[T, d]` and log-sum-exp `[T]`.
+/// The forward pass of one (sequence, head) pair: the output transposed `[d, T]` and the
+/// log-sum-exp `[T]`. `qt` holds the scaled queries `[d, T]`, `k` and `v` are `[T, d]`.
 #[inline(always)]
-fn forward_pair(g: &AttnGeom, (q, kt, v): (&[f32], &[f32], &[f32]), labels: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-    let (t, d, scale) = (g.tokens, g.head_dim, g.scale());
-    let mut out = vec![0.0f32; t * d];
+fn forward_pair(g: &AttnGeom, (qt, k, v): (&[f32], &[f32], &[f32]), labels: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
+    let (t, d) = (g.tokens, g.head_dim);
+    let mut ot = vec![0.0f32; d * t];
     let mut lse = vec![0.0f32; t];
-    let mut s = vec![0.0f32; BLOCK * BLOCK];
+    let mut st = vec![0.0f32; BLOCK * BLOCK];
     for i0 in (0..t).step_by(BLOCK) {
         let rows = BLOCK.min(t - i0);
-        let mut m = [f32::NEG_INFINITY; BLOCK];
-        let mut l = [0.0f32; BLOCK];
+        let (mut m, mut l) = ([f32::NEG_INFINITY; BLOCK], [0.0f32; BLOCK]);
+        let (m, l) = (&mut m[..rows], &mut l[..rows]);
         for j0 in (0..t).step_by(BLOCK) {
             let cols = BLOCK.min(t - j0);
-            scores(&mut s, (q, kt), (t, d), (i0, rows), (j0, cols), scale, labels);
-            for i in 0..rows {
-                let row = &mut s[i * BLOCK..i * BLOCK + cols];
-                let m_new = row.iter().copied().fold(m[i], f32::max);
-                let keep = (m[i] - m_new).exp();
-                let mut sum = 0.0;
-                row.iter_mut().for_each(|p| {
-                    *p = (*p - m_new).exp();
-                    sum += *p;
-                });
-                l[i] = l[i] * keep + sum;
-                m[i] = m_new;
-                let o = &mut out[(i0 + i) * d..(i0 + i + 1) * d];
-                o.iter_mut().for_each(|x| *x *= keep);
-                for (j, &p) in row.iter().enumerate() {
-                    axpy(o, p, &v[(j0 + j) * d..(j0 + j + 1) * d]);
+            scores_t(&mut st, (k, qt), (t, d), (i0, rows), (j0, cols), labels);
+            let mut m_new = [0.0f32; BLOCK];
+            let m_new = &mut m_new[..rows];
+            m_new.copy_from_slice(m);
+            for j in 0..cols {
+                m_new.iter_mut().zip(&st[j * BLOCK..j * BLOCK + rows]).for_each(|(a, &b)| *a = a.max(b));
+            }
+            let mut keep = [0.0f32; BLOCK];
+            let keep = &mut keep[..rows];
+            keep.iter_mut().zip(m.iter().zip(m_new.iter())).for_each(|(kp, (&old, &new))| *kp = exp(old - new));
+            l.iter_mut().zip(keep.iter()).for_each(|(a, &kp)| *a *= kp);
+            for j in 0..cols {
+                let p = &mut st[j * BLOCK..j * BLOCK + rows];
+                p.iter_mut().zip(m_new.iter()).for_each(|(x, &mx)| *x = exp(*x - mx));
+                l.iter_mut().zip(p.iter()).for_each(|(a, &x)| *a += x);
+            }
+            m.copy_from_slice(m_new);
+            for dd in 0..d {
+                let o = &mut ot[dd * t + i0..dd * t + i0 + rows];
+                o.iter_mut().zip(keep.iter()).for_each(|(x, &kp)| *x *= kp);
+                for j in 0..cols {
+                    let w = v[(j0 + j) * d + dd];
+                    o.iter_mut().zip(&st[j * BLOCK..j * BLOCK + rows]).for_each(|(x, &p)| *x += w * p);
                 }
             }
         }
-        for i in 0..rows {
-            let inv = 1.0 / l[i];
-            out[(i0 + i) * d..(i0 + i + 1) * d].iter_mut().for_each(|x| *x *= inv);
-            lse[i0 + i] = m[i] + l[i].ln();
+        for dd in 0..d {
+            ot[dd * t + i0..dd * t + i0 + rows].iter_mut().zip(l.iter()).for_each(|(x, &s)| *x /= s);
         }
+        lse[i0..i0 + rows].iter_mut().zip(m.iter().zip(l.iter())).for_each(|(e, (&mx, &s))| *e = mx + s.ln());
     }
-    (out, lse)
+    (ot, lse)
 }
 
-/// The gradients of one pair: `(dq, dk, dv)`, each `[T, d]`.
+/// The gradients of one pair: `(dq, dk, dv)`, each `[T, d]`. The scaled queries `qt` and the
+/// output's gradient `dot_t` are transposed, `[d, T]`; `k`, `v`, `o` and `dout` are `[T, d]`.
 #[inline(always)]
 fn backward_pair(
     g: &AttnGeom,
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    (o, dout, lse): (&[f32], &[f32], &[f32]),
+    (qt, k, v): (&[f32], &[f32], &[f32]),
+    (o, dout, dot_t, lse): (&[f32], &[f32], &[f32], &[f32]),
     labels: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (t, d, scale) = (g.tokens, g.head_dim, g.scale());
-    let (kt, vt) = (transpose(k, t, d), transpose(v, t, d));
     // D_i = dO_i . O_i, the softmax backward's row term.
-    let delta: Vec<f32> = (0..t).map(|i| o[i * d..(i + 1) * d].iter().zip(&dout[i * d..(i + 1) * d]).map(|(a, b)| a * b).sum()).collect();
-    let (mut dq, mut dk, mut dv) = (vec![0.0f32; t * d], vec![0.0f32; t * d], vec![0.0f32; t * d]);
-    let (mut p, mut dp) = (vec![0.0f32; BLOCK * BLOCK], vec![0.0f32; BLOCK * BLOCK]);
+    let delta: Vec<f32> = (0..t).map(|i| dot(&o[i * d..(i + 1) * d], &dout[i * d..(i + 1) * d])).collect();
+    let (mut dqt, mut dk, mut dv) = (vec![0.0f32; d * t], vec![0.0f32; t * d], vec![0.0f32; t * d]);
+    let (mut pt, mut dpt) = (vec![0.0f32; BLOCK * BLOCK], vec![0.0f32; BLOCK * BLOCK]);
     for i0 in (0..t).step_by(BLOCK) {
         let rows = BLOCK.min(t - i0);
         for j0 in (0..t).step_by(BLOCK) {
             let cols = BLOCK.min(t - j0);
-            scores(&mut p, (q, &kt), (t, d), (i0, rows), (j0, cols), scale, labels);
-            // dP = dO V^T, as scores of dO against V.
-            scores(&mut dp, (dout, &vt), (t, d), (i0, rows), (j0, cols), 1.0, None);
-            for i in 0..rows {
-                let gi = i0 + i;
-                let prow = &mut p[i * BLOCK..i * BLOCK + cols];
-                prow.iter_mut().for_each(|x| *x = (*x - lse[gi]).exp());
-                let dprow = &dp[i * BLOCK..i * BLOCK + cols];
-                let (qi, doi) = (&q[gi * d..(gi + 1) * d], &dout[gi * d..(gi + 1) * d]);
-                let dqi = &mut dq[gi * d..(gi + 1) * d];
-                for (j, (&pij, &dpij)) in prow.iter().zip(dprow).enumerate() {
-                    let gj = j0 + j;
-                    axpy(&mut dv[gj * d..(gj + 1) * d], pij, doi);
-                    // dS = P (dP - D); S was scaled, so each side takes the scale once.
-                    let ds = pij * (dpij - delta[gi]) * scale;
-                    axpy(dqi, ds, &k[gj * d..(gj + 1) * d]);
-                    axpy(&mut dk[gj * d..(gj + 1) * d], ds, qi);
+            scores_t(&mut pt, (k, qt), (t, d), (i0, rows), (j0, cols), labels);
+            // dP^T = V dO^T, as scores of V against dO.
+            scores_t(&mut dpt, (v, dot_t), (t, d), (i0, rows), (j0, cols), None);
+            for j in 0..cols {
+                let gj = j0 + j;
+                let p = &mut pt[j * BLOCK..j * BLOCK + rows];
+                p.iter_mut().zip(&lse[i0..i0 + rows]).for_each(|(x, &e)| *x = exp(*x - e));
+                let dp = &mut dpt[j * BLOCK..j * BLOCK + rows];
+                // dS = P (dP - D), into dp.
+                dp.iter_mut().zip(p.iter().zip(&delta[i0..i0 + rows])).for_each(|(x, (&pv, &dl))| *x = pv * (*x - dl));
+                for dd in 0..d {
+                    dv[gj * d + dd] += dot(p, &dot_t[dd * t + i0..dd * t + i0 + rows]);
+                    // S = (scale Q) K^T: dK takes the scaled queries, dQ the scale once.
+                    dk[gj * d + dd] += dot(dp, &qt[dd * t + i0..dd * t + i0 + rows]);
+                    let w = k[gj * d + dd] * scale;
+                    dqt[dd * t + i0..dd * t + i0 + rows].iter_mut().zip(dp.iter()).for_each(|(x, &s)| *x += w * s);
                 }
             }
         }
     }
-    (dq, dk, dv)
+    (transpose(&dqt, d, t), dk, dv)
 }
 
 /// Compiles `$body` (generic code whose helpers are `#[inline(always)]`) for AVX-512, for
@@ -214,7 +240,7 @@ macro_rules! widest {
 }
 
 widest!(forward_one, (g: &AttnGeom, qkv: (&[f32], &[f32], &[f32]), labels: Option<&[f32]>) -> (Vec<f32>, Vec<f32>), forward_pair(g, qkv, labels));
-widest!(backward_one, (g: &AttnGeom, qkv: (&[f32], &[f32], &[f32]), od: (&[f32], &[f32], &[f32]), labels: Option<&[f32]>) -> (Vec<f32>, Vec<f32>, Vec<f32>), backward_pair(g, qkv, od, labels));
+widest!(backward_one, (g: &AttnGeom, qkv: (&[f32], &[f32], &[f32]), od: (&[f32], &[f32], &[f32], &[f32]), labels: Option<&[f32]>) -> (Vec<f32>, Vec<f32>, Vec<f32>), backward_pair(g, qkv, od, labels));
 
 /// Writes each pair's `[T, d]` rows back into `[N, T, H*d]`.
 fn scatter(g: &AttnGeom, parts: Vec<Vec<f32>>) -> Vec<f32> {
@@ -238,10 +264,10 @@ pub fn forward(g: &AttnGeom, q: &[f32], k: &[f32], v: &[f32], labels: &[f32]) ->
         .into_par_iter()
         .map(|pair| {
             let (seq, head) = (pair / g.heads, pair % g.heads);
-            let qs = gather(g, q, seq, head);
-            let kt = transpose(&gather(g, k, seq, head), g.tokens, g.head_dim);
-            let vs = gather(g, v, seq, head);
-            forward_one(g, (&qs, &kt, &vs), label_row(g, labels, seq))
+            let qt = scaled_t(g, q, seq, head);
+            let (ks, vs) = (gather(g, k, seq, head), gather(g, v, seq, head));
+            let (ot, lse) = forward_one(g, (&qt, &ks, &vs), label_row(g, labels, seq));
+            (transpose(&ot, g.head_dim, g.tokens), lse)
         })
         .collect();
     let (outs, lses): (Vec<_>, Vec<_>) = results.into_iter().unzip();
@@ -262,9 +288,10 @@ pub fn backward(
         .map(|pair| {
             let (seq, head) = (pair / g.heads, pair % g.heads);
             let take = |x: &[f32]| gather(g, x, seq, head);
-            let (qs, ks, vs, os, dos) = (take(q), take(k), take(v), take(o), take(dout));
+            let (ks, vs, os, dos) = (take(k), take(v), take(o), take(dout));
+            let (qt, dot_t) = (scaled_t(g, q, seq, head), transpose(&dos, g.tokens, g.head_dim));
             let lse = &lse[pair * g.tokens..(pair + 1) * g.tokens];
-            backward_one(g, (&qs, &ks, &vs), (&os, &dos, lse), label_row(g, labels, seq))
+            backward_one(g, (&qt, &ks, &vs), (&os, &dos, &dot_t, lse), label_row(g, labels, seq))
         })
         .collect();
     let mut parts: [Vec<Vec<f32>>; 3] = Default::default();
@@ -306,6 +333,16 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn the_vectorisable_exp_is_within_two_ulp_of_libm() {
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let (got, want) = (exp(x), x.exp());
+            assert!((got - want).abs() <= 2.5e-7 * want, "exp({x}) = {got}, libm {want}");
+        }
+        assert!(exp(-1.0e4) < 2e-38 && exp(-1.0e4) >= 0.0);
     }
 
     #[test]
