@@ -50,25 +50,6 @@ fn gather(g: &AttnGeom, x: &[f32], seq: usize, head: usize) -> Vec<f32> {
     out
 }
 
-/// A pair's queries times 1/sqrt(d), transposed to `[d, T]`: every loop of the kernel runs
-/// along the queries.
-fn scaled_t(g: &AttnGeom, q: &[f32], seq: usize, head: usize) -> Vec<f32> {
-    let mut qt = transpose(&gather(g, q, seq, head), g.tokens, g.head_dim);
-    qt.iter_mut().for_each(|x| *x *= g.scale());
-    qt
-}
-
-/// `[rows, cols]` to `[cols, rows]`.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for i in 0..rows {
-        for j in 0..cols {
-            out[j * rows + i] = x[i * cols + j];
-        }
-    }
-    out
-}
-
 /// The label row of a sequence, if any.
 fn label_row<'a>(g: &AttnGeom, labels: &'a [f32], seq: usize) -> Option<&'a [f32]> {
     (g.label_rows > 0).then(|| &labels[(seq % g.label_rows) * g.tokens..][..g.tokens])
@@ -79,138 +60,143 @@ fn label_row<'a>(g: &AttnGeom, labels: &'a [f32], seq: usize) -> Option<&'a [f32
 /// (within 2 ulp of libm's). Below -87, e^x is taken as e^-87 (1.6e-38, where f32 stays normal).
 #[inline(always)]
 fn exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    // 1.5 * 2^23: adding it rounds to an integer n, which then sits in the sum's low bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let y = x * std::f32::consts::LOG2_E + ROUND;
+    let n = y - ROUND;
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+    // 2^n from n's bits, in integer lanes (a float-to-int `as` would not vectorise).
+    f32::from_bits(y.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23) * p
 }
 
-/// Scores transposed, key by query, of a block: `st[j][i]` for keys j0..j0+cols and queries
-/// i0..i0+rows, from `k [T, d]` and the scaled queries `qt [d, T]`, masked by `labels`. Rows of
-/// `st` are BLOCK long; every loop runs along the queries, contiguous in `qt` and `st`.
+/// A block's values for each of its BLOCK queries: fixed-size, so that a loop over a row keeps
+/// it in vector registers.
+type Row = [f32; BLOCK];
+
+/// Scores transposed, key by query, of one query block: `st[j][i]` for keys j0..j0+cols, from
+/// `k [T, d]` and the block's scaled queries `qt [d]` (rows of BLOCK), masked where the key's
+/// label differs from the query's (`labels`: the queries' and all keys').
 #[inline(always)]
-fn scores_t(
-    st: &mut [f32],
-    (k, qt): (&[f32], &[f32]),
-    (t, d): (usize, usize),
-    (i0, rows): (usize, usize),
-    (j0, cols): (usize, usize),
-    labels: Option<&[f32]>,
-) {
-    for j in 0..cols {
-        let row = &mut st[j * BLOCK..j * BLOCK + rows];
-        row.fill(0.0);
-        for (dd, &kv) in k[(j0 + j) * d..(j0 + j + 1) * d].iter().enumerate() {
-            row.iter_mut().zip(&qt[dd * t + i0..dd * t + i0 + rows]).for_each(|(r, &q)| *r += kv * q);
+fn scores_t(st: &mut [Row], k: &[f32], qt: &[Row], (j0, cols): (usize, usize), labels: Option<(&Row, &[f32])>) {
+    let d = qt.len();
+    for (j, row) in st[..cols].iter_mut().enumerate() {
+        let mut acc = [0.0f32; BLOCK];
+        for (q, &kv) in qt.iter().zip(&k[(j0 + j) * d..(j0 + j + 1) * d]) {
+            acc.iter_mut().zip(q).for_each(|(a, &q)| *a = kv.mul_add(q, *a));
         }
-        if let Some(l) = labels {
-            let own = l[j0 + j];
-            row.iter_mut().zip(&l[i0..i0 + rows]).for_each(|(r, &li)| *r = if li == own { *r } else { MASKED });
+        if let Some((own, keys)) = labels {
+            let key = keys[j0 + j];
+            acc.iter_mut().zip(own).for_each(|(a, &l)| *a = if l == key { *a } else { MASKED });
         }
+        *row = acc;
     }
 }
 
-/// `a . b`, in 16 lanes (a fixed order, so that the compiler may vectorise it).
+/// `a . b` over a block, in four 16-lane sums.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &Row, b: &Row) -> f32 {
     let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        acc.iter_mut().zip(x.iter().zip(y)).for_each(|(s, (p, q))| *s += p * q);
+    for (x, y) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+        acc.iter_mut().zip(x.iter().zip(y)).for_each(|(s, (&p, &q))| *s = p.mul_add(q, *s));
     }
-    acc.iter().sum::<f32>() + tail
+    acc.iter().sum()
 }
 
-/// The forward pass of one (sequence, head) pair: the output transposed `[d, T]` and the
-/// log-sum-exp `[T]`. `qt` holds the scaled queries `[d, T]`, `k` and `v` are `[T, d]`.
+/// The forward pass of one (sequence, head) pair: the output transposed, `[blocks * d]` rows,
+/// and the log-sum-exp `[blocks]` rows. `qt`: the scaled queries, transposed and padded to
+/// whole blocks (`[blocks * d]` rows); `k` and `v` are `[T, d]`; `labels` those of the queries
+/// (padded) and of the keys.
 #[inline(always)]
-fn forward_pair(g: &AttnGeom, (qt, k, v): (&[f32], &[f32], &[f32]), labels: Option<&[f32]>) -> (Vec<f32>, Vec<f32>) {
-    let (t, d) = (g.tokens, g.head_dim);
-    let mut ot = vec![0.0f32; d * t];
-    let mut lse = vec![0.0f32; t];
-    let mut st = vec![0.0f32; BLOCK * BLOCK];
-    for i0 in (0..t).step_by(BLOCK) {
-        let rows = BLOCK.min(t - i0);
+fn forward_pair(d: usize, (qt, k, v): (&[Row], &[f32], &[f32]), labels: Option<(&[Row], &[f32])>) -> (Vec<Row>, Vec<Row>) {
+    let (t, blocks) = (k.len() / d, qt.len() / d);
+    let mut ot = vec![[0.0f32; BLOCK]; blocks * d];
+    let mut lse = vec![[0.0f32; BLOCK]; blocks];
+    let mut st = vec![[0.0f32; BLOCK]; BLOCK];
+    for b in 0..blocks {
+        let (qtb, o) = (&qt[b * d..(b + 1) * d], &mut ot[b * d..(b + 1) * d]);
         let (mut m, mut l) = ([f32::NEG_INFINITY; BLOCK], [0.0f32; BLOCK]);
-        let (m, l) = (&mut m[..rows], &mut l[..rows]);
         for j0 in (0..t).step_by(BLOCK) {
             let cols = BLOCK.min(t - j0);
-            scores_t(&mut st, (k, qt), (t, d), (i0, rows), (j0, cols), labels);
-            let mut m_new = [0.0f32; BLOCK];
-            let m_new = &mut m_new[..rows];
-            m_new.copy_from_slice(m);
-            for j in 0..cols {
-                m_new.iter_mut().zip(&st[j * BLOCK..j * BLOCK + rows]).for_each(|(a, &b)| *a = a.max(b));
+            scores_t(&mut st, k, qtb, (j0, cols), labels.map(|(q, keys)| (&q[b], keys)));
+            let mut m_new = m;
+            for row in &st[..cols] {
+                m_new.iter_mut().zip(row).for_each(|(a, &x)| *a = if x > *a { x } else { *a });
             }
             let mut keep = [0.0f32; BLOCK];
-            let keep = &mut keep[..rows];
-            keep.iter_mut().zip(m.iter().zip(m_new.iter())).for_each(|(kp, (&old, &new))| *kp = exp(old - new));
-            l.iter_mut().zip(keep.iter()).for_each(|(a, &kp)| *a *= kp);
-            for j in 0..cols {
-                let p = &mut st[j * BLOCK..j * BLOCK + rows];
-                p.iter_mut().zip(m_new.iter()).for_each(|(x, &mx)| *x = exp(*x - mx));
-                l.iter_mut().zip(p.iter()).for_each(|(a, &x)| *a += x);
+            keep.iter_mut().zip(m.iter().zip(&m_new)).for_each(|(kp, (&old, &new))| *kp = exp(old - new));
+            l.iter_mut().zip(&keep).for_each(|(a, &kp)| *a *= kp);
+            for row in &mut st[..cols] {
+                row.iter_mut().zip(&m_new).for_each(|(x, &mx)| *x = exp(*x - mx));
+                l.iter_mut().zip(row.iter()).for_each(|(a, &x)| *a += x);
             }
-            m.copy_from_slice(m_new);
-            for dd in 0..d {
-                let o = &mut ot[dd * t + i0..dd * t + i0 + rows];
-                o.iter_mut().zip(keep.iter()).for_each(|(x, &kp)| *x *= kp);
-                for j in 0..cols {
+            m = m_new;
+            for (dd, od) in o.iter_mut().enumerate() {
+                let mut acc = *od;
+                acc.iter_mut().zip(&keep).for_each(|(x, &kp)| *x *= kp);
+                for (j, p) in st[..cols].iter().enumerate() {
                     let w = v[(j0 + j) * d + dd];
-                    o.iter_mut().zip(&st[j * BLOCK..j * BLOCK + rows]).for_each(|(x, &p)| *x += w * p);
+                    acc.iter_mut().zip(p).for_each(|(x, &p)| *x = w.mul_add(p, *x));
                 }
+                *od = acc;
             }
         }
-        for dd in 0..d {
-            ot[dd * t + i0..dd * t + i0 + rows].iter_mut().zip(l.iter()).for_each(|(x, &s)| *x /= s);
+        for od in o.iter_mut() {
+            od.iter_mut().zip(&l).for_each(|(x, &s)| *x /= s);
         }
-        lse[i0..i0 + rows].iter_mut().zip(m.iter().zip(l.iter())).for_each(|(e, (&mx, &s))| *e = mx + s.ln());
+        lse[b].iter_mut().zip(m.iter().zip(&l)).for_each(|(e, (&mx, &s))| *e = mx + s.ln());
     }
     (ot, lse)
 }
 
-/// The gradients of one pair: `(dq, dk, dv)`, each `[T, d]`. The scaled queries `qt` and the
-/// output's gradient `dot_t` are transposed, `[d, T]`; `k`, `v`, `o` and `dout` are `[T, d]`.
+/// The gradients of one pair: `dq` transposed (`[blocks * d]` rows, as `qt`), `dk` and `dv`
+/// `[T, d]`. `dot_t`: the output's gradient, transposed and padded as `qt` (zero beyond T, so
+/// that padded queries add nothing); `lse` and `delta` (dO . O) per query, in rows.
 #[inline(always)]
 fn backward_pair(
-    g: &AttnGeom,
-    (qt, k, v): (&[f32], &[f32], &[f32]),
-    (o, dout, dot_t, lse): (&[f32], &[f32], &[f32], &[f32]),
-    labels: Option<&[f32]>,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (t, d, scale) = (g.tokens, g.head_dim, g.scale());
-    // D_i = dO_i . O_i, the softmax backward's row term.
-    let delta: Vec<f32> = (0..t).map(|i| dot(&o[i * d..(i + 1) * d], &dout[i * d..(i + 1) * d])).collect();
-    let (mut dqt, mut dk, mut dv) = (vec![0.0f32; d * t], vec![0.0f32; t * d], vec![0.0f32; t * d]);
-    let (mut pt, mut dpt) = (vec![0.0f32; BLOCK * BLOCK], vec![0.0f32; BLOCK * BLOCK]);
-    for i0 in (0..t).step_by(BLOCK) {
-        let rows = BLOCK.min(t - i0);
+    d: usize,
+    (qt, k, v): (&[Row], &[f32], &[f32]),
+    (dot_t, lse, delta): (&[Row], &[Row], &[Row]),
+    scale: f32,
+    labels: Option<(&[Row], &[f32])>,
+) -> (Vec<Row>, Vec<f32>, Vec<f32>) {
+    let (t, blocks) = (k.len() / d, qt.len() / d);
+    let (mut dqt, mut dk, mut dv) = (vec![[0.0f32; BLOCK]; blocks * d], vec![0.0f32; t * d], vec![0.0f32; t * d]);
+    let (mut pt, mut dst) = (vec![[0.0f32; BLOCK]; BLOCK], vec![[0.0f32; BLOCK]; BLOCK]);
+    // (Key blocks outside with dK and dV kept in 16 lanes until the end, as FlashAttention-2
+    // orders it, measured 20% slower here: the lanes no longer fit in L1 beside the blocks.)
+    for b in 0..blocks {
+        let (qtb, dotb) = (&qt[b * d..(b + 1) * d], &dot_t[b * d..(b + 1) * d]);
         for j0 in (0..t).step_by(BLOCK) {
             let cols = BLOCK.min(t - j0);
-            scores_t(&mut pt, (k, qt), (t, d), (i0, rows), (j0, cols), labels);
+            scores_t(&mut pt, k, qtb, (j0, cols), labels.map(|(q, keys)| (&q[b], keys)));
             // dP^T = V dO^T, as scores of V against dO.
-            scores_t(&mut dpt, (v, dot_t), (t, d), (i0, rows), (j0, cols), None);
-            for j in 0..cols {
-                let gj = j0 + j;
-                let p = &mut pt[j * BLOCK..j * BLOCK + rows];
-                p.iter_mut().zip(&lse[i0..i0 + rows]).for_each(|(x, &e)| *x = exp(*x - e));
-                let dp = &mut dpt[j * BLOCK..j * BLOCK + rows];
-                // dS = P (dP - D), into dp.
-                dp.iter_mut().zip(p.iter().zip(&delta[i0..i0 + rows])).for_each(|(x, (&pv, &dl))| *x = pv * (*x - dl));
+            scores_t(&mut dst, v, dotb, (j0, cols), None);
+            for (p, ds) in pt[..cols].iter_mut().zip(&mut dst[..cols]) {
+                p.iter_mut().zip(&lse[b]).for_each(|(x, &e)| *x = exp(*x - e));
+                // dS = P (dP - D).
+                ds.iter_mut().zip(p.iter().zip(&delta[b])).for_each(|(x, (&pv, &dl))| *x = pv * (*x - dl));
+            }
+            for (j, (p, ds)) in pt[..cols].iter().zip(&dst[..cols]).enumerate() {
+                let at = (j0 + j) * d;
                 for dd in 0..d {
-                    dv[gj * d + dd] += dot(p, &dot_t[dd * t + i0..dd * t + i0 + rows]);
+                    dv[at + dd] += dot(p, &dotb[dd]);
                     // S = (scale Q) K^T: dK takes the scaled queries, dQ the scale once.
-                    dk[gj * d + dd] += dot(dp, &qt[dd * t + i0..dd * t + i0 + rows]);
-                    let w = k[gj * d + dd] * scale;
-                    dqt[dd * t + i0..dd * t + i0 + rows].iter_mut().zip(dp.iter()).for_each(|(x, &s)| *x += w * s);
+                    dk[at + dd] += dot(ds, &qtb[dd]);
                 }
+            }
+            for (dd, dq) in dqt[b * d..(b + 1) * d].iter_mut().enumerate() {
+                let mut acc = *dq;
+                for (j, ds) in dst[..cols].iter().enumerate() {
+                    let w = k[(j0 + j) * d + dd] * scale;
+                    acc.iter_mut().zip(ds).for_each(|(x, &s)| *x = w.mul_add(s, *x));
+                }
+                *dq = acc;
             }
         }
     }
-    (transpose(&dqt, d, t), dk, dv)
+    (dqt, dk, dv)
 }
 
 /// Compiles `$body` (generic code whose helpers are `#[inline(always)]`) for AVX-512, for
@@ -239,8 +225,41 @@ macro_rules! widest {
     };
 }
 
-widest!(forward_one, (g: &AttnGeom, qkv: (&[f32], &[f32], &[f32]), labels: Option<&[f32]>) -> (Vec<f32>, Vec<f32>), forward_pair(g, qkv, labels));
-widest!(backward_one, (g: &AttnGeom, qkv: (&[f32], &[f32], &[f32]), od: (&[f32], &[f32], &[f32], &[f32]), labels: Option<&[f32]>) -> (Vec<f32>, Vec<f32>, Vec<f32>), backward_pair(g, qkv, od, labels));
+widest!(forward_one, (d: usize, qkv: (&[Row], &[f32], &[f32]), labels: Option<(&[Row], &[f32])>) -> (Vec<Row>, Vec<Row>), forward_pair(d, qkv, labels));
+widest!(backward_one, (d: usize, qkv: (&[Row], &[f32], &[f32]), grads: (&[Row], &[Row], &[Row]), scale: f32, labels: Option<(&[Row], &[f32])>) -> (Vec<Row>, Vec<f32>, Vec<f32>), backward_pair(d, qkv, grads, scale, labels));
+
+/// `[T, d]` values to rows of queries, `[blocks * d]` (block b's row dd holds dimension dd of
+/// its BLOCK queries), times `scale`, zero beyond T.
+fn to_rows(x: &[f32], d: usize, scale: f32) -> Vec<Row> {
+    let t = x.len() / d;
+    let blocks = t.div_ceil(BLOCK);
+    let mut rows = vec![[0.0f32; BLOCK]; blocks * d];
+    for (i, v) in x.chunks_exact(d).enumerate() {
+        for (dd, &x) in v.iter().enumerate() {
+            rows[(i / BLOCK) * d + dd][i % BLOCK] = x * scale;
+        }
+    }
+    rows
+}
+
+/// The inverse of [`to_rows`] (without a scale): `[T, d]`.
+fn from_rows(rows: &[Row], d: usize, t: usize) -> Vec<f32> {
+    (0..t * d).map(|at| rows[(at / d / BLOCK) * d + at % d][(at / d) % BLOCK]).collect()
+}
+
+/// Per-query values `[T]` in rows of BLOCK, padded with `pad`.
+fn per_query(x: &[f32], pad: f32) -> Vec<Row> {
+    let mut rows = vec![[pad; BLOCK]; x.len().div_ceil(BLOCK)];
+    x.iter().enumerate().for_each(|(i, &v)| rows[i / BLOCK][i % BLOCK] = v);
+    rows
+}
+
+/// A sequence's labels: the queries' in rows (padded queries get a label of their own) and
+/// the keys'.
+fn labels_of<'a>(g: &AttnGeom, labels: &'a [f32], seq: usize) -> Option<(Vec<Row>, &'a [f32])> {
+    let row = label_row(g, labels, seq)?;
+    Some((per_query(row, f32::NAN), row))
+}
 
 /// Writes each pair's `[T, d]` rows back into `[N, T, H*d]`.
 fn scatter(g: &AttnGeom, parts: Vec<Vec<f32>>) -> Vec<f32> {
@@ -260,14 +279,16 @@ fn scatter(g: &AttnGeom, parts: Vec<Vec<f32>>) -> Vec<f32> {
 pub fn forward(g: &AttnGeom, q: &[f32], k: &[f32], v: &[f32], labels: &[f32]) -> (Vec<f32>, Vec<f32>) {
     assert!(q.len() == g.elements() && k.len() == g.elements() && v.len() == g.elements());
     assert!(labels.len() == g.label_rows * g.tokens);
+    let (t, d) = (g.tokens, g.head_dim);
     let results: Vec<(Vec<f32>, Vec<f32>)> = (0..g.seqs * g.heads)
         .into_par_iter()
         .map(|pair| {
             let (seq, head) = (pair / g.heads, pair % g.heads);
-            let qt = scaled_t(g, q, seq, head);
+            let qt = to_rows(&gather(g, q, seq, head), d, g.scale());
             let (ks, vs) = (gather(g, k, seq, head), gather(g, v, seq, head));
-            let (ot, lse) = forward_one(g, (&qt, &ks, &vs), label_row(g, labels, seq));
-            (transpose(&ot, g.head_dim, g.tokens), lse)
+            let labels = labels_of(g, labels, seq);
+            let (ot, lse) = forward_one(d, (&qt, &ks, &vs), labels.as_ref().map(|(q, k)| (q.as_slice(), *k)));
+            (from_rows(&ot, d, t), lse.concat()[..t].to_vec())
         })
         .collect();
     let (outs, lses): (Vec<_>, Vec<_>) = results.into_iter().unzip();
@@ -283,15 +304,22 @@ pub fn backward(
     labels: &[f32],
 ) -> [Vec<f32>; 3] {
     assert!(o.len() == g.elements() && dout.len() == g.elements() && lse.len() == g.seqs * g.heads * g.tokens);
+    let (t, d) = (g.tokens, g.head_dim);
     let results: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..g.seqs * g.heads)
         .into_par_iter()
         .map(|pair| {
             let (seq, head) = (pair / g.heads, pair % g.heads);
             let take = |x: &[f32]| gather(g, x, seq, head);
-            let (ks, vs, os, dos) = (take(k), take(v), take(o), take(dout));
-            let (qt, dot_t) = (scaled_t(g, q, seq, head), transpose(&dos, g.tokens, g.head_dim));
-            let lse = &lse[pair * g.tokens..(pair + 1) * g.tokens];
-            backward_one(g, (&qt, &ks, &vs), (&os, &dos, &dot_t, lse), label_row(g, labels, seq))
+            let (ks, vs, dos) = (take(k), take(v), take(dout));
+            // D_i = dO_i . O_i, the softmax backward's row term.
+            let delta: Vec<f32> =
+                take(o).chunks_exact(d).zip(dos.chunks_exact(d)).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect();
+            let (qt, dot_t) = (to_rows(&take(q), d, g.scale()), to_rows(&dos, d, 1.0));
+            let (lse, delta) = (per_query(&lse[pair * t..(pair + 1) * t], 0.0), per_query(&delta, 0.0));
+            let labels = labels_of(g, labels, seq);
+            let labels = labels.as_ref().map(|(q, k)| (q.as_slice(), *k));
+            let (dqt, dk, dv) = backward_one(d, (&qt, &ks, &vs), (&dot_t, &lse, &delta), g.scale(), labels);
+            (from_rows(&dqt, d, t), dk, dv)
         })
         .collect();
     let mut parts: [Vec<Vec<f32>>; 3] = Default::default();

@@ -329,14 +329,15 @@ impl CpuKernels for Flex {
 }
 
 /// `mha` (burn's `MultiHeadAttention`) as self-attention over `x [N, T, C]` on the attention
-/// kernel, where it applies: flex, f32, no dropout, burn's softmax and mask fill. `labels`
+/// kernel, where it applies: flex, f32, a CPU with FMA, no dropout, burn's softmax and mask fill. `labels`
 /// `[W, T]`: sequence n's tokens attend only within their label in row n mod W. None
 /// elsewhere (before any parameter is read), and the caller runs burn's attention.
 pub fn self_attention(mha: &MultiHeadAttention, x: &Tensor<3>, labels: Option<&[f32]>) -> Option<Tensor<3>> {
     let [seqs, tokens, c] = x.dims();
     let plain = mha.dropout.prob == 0.0 && !mha.quiet_softmax && mha.min_float as f32 == attention::MASKED;
     let fits = c == mha.d_model && mha.n_heads * mha.d_k == c && tokens > 0 && labels.is_none_or(|l| l.len() % tokens == 0);
-    if !plain || !fits || !on_kernels(&x.device(), x.dtype()) {
+    // The kernel's sums are fused multiply-adds: without FMA units they would run in software.
+    if !plain || !fits || !direct::available() || !on_kernels(&x.device(), x.dtype()) {
         return None;
     }
     let label_rows = labels.map_or(0, |l| l.len() / tokens);
