@@ -119,6 +119,11 @@ pub fn train_watched(req: TrainRequest, comm: &dyn Collective, watch: &dyn Watch
     }
     device.seed(tc.seed);
     let mut model = Segmenter::new(&cfg.model, &device);
+    // A run that `apunet import-weights` made holds weights but no epoch: training starts from them.
+    if lead && req.resume && state.epoch == 0 && paths.last_model().exists() {
+        model = checkpoint::load_segmenter(model, &paths.last_model())?;
+        tracing::info!("starting from the weights in {}", paths.last_model().display());
+    }
     if comm.size() > 1 {
         distributed::initialize(&model);
     }

@@ -115,3 +115,30 @@ fn import_weights_refuses_what_it_cannot_use() {
     RunConfig { model: common::tiny_config(), ..Default::default() }.save(&sizeless).unwrap();
     assert!(err(import_weights(&file, Some(&sizeless), &tmp.path().join("c"))).contains("[data] height and width"));
 }
+
+/// `train --resume` on a run that import-weights made starts from the imported weights: had it
+/// drawn fresh ones, its epoch would repeat, bit for bit, the first epoch of the run the weights
+/// came from (same seed, data and settings).
+#[test]
+fn training_an_imported_run_starts_from_its_weights() {
+    use apunet::data::synth::{SynthConfig, generate_to};
+    use apunet::train::Unwatched;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d.npz");
+    generate_to(&SynthConfig { count: 8, size: 32, annotators: 2, seed: 1, ..Default::default() }, &data).unwrap();
+    let (source, file, imported) = (tmp.path().join("src"), tmp.path().join("w.safetensors"), tmp.path().join("imp"));
+    let train = |args: &[&str]| {
+        let _guard = common::rng_lock();
+        let base = ["apunet", "train", "--data", data.to_str().unwrap(), "--epochs", "1", "--batch-size", "4", "--val-fraction", "0"];
+        let cli = apunet::cli::parse_from(base.iter().chain(&["--filters", "8,16", "--latent-dim", "3", "--quiet"]).chain(args)).unwrap();
+        let apunet::cli::Command::Train(a) = cli.command else { unreachable!() };
+        apunet::cli::train::train_in_process(&a, &Unwatched).unwrap();
+    };
+    train(&["--out", source.to_str().unwrap(), "--seed", "9"]);
+    export(&source, Which::Last, &file).unwrap();
+    import_weights(&file, None, &imported).unwrap();
+    let one_epoch = samples_of(&source);
+    assert_eq!(samples_of(&imported), one_epoch);
+    train(&["--resume", imported.to_str().unwrap()]);
+    assert_ne!(samples_of(&imported), one_epoch, "the imported run trained from fresh weights, not its own");
+}
