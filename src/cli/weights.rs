@@ -54,7 +54,7 @@ pub fn export_cmd(a: ExportArgs) -> Result<()> {
 pub fn import_weights_cmd(a: ImportWeightsArgs) -> Result<()> {
     let cfg = weights::import_weights(&a.weights, a.config.as_deref(), &a.out)?;
     crate::say!(
-        "made run {} ({}) from {}; sample, eval and predict take it with --run",
+        "made run {} ({}) from {}; sample, eval and predict take it with --run, and train --resume fine-tunes it",
         a.out.display(),
         model_name(cfg.model.kind),
         a.weights.display()
