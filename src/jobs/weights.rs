@@ -45,9 +45,9 @@ pub fn export(run: &Path, which: Which, out: &Path) -> Result<Exported> {
         Segmenter::PUNet(m) => save_torch(m, &text, tmp),
         Segmenter::HPUNet(m) => save_torch(m, &text, tmp),
     })?;
-    let tensors = model.collect(None, None, true);
-    let parameters = tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
-    Ok(Exported { path: out.to_path_buf(), kind: cfg.model.kind, tensors: tensors.len(), parameters })
+    // Tensors include batch norm's running statistics; parameters do not.
+    let tensors = model.collect(None, None, true).len();
+    Ok(Exported { path: out.to_path_buf(), kind: cfg.model.kind, tensors, parameters: model.num_params() })
 }
 
 fn save_torch<M: Module>(model: &M, config_toml: &str, path: &Path) -> Result<()> {
