@@ -11,9 +11,11 @@ use crate::gan::train::{GanMode, GanOverrides, GanSources, run_gan};
 
 #[derive(Subcommand, Debug)]
 pub enum GanCommand {
-    /// Train a ResNet CycleGAN: --mode mask2ct --data FILE.npz, or --mode unpaired --a A.npz --b B.npz.
+    /// Train a ResNet CycleGAN (--mode mask2ct --data FILE.npz, or --mode unpaired --a A.npz --b B.npz)
+    /// or a lesion painter on the same networks (--mode painter --data FILE.npz).
     Train(GanTrainArgs),
-    /// Translate deformed training mask sets into new CT crops: K new examples, marked synthetic.
+    /// New examples, marked synthetic: deformed training mask sets translated to CT (mask2ct), or
+    /// real lesions' masks placed in other real crops and painted there (painter).
     Generate(GanGenerateArgs),
     /// Time CycleGAN training iterations (both generators and discriminators, batch 1) as JSON;
     /// compare with `bench/torch_cyclegan.py` on the same machine.
@@ -23,10 +25,12 @@ pub enum GanCommand {
 /// Flags left out take their value from the run on --resume, else the defaults shown.
 #[derive(Args, Debug)]
 pub struct GanTrainArgs {
-    /// mask2ct (the annotators' mean mask -> CT, from --data) or unpaired (--a -> --b) [default: mask2ct].
+    /// mask2ct (the annotators' mean mask -> CT, from --data), unpaired (--a -> --b), or painter
+    /// (a crop with a lesion's place erased + the mean mask there -> the real crop, from --data)
+    /// [default: mask2ct].
     #[arg(long, value_enum)]
     pub mode: Option<GanMode>,
-    /// mask2ct: the dataset whose masks (A) and crops (B) it learns from.
+    /// mask2ct and painter: the dataset whose masks (A) and crops (B) it learns from.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// unpaired: domain A's npz.
@@ -70,10 +74,11 @@ pub struct GanTrainArgs {
 
 #[derive(Args, Debug)]
 pub struct GanGenerateArgs {
-    /// The GAN run directory (a mask2ct run).
+    /// The GAN run directory (a mask2ct or painter run).
     #[arg(long)]
     pub gan: PathBuf,
-    /// The dataset whose mask sets are deformed and translated.
+    /// The dataset whose mask sets are deformed and translated (mask2ct), or whose lesions are
+    /// placed in its crops and painted (painter).
     #[arg(long)]
     pub data: PathBuf,
     /// Examples to generate.
@@ -82,6 +87,10 @@ pub struct GanGenerateArgs {
     /// The npz to write; the real-versus-generated figure goes beside it.
     #[arg(long)]
     pub out: PathBuf,
+    /// painter: also write the same examples with the donor's pixels pasted instead of painted
+    /// (plain copy-paste, same masks and places) to this npz.
+    #[arg(long)]
+    pub copy_out: Option<PathBuf>,
     /// Seed of the deformations.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -125,8 +134,9 @@ fn train_cmd(a: GanTrainArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let loss = if done.mode == GanMode::Painter { "L1 on the painted pixels" } else { "cycle loss" };
     crate::say!(
-        "trained {} epoch(s), now at epoch {}; cycle loss {:.4} -> {:.4}; GAN in {}",
+        "trained {} epoch(s), now at epoch {}; {loss} {:.4} -> {:.4}; GAN in {}",
         done.epochs_run,
         s.epoch,
         s.cycle.first().copied().unwrap_or(f64::NAN),
@@ -138,7 +148,7 @@ fn train_cmd(a: GanTrainArgs) -> Result<()> {
 
 fn generate_cmd(a: GanGenerateArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
-    let (ds, fig) = generate_to_file(&a.gan, &a.data, &a.out, (a.count, a.seed), a.allow_mismatch, &device)?;
+    let (ds, fig) = generate_to_file(&a.gan, &a.data, (&a.out, a.copy_out.as_deref()), (a.count, a.seed), a.allow_mismatch, &device)?;
     crate::say!(
         "wrote {} ({} synthetic examples, {} annotators) and {} (real and generated side by side)",
         a.out.display(),

@@ -1,5 +1,6 @@
-//! New examples from a trained mask-to-CT CycleGAN: deformed training mask sets translated to CT,
-//! and the real-versus-generated figure.
+//! New examples from a trained GAN: deformed training mask sets translated to CT by a
+//! mask-to-CT CycleGAN, or lesions painted into real crops by a painter (`paint.rs`); and the
+//! real-versus-generated figure.
 
 use std::path::Path;
 
@@ -74,9 +75,10 @@ pub fn deform_masks<R: Rng>(masks: &[Vec<u8>], h: usize, w: usize, rng: &mut R) 
         .collect()
 }
 
-/// K new examples: deformed training mask sets of `data` (its name and contents) translated to
-/// CT by the A->B generator; they carry the GAN's preprocessing record, which `data`'s must
-/// match (unless `allow_mismatch`).
+/// K new examples from `data` (its name and contents): for a mask2ct GAN, its deformed mask sets
+/// translated to CT by the A->B generator; for a painter, lesions painted into its crops, with
+/// their copy-paste twins. They carry the GAN's preprocessing record, which `data`'s must match
+/// (unless `allow_mismatch`).
 pub fn generate(
     gan_dir: &Path,
     data: (&Path, &Dataset),
@@ -84,11 +86,11 @@ pub fn generate(
     seed: u64,
     allow_mismatch: bool,
     device: &Device,
-) -> Result<Dataset> {
+) -> Result<(Dataset, Option<Dataset>)> {
     let (data_name, data) = data;
     let (cfg, g) = load_generator(gan_dir, device)?;
-    if cfg.mode != GanMode::Mask2ct {
-        bail!("{} was trained in {:?} mode; generating examples needs a mask2ct GAN", gan_dir.display(), cfg.mode);
+    if cfg.mode == GanMode::Unpaired {
+        bail!("{} was trained in unpaired mode; generating examples needs a mask2ct or painter GAN", gan_dir.display());
     }
     crate::data::preprocess::check_match(
         (&format!("the GAN {}", gan_dir.display()), cfg.preprocess.as_ref()),
@@ -100,6 +102,10 @@ pub fn generate(
     }
     let (h, w, a) = (data.height(), data.width(), data.annotators());
     Generator::check_size(h, w)?;
+    if cfg.mode == GanMode::Painter {
+        let (painted, copied) = super::paint::painted(&g, data, count, seed, device)?;
+        return Ok((painted, Some(copied)));
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let masks = data.masks.as_standard_layout();
     let m = masks.as_slice().expect("standard layout");
@@ -127,21 +133,26 @@ pub fn generate(
     ds.synthetic = vec![true; count];
     // The images are the generator's: they look like the CT it learnt from.
     ds.preprocess = cfg.preprocess.clone();
-    Ok(ds)
+    Ok((ds, None))
 }
 
 /// `apunet gan generate`: `count` examples from the GAN in `gan_dir` and `data`'s mask sets
-/// (seeded), saved to `out` with the real-versus-generated figure beside it (returned).
+/// (seeded), saved to `out` with the real-versus-generated figure beside it (returned); a
+/// painter's copy-paste twins go to `copy_out`.
 pub fn generate_to_file(
     gan_dir: &Path,
     data: &Path,
-    out: &Path,
+    (out, copy_out): (&Path, Option<&Path>),
     (count, seed): (usize, u64),
     allow_mismatch: bool,
     device: &Device,
 ) -> Result<(Dataset, std::path::PathBuf)> {
+    if copy_out == Some(out) {
+        bail!("--copy-out and --out are the same file, {}: the twins would overwrite the painted examples", out.display());
+    }
     let real = Dataset::load(data)?;
-    let ds = generate(gan_dir, (data, &real), count, seed, allow_mismatch, device)?;
+    let (ds, copied) = generate(gan_dir, (data, &real), count, seed, allow_mismatch, device)?;
+    super::paint::save_twin(copied.as_ref(), copy_out)?;
     ds.save(out)?;
     let fig = out.with_extension("png");
     figures::save_png(&side_by_side(&real, &ds, 8)?, &fig)?;

@@ -54,6 +54,8 @@ pub struct GanOutcome {
     pub state: GanState,
     /// Epochs trained by this call (0: the run had already reached its epochs).
     pub epochs_run: usize,
+    /// What `state.cycle` holds: the cycle loss, or the painter's L1 on the painted pixels.
+    pub mode: GanMode,
 }
 
 /// The settings only `epochs` of which a resume may change.
@@ -116,7 +118,7 @@ pub fn train_gan(req: GanRequest) -> Result<GanOutcome> {
             bail!("--epochs {} is below the {} epochs {} has already trained", cfg.epochs, state.epoch, req.out.display());
         }
         if cfg.epochs == state.epoch {
-            return Ok(GanOutcome { state, epochs_run: 0 });
+            return Ok(GanOutcome { state, epochs_run: 0, mode: cfg.mode });
         }
     } else {
         CycleGan::check_size(h, w)?;
@@ -134,24 +136,34 @@ pub fn train_gan(req: GanRequest) -> Result<GanOutcome> {
     }
     let device = req.device.clone().autodiff();
     device.seed(cfg.seed);
-    let mut t = GanStepper::new(&cfg, &device);
+    let first = state.epoch;
+    match cfg.mode {
+        GanMode::Painter => super::painter::train_epochs(&req, &cfg, &mut state, &paths, &device)?,
+        GanMode::Mask2ct | GanMode::Unpaired => cycle_epochs(&req, &cfg, &mut state, &paths, &device)?,
+    }
+    Ok(GanOutcome { epochs_run: state.epoch - first, state, mode: cfg.mode })
+}
+
+/// The CycleGAN's epochs from `state.epoch` to `cfg.epochs`, each committed as a checkpoint set.
+fn cycle_epochs(req: &GanRequest, cfg: &GanTrainConfig, state: &mut GanState, paths: &RunPaths, device: &Device) -> Result<()> {
+    let (a, b) = (&req.a, &req.b);
+    let mut t = GanStepper::new(cfg, device);
     if state.epoch > 0 {
         t.load(&req.out)?;
     }
-    let first = state.epoch;
     for epoch in state.epoch + 1..=cfg.epochs {
-        let (cycle, generator, discriminator) = train_epoch(&mut t, &cfg, a, b, epoch, req.quiet, &device)?;
+        let (cycle, generator, discriminator) = train_epoch(&mut t, cfg, a, b, epoch, req.quiet, device)?;
         figure(&t.net, a, b, &req.out.join(format!("figures/epoch_{epoch:03}.png")), epoch)?;
         state.cycle.push(cycle);
         state.generator.push(generator);
         state.discriminator.push(discriminator);
         state.epoch = epoch;
-        checkpoint::commit_set(&paths, t.checkpoint_files(), serde_json::to_string_pretty(&state)?.as_bytes())?;
+        checkpoint::commit_set(paths, t.checkpoint_files(), serde_json::to_string_pretty(&state)?.as_bytes())?;
         if !req.quiet {
             eprintln!("gan epoch {epoch:>3}: G {generator:.3} cycle {cycle:.4} D {discriminator:.3} lr {:.2e}", cfg.lr_at(epoch));
         }
     }
-    Ok(GanOutcome { epochs_run: state.epoch - first, state })
+    Ok(())
 }
 
 /// One epoch over the larger domain, both shuffled by the epoch's seed: mean cycle, generator
@@ -237,7 +249,7 @@ fn figure(net: &CycleGan, a: &Domain, b: &Domain, path: &Path, epoch: usize) -> 
 /// The data files of a run, by mode.
 #[derive(Debug, Clone, Default)]
 pub struct GanSources {
-    /// mask2ct: the dataset whose mean masks (A) and crops (B) it learns from.
+    /// mask2ct and painter: the dataset whose mean masks (A) and crops (B) it learns from.
     pub data: Option<PathBuf>,
     /// unpaired: the two domains' datasets.
     pub a: Option<PathBuf>,
@@ -299,12 +311,13 @@ pub fn run_gan(out: &Path, resume: bool, sources: &GanSources, o: &GanOverrides,
     let recorded: Vec<PathBuf> =
         if resume && !given { resume_state(&RunPaths::new(out))?.sources.iter().map(PathBuf::from).collect() } else { Vec::new() };
     let (files, da, db, preprocess) = match (cfg.mode, &sources.data, &sources.a, &sources.b) {
-        (GanMode::Mask2ct, Some(d), _, _) => load_mask2ct(d)?,
-        (GanMode::Mask2ct, None, None, None) if recorded.len() == 1 => load_mask2ct(&recorded[0])?,
+        (GanMode::Mask2ct | GanMode::Painter, Some(d), _, _) => load_mask2ct(d)?,
+        (GanMode::Mask2ct | GanMode::Painter, None, None, None) if recorded.len() == 1 => load_mask2ct(&recorded[0])?,
         (GanMode::Unpaired, _, Some(pa), Some(pb)) => load_unpaired(pa, pb)?,
         (GanMode::Unpaired, None, None, None) if recorded.len() == 2 => load_unpaired(&recorded[0], &recorded[1])?,
         (GanMode::Mask2ct, ..) => bail!("--mode mask2ct needs --data FILE.npz"),
         (GanMode::Unpaired, ..) => bail!("--mode unpaired needs --a A.npz and --b B.npz"),
+        (GanMode::Painter, ..) => bail!("--mode painter needs --data FILE.npz (crops with their experts' masks)"),
     };
     let config = GanTrainConfig { preprocess, ..cfg };
     train_gan(GanRequest { a: da, b: db, out: out.to_path_buf(), config, device, resume, quiet, sources: files })

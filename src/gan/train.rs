@@ -30,6 +30,9 @@ pub enum GanMode {
     Mask2ct,
     /// A and B = the images of two datasets (e.g. two scanners).
     Unpaired,
+    /// A lesion painter, trained on pairs from one dataset: given a real crop with a lesion's
+    /// place erased and the experts' mean mask there, paint the lesion (`gan/painter.rs`).
+    Painter,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +45,8 @@ pub struct GanTrainConfig {
     pub lr: f64,
     pub lambda_cycle: f32,
     pub lambda_identity: f32,
+    /// The painter's weight of the L1 on the painted pixels beside the adversarial loss.
+    pub lambda_l1: f32,
     pub pool_size: usize,
     pub seed: u64,
     pub net: GanConfig,
@@ -61,6 +66,7 @@ impl Default for GanTrainConfig {
             lr: 2e-4,
             lambda_cycle: 10.0,
             lambda_identity: 0.5,
+            lambda_l1: 10.0,
             pool_size: 50,
             seed: 0,
             net: GanConfig::default(),
@@ -149,7 +155,7 @@ impl CycleGan {
 
 /// The paper's optimizer. burn keeps betas in the optimizer, not in its saved state, so a
 /// resumed run must build it the same way.
-fn adam() -> AdamConfig {
+pub(super) fn adam() -> AdamConfig {
     AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999)
 }
 
@@ -311,7 +317,9 @@ pub fn load_generator(dir: &Path, device: &Device) -> Result<(GanTrainConfig, Ge
     let text = std::fs::read_to_string(dir.join("gan.toml")).with_context(|| format!("{} is not a GAN run directory", dir.display()))?;
     let cfg: GanTrainConfig = toml::from_str(&text).with_context(|| format!("invalid {}/gan.toml", dir.display()))?;
     let c = &cfg.net;
-    let g = load_model(Generator::new(c.channels_a, c.channels_b, c.base, c.residual_blocks, device), &file(dir, "g_ab.bpk"))?;
+    // The painter's generator reads the holed crop and the mask.
+    let c_in = if cfg.mode == GanMode::Painter { 2 } else { c.channels_a };
+    let g = load_model(Generator::new(c_in, c.channels_b, c.base, c.residual_blocks, device), &file(dir, "g_ab.bpk"))?;
     Ok((cfg, g))
 }
 

@@ -98,7 +98,8 @@ fn gan_train_resume_and_generate() {
     assert!(c.lr_at(7) < 2e-4 && c.lr_at(10) > 0.0 && c.lr_at(10) < c.lr_at(9));
 
     let name = std::path::Path::new("ds.npz");
-    let g = generate(&out, (name, &ds), 5, 1, false, &Device::flex()).unwrap();
+    let (g, twins) = generate(&out, (name, &ds), 5, 1, false, &Device::flex()).unwrap();
+    assert!(twins.is_none(), "a mask2ct GAN makes no copy-paste twins");
     assert_eq!((g.len(), g.annotators(), g.height()), (5, 4, 32));
     assert!(g.synthetic.iter().all(|&s| s));
     assert!(g.images.iter().all(|v| (0.0..=1.0).contains(v)));

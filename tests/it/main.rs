@@ -27,6 +27,7 @@ mod mismatch;
 mod model;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod painter;
 mod parallel;
 mod predict;
 mod recipe;
