@@ -23,7 +23,7 @@ KEEP=${KEEP:-docs/ablation-runs}
 # The commit BIN was built from, recorded beside each kept row (a copied binary may be older).
 BIN_COMMIT=${BIN_COMMIT:-$(git rev-parse --short HEAD)}
 # 64-px patches (a third over a lesion), evaluated on whole 128-px crops of held-out series.
-COMMON=(--patch 64 --batch-size 8 --lr 5e-4 --val-fraction 0 --epochs "$EPOCHS" --figure-every 100000 --quiet)
+COMMON=(--patch 64 --batch-size 8 --lr 5e-4 --val-fraction 0 --figure-every 100000 --quiet)
 PU=(--filters 16,32,64,96)
 RECIPE=(--spatial-augment --intensity-augment --copy-paste 0.5 --lr-schedule poly --lr-warmup-epochs 5 --ema 0.99)
 declare -A ROWS=(
@@ -46,11 +46,27 @@ declare -A ROWS=(
     # GECO with top-k 10%: with the reference's 2%, the HPU-Net takes 5x the steps to sample
     # findings only some experts marked on the known-truth set (docs/small-data.md).
     [6g_hpunet_geco_topk10]="--model hpunet --loss geco --topk 0.1"
+    # Synthetic lesions (issue 27): real lesions' masks placed in other training crops, painted
+    # by the lesion painter or pasted with the donor's pixels (the same masks and places), as
+    # half of every batch. An epoch is then 10 steps of 4 real crops: half the epochs.
+    [3p_painted]="${PU[*]} --extra $OUT/painted.npz --extra-ratio 0.5"
+    [3q_pasted]="${PU[*]} --extra $OUT/pasted.npz --extra-ratio 0.5"
 )
+# Rows trained for half the epochs to keep the same number of steps.
+declare -A HALF=([3p_painted]=1 [3q_pasted]=1)
 ONLY=${ONLY:-$(printf '%s\n' "${!ROWS[@]}" | sort | tr '\n' ' ')}
 mkdir -p "$OUT"
 if [ ! -f "$OUT/test.npz" ]; then
     "$BIN" split --data "$DATA" --val-fraction 0.25 --seed 0 --train-out "$OUT/train.npz" --val-out "$OUT/test.npz"
+fi
+# The painter (on the training crops only) and its 200 examples with their copy-paste twins.
+if [[ " $ONLY " == *" 3p_painted "* || " $ONLY " == *" 3q_pasted "* ]] && [ ! -f "$OUT/pasted.npz" ]; then
+    if [ -f "$OUT/painter/checkpoints/state.json" ]; then
+        "$BIN" gan train --resume --out "$OUT/painter" --quiet
+    else
+        "$BIN" gan train --mode painter --data "$OUT/train.npz" --out "$OUT/painter" --epochs 60 --base 16 --blocks 6 --seed 0 --quiet
+    fi
+    "$BIN" gan generate --gan "$OUT/painter" --data "$OUT/train.npz" --count 200 --seed 1 --out "$OUT/painted.npz" --copy-out "$OUT/pasted.npz"
 fi
 for seed in $SEEDS; do
     for row in $ONLY; do
@@ -61,13 +77,15 @@ for seed in $SEEDS; do
             continue
         fi
         read -r -a flags <<< "${ROWS[$row]}"
+        epochs=$EPOCHS
+        [ -n "${HALF[$row]:-}" ] && epochs=$(( EPOCHS / 2 ))
         done_epochs=$(tail -n +2 "$run/metrics.csv" 2>/dev/null | wc -l || true)
-        if [ "$done_epochs" -lt "$EPOCHS" ]; then
+        if [ "$done_epochs" -lt "$epochs" ]; then
             start=$(date +%s)
             if [ -f "$run/checkpoints/state.json" ]; then
-                "$BIN" train --resume "$run" --epochs "$EPOCHS" --quiet
+                "$BIN" train --resume "$run" --epochs "$epochs" --quiet
             else
-                "$BIN" train --data "$OUT/train.npz" --out "$run" --seed "$seed" "${COMMON[@]}" "${flags[@]}"
+                "$BIN" train --data "$OUT/train.npz" --out "$run" --seed "$seed" --epochs "$epochs" "${COMMON[@]}" "${flags[@]}"
             fi
             echo $(( $(date +%s) - start )) >> "$run/train_seconds"
         fi

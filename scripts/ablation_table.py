@@ -28,6 +28,10 @@ NAMES = {
     "4f_every_level_recipe": "transformers at every level + the whole recipe",
     "6f_hpunet_geco_recipe": "HPU-Net (GECO + top-k) + the whole recipe",
     "6g_hpunet_geco_topk10": "HPU-Net (GECO + top-k 10%)",
+    "torch_hpunet_geco_topk10": "PyTorch HPU-Net, DeepMind's GECO + top-k 10% (bench/torch_hpunet_train.py)",
+    "torch_hpunet_geco_topk2": "PyTorch HPU-Net, DeepMind's GECO + top-k 2% (the reference)",
+    "3p_painted": "default + painted lesions (painter, half of each batch)",
+    "3q_pasted": "default + the same lesions pasted (copy-paste twins, half of each batch)",
 }
 COLS = ("ged", "hm_iou", "sample_diversity", "annotator_diversity", "empty", "lesion_agreement", "train_s", "dice_majority", "empty_3", "outside", "dice_marked")
 

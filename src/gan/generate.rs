@@ -32,7 +32,7 @@ pub fn side_by_side(real: &Dataset, synthetic: &Dataset, k: usize) -> Result<ima
         ("gen. CT".to_string(), ct(synthetic)),
         ("gen. masks".to_string(), mean_masks(synthetic, k)),
     ];
-    Ok(figures::image_rows(&rows, h, w, "real crops (top) and CycleGAN-generated examples (bottom); masks: annotators' mean"))
+    Ok(figures::image_rows(&rows, h, w, "real crops (top) and generated examples (bottom); masks: annotators' mean"))
 }
 
 /// The training masks' random deformation for new examples: elastic displacement, rotation,
