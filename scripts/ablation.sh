@@ -46,6 +46,9 @@ declare -A ROWS=(
     # GECO with top-k 10%: with the reference's 2%, the HPU-Net takes 5x the steps to sample
     # findings only some experts marked on the known-truth set (docs/small-data.md).
     [6g_hpunet_geco_topk10]="--model hpunet --loss geco --topk 0.1"
+    # The reference's GECO with its multiplier moving at the network's learning rate, as one Adam
+    # over the network and the multiplier moves it in DeepMind's code (bench/torch_hpunet_train.py).
+    [6r_hpunet_geco_rate]="--model hpunet --loss geco --geco-rate 5e-4"
     # Synthetic lesions (issue 27): real lesions' masks placed in other training crops, painted
     # by the lesion painter or pasted with the donor's pixels (the same masks and places), as
     # half of every batch. An epoch is then 10 steps of 4 real crops: half the epochs.

@@ -28,6 +28,7 @@ NAMES = {
     "4f_every_level_recipe": "transformers at every level + the whole recipe",
     "6f_hpunet_geco_recipe": "HPU-Net (GECO + top-k) + the whole recipe",
     "6g_hpunet_geco_topk10": "HPU-Net (GECO + top-k 10%)",
+    "6r_hpunet_geco_rate": "HPU-Net (GECO + top-k 2%, multiplier step 5e-4)",
     "torch_hpunet_geco_topk10": "PyTorch HPU-Net, DeepMind's GECO + top-k 10% (bench/torch_hpunet_train.py)",
     "torch_hpunet_geco_topk2": "PyTorch HPU-Net, DeepMind's GECO + top-k 2% (the reference)",
     "3p_painted": "default + painted lesions (painter, half of each batch)",

@@ -150,6 +150,10 @@ pub struct TrainArgs {
     /// GECO's tolerated reconstruction loss per pixel kept.
     #[arg(long)]
     pub geco_kappa: Option<f64>,
+    /// Step size of GECO's own Adam on the multiplier's parameter x (lambda = softplus(x)^2)
+    /// [default: 0.01].
+    #[arg(long)]
+    pub geco_rate: Option<f64>,
     /// cpu | wgpu | cuda, or wgpu:N / cuda:N for the N-th GPU. Under --distributed, a GPU
     /// without an index is the rank's local rank on its machine.
     #[arg(long, default_value = "cpu")]
@@ -252,6 +256,9 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.geco_kappa {
         t.geco_kappa = v;
+    }
+    if let Some(v) = a.geco_rate {
+        t.geco_rate = v;
     }
     match a.model {
         Some(kind) if kind != cfg.model.kind => cfg.model = ModelConfig::for_kind(kind, a.attention, cfg.model.in_channels),
