@@ -160,6 +160,8 @@ def main():
     ap.add_argument("--rate", type=float, default=1e-2)
     ap.add_argument("--init", choices=["reference", "pytorch"], default="reference")
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--out-bias", type=float, default=None,
+                    help="start the output logit here (apunet starts at logit(0.05) = -2.944)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     torch.manual_seed(a.seed)
@@ -170,6 +172,9 @@ def main():
     model = HPUNet([int(f) for f in a.filters.split(",")], scales=a.scales)
     if a.init == "reference":
         reference_init(model)
+    if a.out_bias is not None:
+        with torch.no_grad():
+            model.out.bias.fill_(a.out_bias)
     geco = Geco(a.kappa, a.rate)
     opt = torch.optim.Adam(list(model.parameters()) + list(geco.parameters()), lr=a.lr)
     log = open(os.path.join(a.out, "metrics.csv"), "w")

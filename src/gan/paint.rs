@@ -42,10 +42,11 @@ pub fn painted(g: &Generator, data: &Dataset, count: usize, seed: u64, device: &
         let Some((target, donor, copied, new_masks)) = (0..TRIES).find_map(|_| {
             let (target, donor) = (rng.gen_range(0..data.len()), donors[rng.gen_range(0..donors.len())]);
             let scale = rng.gen_range(paste::SCALE.0..=paste::SCALE.1);
+            // A crop does not receive its own lesion.
+            (target != donor).then_some(())?;
             let dm = set(donor);
             let lesion = paste::cut(&images[donor * hw..(donor + 1) * hw], &dm.iter().map(Vec::as_slice).collect::<Vec<_>>(), h, w, scale)?;
             let (mut img, mut m) = (images[target * hw..(target + 1) * hw].to_vec(), set(target));
-            (target != donor).then_some(())?;
             paste::paste(&mut rng, &lesion, &mut img, &mut m, h, w)?;
             Some((target, donor, img, m))
         }) else {
