@@ -49,6 +49,8 @@ declare -A ROWS=(
     # The reference's GECO with its multiplier moving at the network's learning rate, as one Adam
     # over the network and the multiplier moves it in DeepMind's code (bench/torch_hpunet_train.py).
     [6r_hpunet_geco_rate]="--model hpunet --loss geco --geco-rate 5e-4"
+    # ... and with the output starting at p = 0.5 as DeepMind's does (apunet's starts at 0.05).
+    [6s_hpunet_geco_rate_prior]="--model hpunet --loss geco --geco-rate 5e-4 --output-prior 0.5"
     # Synthetic lesions (issue 27): real lesions' masks placed in other training crops, painted
     # by the lesion painter or pasted with the donor's pixels (the same masks and places), as
     # half of every batch. An epoch is then 10 steps of 4 real crops: half the epochs.

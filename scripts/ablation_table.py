@@ -29,8 +29,11 @@ NAMES = {
     "6f_hpunet_geco_recipe": "HPU-Net (GECO + top-k) + the whole recipe",
     "6g_hpunet_geco_topk10": "HPU-Net (GECO + top-k 10%)",
     "6r_hpunet_geco_rate": "HPU-Net (GECO + top-k 2%, multiplier step 5e-4)",
+    "6s_hpunet_geco_rate_prior": "HPU-Net (GECO + top-k 2%, multiplier step 5e-4, output from p = 0.5)",
     "torch_hpunet_geco_topk10": "PyTorch HPU-Net, DeepMind's GECO + top-k 10% (bench/torch_hpunet_train.py)",
     "torch_hpunet_geco_topk2": "PyTorch HPU-Net, DeepMind's GECO + top-k 2% (the reference)",
+    "torch_hpunet_geco_topk2_ptinit": "PyTorch HPU-Net, GECO + top-k 2%, PyTorch's default init",
+    "torch_hpunet_geco_topk2_bias": "PyTorch HPU-Net, GECO + top-k 2%, output from p = 0.05 as apunet's",
     "3p_painted": "default + painted lesions (painter, half of each batch)",
     "3q_pasted": "default + the same lesions pasted (copy-paste twins, half of each batch)",
 }

@@ -139,6 +139,10 @@ pub struct TrainArgs {
     /// HPU-Net: latent channels per pixel [default: 1].
     #[arg(long)]
     pub latent_channels: Option<usize>,
+    /// Each pixel's lesion probability before training (the output bias starts at its logit)
+    /// [default: 0.05; DeepMind's HPU-Net starts at 0.5].
+    #[arg(long, value_name = "P")]
+    pub output_prior: Option<f32>,
     /// elbo (reconstruction + beta * KL) or geco (a constrained reconstruction, lambda learnt;
     /// with it --topk defaults to 0.02).
     #[arg(long, value_enum)]
@@ -274,6 +278,9 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.latent_channels {
         m.latent_channels = v;
+    }
+    if let Some(v) = a.output_prior {
+        m.output_prior = v;
     }
     if let Some(v) = a.latent_dim {
         m.latent_dim = v;

@@ -57,6 +57,9 @@ pub struct ModelConfig {
     pub latent_channels: usize,
     /// HPU-Net: residual blocks per level.
     pub res_blocks: usize,
+    /// Each pixel's lesion probability before training: the output bias starts at its logit.
+    /// 0.05 (lesions cover a few percent of a crop); DeepMind's HPU-Net starts at 0.5.
+    pub output_prior: f32,
 }
 
 impl Default for ModelConfig {
@@ -77,6 +80,7 @@ impl Default for ModelConfig {
             latent_scales: 4,
             latent_channels: 1,
             res_blocks: 3,
+            output_prior: 0.05,
         }
     }
 }
@@ -183,6 +187,9 @@ impl ModelConfig {
         }
         if self.in_channels == 0 {
             bail!("model.in_channels must be at least 1");
+        }
+        if !(self.output_prior > 0.0 && self.output_prior < 1.0) {
+            bail!("model.output_prior must be a probability strictly between 0 and 1, got {}", self.output_prior);
         }
         if self.log_sigma_min >= self.log_sigma_max {
             bail!("model.log_sigma_min must be below log_sigma_max");

@@ -7,8 +7,15 @@ use burn::tensor::activation::relu;
 
 use crate::kernels::conv2d;
 
-/// logit(0.05).
-pub const OUTPUT_PRIOR_LOGIT: f32 = -2.944;
+/// A final 1x1 convolution to one logit per pixel whose bias starts at logit(`prior`): with the
+/// lesion's share of a crop (a few percent) instead of 0.5, the first hundreds of steps do not
+/// only learn "background" (the RetinaNet prior trick).
+pub fn output_conv(channels: usize, prior: f32, device: &Device) -> Conv2d {
+    let mut out = Conv2dConfig::new([channels, 1], [1, 1]).init(device);
+    let logit = (prior / (1.0 - prior)).ln();
+    out.bias = Some(Param::from_tensor(Tensor::full([1], logit, device)));
+    out
+}
 
 #[derive(Module, Debug)]
 pub struct Fcomb {
@@ -17,16 +24,12 @@ pub struct Fcomb {
 }
 
 impl Fcomb {
-    pub fn new(feature_channels: usize, latent_dim: usize, hidden_layers: usize, device: &Device) -> Self {
+    pub fn new(feature_channels: usize, latent_dim: usize, hidden_layers: usize, output_prior: f32, device: &Device) -> Self {
         let c = feature_channels;
         let layers =
             (0..hidden_layers).map(|i| Conv2dConfig::new([if i == 0 { c + latent_dim } else { c }, c], [1, 1]).init(device)).collect();
         let c_last = if hidden_layers == 0 { c + latent_dim } else { c };
-        let mut out = Conv2dConfig::new([c_last, 1], [1, 1]).init(device);
-        // Lesions cover a few percent of a crop: start every pixel at p ~ 0.05 (the RetinaNet
-        // prior trick) instead of 0.5, or the first hundreds of steps only learn "background".
-        out.bias = Some(Param::from_tensor(Tensor::full([1], OUTPUT_PRIOR_LOGIT, device)));
-        Self { layers, out }
+        Self { layers, out: output_conv(c_last, output_prior, device) }
     }
 
     /// `features` [B,C,H,W] and `z` [B*n,L] (image-major: n latents per image) to logits
@@ -94,10 +97,19 @@ mod tests {
     }
 
     #[test]
+    fn the_output_bias_starts_at_the_priors_logit() {
+        let device = Device::default();
+        for (prior, logit) in [(0.05, -2.944), (0.5, 0.0), (0.9, 2.197)] {
+            let bias: f32 = output_conv(4, prior, &device).bias.unwrap().val().into_scalar();
+            assert!((bias - logit).abs() < 1e-3, "prior {prior}: bias {bias}, want {logit}");
+        }
+    }
+
+    #[test]
     fn split_first_layer_matches_the_concatenation() {
         let device = Device::flex();
         for (hidden, b, n, h, w) in [(3, 2, 5, 7, 5), (1, 1, 1, 4, 4), (0, 3, 2, 3, 6)] {
-            let f = Fcomb::new(6, 3, hidden, &device);
+            let f = Fcomb::new(6, 3, hidden, 0.05, &device);
             let features = Tensor::<4>::random([b, 6, h, w], Distribution::Normal(0.0, 1.0), &device);
             let z = Tensor::<2>::random([b * n, 3], Distribution::Normal(0.0, 1.0), &device);
             let got = f.forward(features.clone(), z.clone());
@@ -115,7 +127,7 @@ mod tests {
     fn fused_sampling_layers_match_burns_ops() {
         let device = Device::flex();
         for (c, hidden, b, n, h, w) in [(32, 3, 2, 4, 13, 11), (6, 2, 1, 3, 20, 9), (24, 1, 2, 2, 5, 5), (16, 4, 1, 2, 1, 1)] {
-            let f = Fcomb::new(c, 6, hidden, &device);
+            let f = Fcomb::new(c, 6, hidden, 0.05, &device);
             let features = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
             let z = Tensor::<2>::random([b * n, 6], Distribution::Normal(0.0, 1.0), &device);
             let fused = f.forward(features.clone(), z.clone());
@@ -127,7 +139,7 @@ mod tests {
         }
         // With gradients tracked, the fused path (which has no backward) must stand aside.
         let ad = device.autodiff();
-        let f = Fcomb::new(8, 2, 2, &ad);
+        let f = Fcomb::new(8, 2, 2, 0.05, &ad);
         let features = Tensor::<4>::random([1, 8, 4, 4], Distribution::Normal(0.0, 1.0), &ad).require_grad();
         let z = Tensor::<2>::random([2, 2], Distribution::Normal(0.0, 1.0), &ad);
         let grads = f.forward(features.clone(), z).sum().backward();

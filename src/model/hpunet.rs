@@ -5,14 +5,13 @@
 //! transformer levels it becomes the Hierarchical Probabilistic Attention U-Net: gates on the
 //! skips and self-attention on the decoder's input, as in apunet's Attention U-Net.
 
-use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 
 use super::attention_gate::AttentionGate;
 use super::blocks::contracting_path;
 use super::config::ModelConfig;
-use super::fcomb::OUTPUT_PRIOR_LOGIT;
+use super::fcomb::output_conv;
 use super::residual::ResStack;
 use super::transformer::TransformerBlock;
 use crate::kernels::conv2d;
@@ -159,10 +158,7 @@ impl Stitcher {
         let (f, d) = (&cfg.filters, cfg.depth());
         let first = d - 1 - cfg.latent_scales;
         let levels = (0..first).rev().map(|l| DecoderStep::new(cfg, l, f[l + 1], 0, device)).collect();
-        let mut out = Conv2dConfig::new([f[0], 1], [1, 1]).init(device);
-        // Start every pixel at p ~ 0.05, as fcomb does: lesions cover a few percent of a crop.
-        out.bias = Some(Param::from_tensor(Tensor::full([1], OUTPUT_PRIOR_LOGIT, device)));
-        Self { levels, out }
+        Self { levels, out: output_conv(f[0], cfg.output_prior, device) }
     }
 
     /// Logits [B,1,H,W] from the features after the last latent scale and the encoder's skips.

@@ -38,7 +38,7 @@ impl ProbUNet {
             unet: AttentionUNet::new(cfg, device),
             prior: GaussianEncoder::new(cfg, 0, device),
             posterior: GaussianEncoder::new(cfg, 1, device),
-            fcomb: Fcomb::new(cfg.filters[0], cfg.latent_dim, cfg.fcomb_layers, device),
+            fcomb: Fcomb::new(cfg.filters[0], cfg.latent_dim, cfg.fcomb_layers, cfg.output_prior, device),
         }
     }
 

@@ -536,7 +536,7 @@ fn the_fused_sampling_head_keeps_a_seeded_models_weights() {
     let device = Device::flex();
     let fresh = |fused: bool| {
         device.seed(7);
-        let f = Fcomb::new(16, 3, 3, &device);
+        let f = Fcomb::new(16, 3, 3, 0.05, &device);
         let features = Tensor::<4>::ones([1, 16, 3, 3], &device);
         kernels::set_enabled(fused);
         let out = f.forward(features, Tensor::<2>::ones([2, 3], &device));

@@ -224,6 +224,10 @@ fn invalid_configs_are_reported() {
     assert!(bad_depth.validate().is_err());
     let bad_heads = ModelConfig { transformer_heads: 5, ..Default::default() };
     assert!(format!("{:#}", bad_heads.validate().unwrap_err()).contains("transformer_heads"));
+    for p in [0.0, 1.0, f32::NAN] {
+        let bad_prior = ModelConfig { output_prior: p, ..Default::default() };
+        assert!(format!("{:#}", bad_prior.validate().unwrap_err()).contains("output_prior"));
+    }
     let cfg = ModelConfig::default();
     let err = cfg.check_size(100, 128).unwrap_err();
     assert!(format!("{err:#}").contains("not divisible by 2^(depth-1) = 8"), "{err:#}");
