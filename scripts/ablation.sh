@@ -51,6 +51,8 @@ declare -A ROWS=(
     [6r_hpunet_geco_rate]="--model hpunet --loss geco --geco-rate 5e-4"
     # ... and with the output starting at p = 0.5 as DeepMind's does (apunet's starts at 0.05).
     [6s_hpunet_geco_rate_prior]="--model hpunet --loss geco --geco-rate 5e-4 --output-prior 0.5"
+    # ... and with orthogonal convolution weights: DeepMind's training, as far as apunet goes.
+    [6t_hpunet_deepmind]="--model hpunet --loss geco --geco-rate 5e-4 --output-prior 0.5 --init orthogonal"
     # Synthetic lesions (issue 27): real lesions' masks placed in other training crops, painted
     # by the lesion painter or pasted with the donor's pixels (the same masks and places), as
     # half of every batch. An epoch is then 10 steps of 4 real crops: half the epochs.

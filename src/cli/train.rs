@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::data::AnnotatorChoice;
 use crate::device::parse_device;
-use crate::model::{ModelConfig, ModelKind, NormKind, TransformerLevels};
+use crate::model::{ModelConfig, ModelKind, NormKind, TransformerLevels, WeightInit};
 use crate::train::distributed::Alone;
 use crate::train::objective::LossKind;
 use crate::train::schedule::LrSchedule;
@@ -143,6 +143,10 @@ pub struct TrainArgs {
     /// [default: 0.05; DeepMind's HPU-Net starts at 0.5].
     #[arg(long, value_name = "P")]
     pub output_prior: Option<f32>,
+    /// How the convolutions' weights start: default (burn's, as PyTorch's) or orthogonal
+    /// (DeepMind's HPU-Net) [default: default].
+    #[arg(long, value_enum)]
+    pub init: Option<WeightInit>,
     /// elbo (reconstruction + beta * KL) or geco (a constrained reconstruction, lambda learnt;
     /// with it --topk defaults to 0.02).
     #[arg(long, value_enum)]
@@ -281,6 +285,9 @@ pub fn apply_overrides(cfg: &mut RunConfig, a: &TrainArgs) {
     }
     if let Some(v) = a.output_prior {
         m.output_prior = v;
+    }
+    if let Some(v) = a.init {
+        m.init = v;
     }
     if let Some(v) = a.latent_dim {
         m.latent_dim = v;

@@ -3,6 +3,7 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use super::init::WeightInit;
 pub use super::levels::TransformerLevels;
 
 /// Normalisation after each 3x3 convolution.
@@ -60,6 +61,8 @@ pub struct ModelConfig {
     /// Each pixel's lesion probability before training: the output bias starts at its logit.
     /// 0.05 (lesions cover a few percent of a crop); DeepMind's HPU-Net starts at 0.5.
     pub output_prior: f32,
+    /// How the convolutions' weights start: burn's default or orthogonal (DeepMind's HPU-Net).
+    pub init: WeightInit,
 }
 
 impl Default for ModelConfig {
@@ -81,6 +84,7 @@ impl Default for ModelConfig {
             latent_channels: 1,
             res_blocks: 3,
             output_prior: 0.05,
+            init: WeightInit::Default,
         }
     }
 }

@@ -106,6 +106,18 @@ mod tests {
     }
 
     #[test]
+    fn orthogonal_init_zeroes_the_hidden_biases_and_keeps_the_output_prior() {
+        let device = Device::default();
+        let f = crate::model::init::apply(Fcomb::new(8, 2, 2, 0.05, &device), crate::model::WeightInit::Orthogonal);
+        for layer in &f.layers {
+            let bias = layer.bias.as_ref().unwrap().val().into_data().try_to_vec::<f32>().unwrap();
+            assert!(bias.iter().all(|&b| b == 0.0), "hidden bias {bias:?}");
+        }
+        let out: f32 = f.out.bias.as_ref().unwrap().val().into_scalar();
+        assert!((out + 2.944).abs() < 1e-3, "output bias {out}");
+    }
+
+    #[test]
     fn split_first_layer_matches_the_concatenation() {
         let device = Device::flex();
         for (hidden, b, n, h, w) in [(3, 2, 5, 7, 5), (1, 1, 1, 4, 4), (0, 3, 2, 3, 6)] {

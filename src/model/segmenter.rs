@@ -35,10 +35,11 @@ pub enum Encoded {
 
 impl Segmenter {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
-        match cfg.kind {
+        let model = match cfg.kind {
             ModelKind::Punet => Self::PUNet(ProbUNet::new(cfg, device)),
             ModelKind::Hpunet => Self::HPUNet(HPUNet::new(cfg, device)),
-        }
+        };
+        super::init::apply(model, cfg.init)
     }
 
     /// Standard-normal values per sample for an `h` x `w` input.

@@ -9,7 +9,7 @@ use apunet::jobs::evaluate::{EvalRequest, evaluate_run};
 use apunet::jobs::predict::{PredictRequest, predict_files};
 use apunet::jobs::sample::{RunSampling as SamplingArgs, sample_to_file as sample_to};
 use apunet::model::hpunet::{PixelGaussian, nearest2x};
-use apunet::model::{ModelConfig, ModelKind, NormKind, ProbUNet, Segmenter, TransformerLevels, to_host};
+use apunet::model::{ModelConfig, ModelKind, NormKind, ProbUNet, Segmenter, TransformerLevels, WeightInit, to_host};
 use apunet::train::checkpoint::{load_segmenter, save_model};
 use apunet::train::objective::{GecoState, LossKind, Objective};
 use apunet::train::{self, RunConfig, TrainConfig, TrainRequest, read_metrics};
@@ -281,10 +281,27 @@ fn the_command_line_fits_the_reference_to_the_crops_and_keeps_attention_to_the_h
             .output()
             .unwrap()
     };
-    let ok = train("hpu", &["--model", "hpunet", "--loss", "geco", "--geco-kappa", "0.1", "--geco-rate", "5e-4", "--output-prior", "0.5"]);
+    let ok = train(
+        "hpu",
+        &[
+            "--model",
+            "hpunet",
+            "--loss",
+            "geco",
+            "--geco-kappa",
+            "0.1",
+            "--geco-rate",
+            "5e-4",
+            "--output-prior",
+            "0.5",
+            "--init",
+            "orthogonal",
+        ],
+    );
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let cfg = RunConfig::load(&dir.path().join("hpu/config.toml")).unwrap();
     assert_eq!((cfg.train.geco_kappa, cfg.train.geco_rate, cfg.model.output_prior), (0.1, 5e-4, 0.5));
+    assert_eq!(cfg.model.init, WeightInit::Orthogonal);
     // 16-px crops halve 4 times: 5 of the reference's 8 levels, latents at the 4 coarsest.
     assert_eq!(cfg.model.filters, vec![24, 48, 96, 192, 192]);
     assert_eq!((cfg.model.kind, cfg.model.latent_scales), (ModelKind::Hpunet, 4));
