@@ -97,15 +97,20 @@ class HPUNet(nn.Module):
             g = step(g, None, skips[first - 1 - i])
         return self.out(g)
 
-    def loss(self, x, y):
+    def posterior_pass(self, x, y, randn=torch.randn_like):
+        """Logits with latents from the posterior (noise drawn by `randn(mu)`) and KL per image."""
         q_skips = self.posterior.encode(torch.cat([x, y], 1))
-        q, q_lat, _ = self.posterior.decode(q_skips, lambda s, mu, ls: mu + ls.exp() * torch.randn_like(mu))
+        q, q_lat, _ = self.posterior.decode(q_skips, lambda s, mu, ls: mu + ls.exp() * randn(mu))
         p_skips = self.prior.encode(x)
         p, _, g = self.prior.decode(p_skips, lambda s, mu, ls: q_lat[s])
         logits = self.stitcher(g, p_skips)
         kl = 0
         for (mq, lq), (mp, lp) in zip(q, p):
             kl = kl + (lp - lq + ((2 * lq).exp() + (mq - mp) ** 2) / (2 * (2 * lp).exp()) - 0.5).flatten(1).sum(1)
+        return logits, kl
+
+    def loss(self, x, y):
+        logits, kl = self.posterior_pass(x, y)
         bce = F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / x.shape[0]
         return bce + kl.mean()
 

@@ -103,14 +103,7 @@ class FlipGrad(torch.autograd.Function):
 
 def loss_parts(model, x, y, topk, gen):
     """Top-k reconstruction summed per image (and pixels kept per image) and the KL."""
-    q_skips = model.posterior.encode(torch.cat([x, y], 1))
-    q, q_lat, _ = model.posterior.decode(q_skips, lambda s, mu, ls: mu + ls.exp() * torch.randn(mu.shape, generator=gen))
-    p_skips = model.prior.encode(x)
-    p, _, g = model.prior.decode(p_skips, lambda s, mu, ls: q_lat[s])
-    logits = model.stitcher(g, p_skips)
-    kl = 0
-    for (mq, lq), (mp, lp) in zip(q, p):
-        kl = kl + (lp - lq + ((2 * lq).exp() + (mq - mp) ** 2) / (2 * (2 * lp).exp()) - 0.5).flatten(1).sum(1)
+    logits, kl = model.posterior_pass(x, y, lambda mu: torch.randn(mu.shape, generator=gen))
     xe = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
     b = x.shape[0]
     if topk < 1.0:
