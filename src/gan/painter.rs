@@ -22,7 +22,7 @@ use super::train::{GanTrainConfig, StepLosses, adam, file};
 use crate::data::augment::Symmetry;
 use crate::eval::figures;
 use crate::model::to_host;
-use crate::train::checkpoint::{self, RunPaths, SetFile, load_model, load_optimizer, save_model, save_optimizer};
+use crate::train::checkpoint::{RunPaths, SetFile, load_model, load_optimizer, save_model, save_optimizer};
 
 /// Pixels the hole extends beyond every expert's mark: the lesion's rim and partial-volume edge
 /// go too, so nothing of the original lesion is left to copy.
@@ -191,11 +191,7 @@ pub fn train_epochs(req: &GanRequest, cfg: &GanTrainConfig, state: &mut GanState
         pb.finish_and_clear();
         let [g, l1, d] = sums.map(|s| s / order.len() as f64);
         figure(&t.g, req, &soft, &lesions, &req.out.join(format!("figures/epoch_{epoch:03}.png")), epoch)?;
-        state.cycle.push(l1);
-        state.generator.push(g);
-        state.discriminator.push(d);
-        state.epoch = epoch;
-        checkpoint::commit_set(paths, t.checkpoint_files(), serde_json::to_string_pretty(&state)?.as_bytes())?;
+        state.commit_epoch(epoch, [l1, g, d], paths, t.checkpoint_files())?;
         if !req.quiet {
             eprintln!("painter epoch {epoch:>3}: G {g:.3} hole L1 {l1:.4} D {d:.3} lr {lr:.2e}");
         }

@@ -18,7 +18,7 @@ use crate::data::preprocess::Preprocess;
 use crate::eval::figures;
 use crate::fsio;
 use crate::model::to_host;
-use crate::train::checkpoint::{self, RunPaths};
+use crate::train::checkpoint::{self, RunPaths, SetFile};
 use crate::train::config::differences;
 
 /// How a CycleGAN run is asked for: the domains, where, and the requested config (on a
@@ -46,6 +46,18 @@ pub struct GanState {
     /// The data files, absolute.
     #[serde(default)]
     pub sources: Vec<String>,
+}
+
+impl GanState {
+    /// Records finished `epoch`'s mean losses (cycle, or the painter's hole L1; generator;
+    /// discriminator) and commits the checkpoint `files` with this state, written last.
+    pub fn commit_epoch(&mut self, epoch: usize, [cycle, g, d]: [f64; 3], paths: &RunPaths, files: Vec<SetFile<'_>>) -> Result<()> {
+        self.cycle.push(cycle);
+        self.generator.push(g);
+        self.discriminator.push(d);
+        self.epoch = epoch;
+        checkpoint::commit_set(paths, files, serde_json::to_string_pretty(self)?.as_bytes())
+    }
 }
 
 /// What a call trained.
@@ -154,11 +166,7 @@ fn cycle_epochs(req: &GanRequest, cfg: &GanTrainConfig, state: &mut GanState, pa
     for epoch in state.epoch + 1..=cfg.epochs {
         let (cycle, generator, discriminator) = train_epoch(&mut t, cfg, a, b, epoch, req.quiet, device)?;
         figure(&t.net, a, b, &req.out.join(format!("figures/epoch_{epoch:03}.png")), epoch)?;
-        state.cycle.push(cycle);
-        state.generator.push(generator);
-        state.discriminator.push(discriminator);
-        state.epoch = epoch;
-        checkpoint::commit_set(paths, t.checkpoint_files(), serde_json::to_string_pretty(&state)?.as_bytes())?;
+        state.commit_epoch(epoch, [cycle, generator, discriminator], paths, t.checkpoint_files())?;
         if !req.quiet {
             eprintln!("gan epoch {epoch:>3}: G {generator:.3} cycle {cycle:.4} D {discriminator:.3} lr {:.2e}", cfg.lr_at(epoch));
         }
