@@ -18,7 +18,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::layout::{SharedOut, assume_init, par_init, transpose, transpose_to, uninit, zero};
+use super::layout::{SharedOut, assume_init, par_init, transpose, transpose_into, transpose_to, uninit, zero};
 
 /// Output channels per micro-kernel call: two AVX vectors, or one AVX-512 vector.
 pub(super) const OC: usize = 16;
@@ -157,13 +157,6 @@ pub(super) fn pack_weight(w: &[f32], (c_out, c_in, kh, kw): (usize, usize, usize
         }
     });
     packed
-}
-
-/// [`transpose`] into initialised floats.
-fn transpose_into(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize, rows: usize, cols: usize) {
-    // SAFETY: f32 and MaybeUninit<f32> share their layout, and transpose writes only floats.
-    let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<MaybeUninit<f32>>(), dst.len()) };
-    transpose(src, src_stride, dst, dst_stride, rows, cols);
 }
 
 pub(super) fn round_up(c: usize) -> usize {

@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::direct::Dense;
-use super::layout::SharedOut;
+use super::layout::{SharedOut, transpose_into};
 
 /// Pixels per tile: 16 micro-kernel blocks of 6; a 32-channel tile is 12 KiB.
 const TILE: usize = 96;
@@ -60,11 +60,7 @@ pub fn fcomb_tail(
             let (image, t0) = (task / tiles, task % tiles * TILE);
             let px = TILE.min(hw - t0);
             // The tile's features, pixel-major, once for all its samples.
-            for (ch, plane) in feat[image * c * hw..][..c * hw].chunks_exact(hw).enumerate() {
-                for (p, v) in plane[t0..t0 + px].iter().enumerate() {
-                    feat_t[p * c + ch] = *v;
-                }
-            }
+            transpose_into(&feat[image * c * hw + t0..], hw, feat_t, c, c, px);
             for s in 0..n {
                 let bias = &per_sample[(image * n + s) * c..][..c];
                 // relu(features + this sample's bias).

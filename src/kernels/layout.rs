@@ -71,6 +71,13 @@ pub fn transpose(src: &[f32], src_stride: usize, dst: &mut [MaybeUninit<f32>], d
     unsafe { transpose_to(src, src_stride, SharedOut(dst.as_mut_ptr().cast()), dst_stride, rows, cols) }
 }
 
+/// [`transpose`] into initialised floats.
+pub fn transpose_into(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize, rows: usize, cols: usize) {
+    // SAFETY: f32 and MaybeUninit<f32> share their layout, and transpose writes only floats.
+    let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<MaybeUninit<f32>>(), dst.len()) };
+    transpose(src, src_stride, dst, dst_stride, rows, cols);
+}
+
 /// [`transpose`] into a raw destination, for tasks that fill disjoint parts of one buffer. The
 /// copy goes through 8x8 tiles in AVX registers where the CPU has them, the rest in small blocks
 /// that keep the strided side in cache.
