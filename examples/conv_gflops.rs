@@ -30,13 +30,8 @@ fn best_of_5(f: impl Fn() -> Vec<f32>) -> f64 {
 }
 
 fn main() {
-    // As the apunet binary does (src/main.rs): freed buffers stay in the heap.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes malloc's parameters; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
+    // As the apunet binary does: freed buffers stay in the heap.
+    apunet::keep_freed_memory();
     if !direct::available() {
         eprintln!("this CPU lacks AVX2/FMA: the direct kernels do not run here");
         return;

@@ -1,5 +1,5 @@
 fn main() {
-    keep_freed_memory();
+    apunet::keep_freed_memory();
     cpu_default_device();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "apunet=info,warn".into()))
@@ -31,17 +31,4 @@ fn cpu_default_device() {
 /// This process's rank when an MPI launcher or SLURM started it.
 fn launcher_rank() -> Option<u64> {
     ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"].iter().find_map(|k| std::env::var(k).ok()?.parse().ok())
-}
-
-/// glibc hands a freed buffer above a moving threshold (at most 32 MiB) back to the kernel, so
-/// each sampling step faulted its large tensors in afresh, zeroed page by page: keeping them
-/// in the heap measured 1.4x-1.9x the sampled masks/s (docs/benchmarks.md). Set before any thread
-/// starts; memory then stays with the process until it exits.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes malloc's parameters; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
 }

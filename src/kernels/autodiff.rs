@@ -185,6 +185,20 @@ impl<B: CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
         (Self::from_inner(dx), Self::from_inner(dgamma), Self::from_inner(dbeta))
     }
 
+    fn gelu_exact(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                prep.finish(x.clone(), B::gelu_exact(x))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::gelu_exact(x.into_primitive())),
+        }
+    }
+
+    fn gelu_exact_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::gelu_exact_backward(Self::inner(x), Self::inner(grad)))
+    }
+
     fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -343,6 +357,22 @@ impl<B: CpuKernels> Backward<B, 1> for PadBackward {
         if let Some(node) = node_x {
             let (dims, p) = ops.state;
             grads.register::<B>(node.id, B::reflect_pad_backward(grad, dims, p));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct GeluBackward;
+
+/// Parent: x; the state is x itself (the gradient needs Phi(x) and phi(x)).
+impl<B: CpuKernels> Backward<B, 1> for GeluBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::gelu_exact_backward(ops.state, grad));
         }
     }
 }

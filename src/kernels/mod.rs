@@ -3,10 +3,13 @@
 //! a handwritten backward pass. Other devices (wgpu, cuda) keep burn's ops: [`conv2d`] picks
 //! at run time, so the models have one code path.
 
+#[macro_use]
+mod vmath;
 pub mod attention;
 mod autodiff;
 pub mod conv;
 pub mod direct;
+pub mod gelu;
 pub mod head;
 pub mod layout;
 pub mod norm;
@@ -125,6 +128,10 @@ pub trait CpuKernels: Backend {
         grad: FloatTensor<Self>,
         geom: NormGeom,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// GELU with the exact normal CDF, `x Phi(x)`, on any shape.
+    fn gelu_exact(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The gradient of [`CpuKernels::gelu_exact`] at `x` for the output's gradient.
+    fn gelu_exact_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Scaled dot-product attention of `q`, `k`, `v` `[N, T, H*d]` (`attention.rs`), the score
     /// matrix never stored; `labels` `[W * T]` (or one unused value) restricts each token to
     /// its own label's tokens.
@@ -299,6 +306,16 @@ impl CpuKernels for Flex {
         (flex_out(dx, &x.shape().to_vec(), dtype), flex_out(dgamma, &[g.channels], dtype), flex_out(dbeta, &[g.channels], dtype))
     }
 
+    fn gelu_exact(x: FlexTensor) -> FlexTensor {
+        let x = x.to_contiguous();
+        flex_out(gelu::forward(&values(&x)), &x.shape().to_vec(), x.dtype())
+    }
+
+    fn gelu_exact_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        flex_out(gelu::backward(&values(&x), &values(&grad)), &x.shape().to_vec(), grad.dtype())
+    }
+
     fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, labels: FlexTensor, g: AttnGeom) -> FlexTensor {
         flex_attention(q, k, v, labels, g).0
     }
@@ -415,6 +432,15 @@ pub fn avg_pool2x2(x: Tensor<4>) -> Tensor<4> {
         return burn::tensor::module::avg_pool2d(x, burn::tensor::ops::AvgPoolOptions::new([2, 2]));
     }
     Tensor::from_dispatch(<Dispatch as CpuKernels>::avg_pool2x2(x.into_dispatch()))
+}
+
+/// `burn::tensor::activation::gelu(x)` on the vectorised kernel where it runs (flex, f32, a
+/// CPU with FMA), else burn's op.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !direct::available() || !on_kernels(&x.device(), x.dtype()) {
+        return burn::tensor::activation::gelu(x);
+    }
+    Tensor::from_dispatch(<Dispatch as CpuKernels>::gelu_exact(x.into_dispatch()))
 }
 
 /// `x.pad([(p, p), (p, p)], PadMode::Reflect)` in one pass each way where the kernels apply,

@@ -8,7 +8,6 @@ use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Bool;
-use burn::tensor::activation::gelu;
 
 /// Maps with more tokens than this attend within windows.
 pub const FULL_ATTENTION_TOKENS: usize = 1024;
@@ -68,7 +67,7 @@ impl TransformerBlock {
             self.attn.forward(input).context
         });
         let t = t + attended;
-        t.clone() + self.fc2.forward(gelu(self.fc1.forward(self.norm2.forward(t))))
+        t.clone() + self.fc2.forward(crate::kernels::gelu(self.fc1.forward(self.norm2.forward(t))))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The fused attention kernel (src/kernels/attention.rs) against burn's MultiHeadAttention:
 //! the output and the gradients of the input and of every projection to 1e-4, on token counts
-//! across the kernel's 64-token blocks, odd head sizes, and with Swin's region labels.
+//! across the kernel's 64-token blocks, odd head sizes, and with Swin's region labels. Then
+//! the MLP's GELU kernel against burn's.
 
 use apunet::kernels;
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
@@ -97,4 +98,39 @@ fn burns_attention_serves_what_the_kernel_does_not_take() {
     kernels::set_enabled(false);
     assert!(kernels::self_attention(&plain, &x, None).is_none());
     kernels::set_enabled(true);
+}
+
+/// The vectorised GELU (src/kernels/gelu.rs) against burn's, which takes libm's erff value by
+/// value: output and input gradient to 2e-6 (x in [-8, 8]), across erf's clamp at |x| / sqrt 2 = 4
+/// and on shapes that are not a whole number of the kernel's chunks, with and without autodiff.
+#[test]
+fn the_gelu_kernel_matches_burns() {
+    let device = Device::flex().autodiff();
+    let mut rng = StdRng::seed_from_u64(5);
+    for dims in [[2, 100, 7], [1, 1, 1], [3, 1024, 64]] {
+        let n: usize = dims.iter().product();
+        let x = values(&mut rng, n, 8.0);
+        let r = values(&mut rng, n, 1.0);
+        let run = |on: bool| {
+            kernels::set_enabled(on);
+            let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), dims), &device).require_grad();
+            let out = kernels::gelu(xt.clone());
+            let grads = (out.clone() * Tensor::<3>::from_data(TensorData::new(r.clone(), dims), &device)).sum().backward();
+            let plain = kernels::gelu(Tensor::<3>::from_data(TensorData::new(x.clone(), dims), &Device::flex()));
+            kernels::set_enabled(true);
+            let host = |t| apunet::model::to_host(t).unwrap();
+            (host(out), host(xt.grad(&grads).unwrap()), host(plain))
+        };
+        let (ours, burn) = (run(true), run(false));
+        for (what, a, b) in
+            [("output", &ours.0, &burn.0), ("input gradient", &ours.1, &burn.1), ("output without autodiff", &ours.2, &burn.2)]
+        {
+            // The kernel's erf is within 5e-7 of libm's, times |x| / 2 <= 4.
+            let e = a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(e < 2e-6, "{dims:?}: {what} off by {e}");
+        }
+        if n > 1000 {
+            assert_ne!(ours.0, burn.0, "{dims:?}: both runs took the same op");
+        }
+    }
 }
