@@ -110,16 +110,6 @@ fn mask(acc: &mut Row, labels: Option<(&Row, &[f32])>, key: usize) {
     }
 }
 
-/// `a . b` over a block, in four 16-lane sums.
-#[inline(always)]
-fn dot(a: &Row, b: &Row) -> f32 {
-    let mut acc = [0.0f32; 16];
-    for (x, y) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
-        acc.iter_mut().zip(x.iter().zip(y)).for_each(|(s, (&p, &q))| *s = p.mul_add(q, *s));
-    }
-    acc.iter().sum()
-}
-
 /// The forward pass of one (sequence, head) pair: the output transposed, `[blocks * d]` rows,
 /// and the log-sum-exp `[blocks]` rows. `qt`: the scaled queries, transposed and padded to
 /// whole blocks (`[blocks * d]` rows); `k` and `v` are `[T, d]`; `labels` those of the queries
@@ -201,12 +191,20 @@ fn backward_pair<const K: usize>(
     labels: Option<(&[Row], &[f32])>,
 ) -> (Vec<Row>, Vec<f32>, Vec<f32>) {
     let (t, blocks) = (k.len() / d, qt.len() / d);
-    let (mut dqt, mut dk, mut dv) = (vec![[0.0f32; BLOCK]; blocks * d], vec![0.0f32; t * d], vec![0.0f32; t * d]);
+    let key_blocks = t.div_ceil(BLOCK);
+    // dK and dV along key lanes, a key block's d rows after another: summed over the queries
+    // with each block's P and dS turned query by key, as the forward sums its output, instead
+    // of a 16-lane dot product and its horizontal sum per key and dimension.
+    let (mut dqt, mut dkt, mut dvt) =
+        (vec![[0.0f32; BLOCK]; blocks * d], vec![[0.0f32; BLOCK]; key_blocks * d], vec![[0.0f32; BLOCK]; key_blocks * d]);
     let (mut pt, mut dst) = (vec![[0.0f32; BLOCK]; BLOCK], vec![[0.0f32; BLOCK]; BLOCK]);
-    // (Key blocks outside with dK and dV kept in 16 lanes until the end, as FlashAttention-2
-    // orders it, measured 20% slower here: the lanes no longer fit in L1 beside the blocks.)
+    let (mut pq, mut dsq) = (vec![[0.0f32; BLOCK]; BLOCK], vec![[0.0f32; BLOCK]; BLOCK]);
+    const ONES: Row = [1.0; BLOCK];
     for b in 0..blocks {
         let (qtb, dotb) = (&qt[b * d..(b + 1) * d], &dot_t[b * d..(b + 1) * d]);
+        // The block's scaled queries and output gradient query by query, [BLOCK, d] (zero for
+        // padded queries, so that they add nothing).
+        let (qsb, dosb) = (by_query(qtb), by_query(dotb));
         for j0 in (0..t).step_by(BLOCK) {
             let cols = BLOCK.min(t - j0);
             scores_t::<K>(&mut pt, k, qtb, (j0, cols), labels.map(|(q, keys)| (&q[b], keys)));
@@ -217,14 +215,14 @@ fn backward_pair<const K: usize>(
                 // dS = P (dP - D).
                 ds.iter_mut().zip(p.iter().zip(&delta[b])).for_each(|(x, (&pv, &dl))| *x = pv * (*x - dl));
             }
-            for (j, (p, ds)) in pt[..cols].iter().zip(&dst[..cols]).enumerate() {
-                let at = (j0 + j) * d;
-                for dd in 0..d {
-                    dv[at + dd] += dot(p, &dotb[dd]);
-                    // S = (scale Q) K^T: dK takes the scaled queries, dQ the scale once.
-                    dk[at + dd] += dot(ds, &qtb[dd]);
-                }
-            }
+            // Key lanes beyond `cols` keep an earlier block's values: they land in lanes of keys
+            // beyond T, which are never read.
+            super::layout::transpose_into(pt[..cols].as_flattened(), BLOCK, pq.as_flattened_mut(), BLOCK, cols, BLOCK);
+            super::layout::transpose_into(dst[..cols].as_flattened(), BLOCK, dsq.as_flattened_mut(), BLOCK, cols, BLOCK);
+            let kb = j0 / BLOCK;
+            accumulate_pv::<K>(&mut dvt[kb * d..(kb + 1) * d], &pq, &dosb, &ONES);
+            // S = (scale Q) K^T: dK takes the scaled queries, dQ the scale once.
+            accumulate_pv::<K>(&mut dkt[kb * d..(kb + 1) * d], &dsq, &qsb, &ONES);
             for (dd, dq) in dqt[b * d..(b + 1) * d].iter_mut().enumerate() {
                 let mut acc = *dq;
                 for (j, ds) in dst[..cols].iter().enumerate() {
@@ -235,7 +233,18 @@ fn backward_pair<const K: usize>(
             }
         }
     }
-    (dqt, dk, dv)
+    (dqt, from_rows(&dkt, d, t), from_rows(&dvt, d, t))
+}
+
+/// A block's `d` rows of BLOCK queries back to `[BLOCK, d]`, query by query.
+#[inline(always)]
+fn by_query(rows: &[Row]) -> Vec<f32> {
+    let d = rows.len();
+    let mut out = vec![0.0f32; BLOCK * d];
+    for (dd, row) in rows.iter().enumerate() {
+        row.iter().enumerate().for_each(|(i, &x)| out[i * d + dd] = x);
+    }
+    out
 }
 
 widest!(forward_one, (d: usize, qkv: (&[Row], &[f32], &[f32]), labels: Option<(&[Row], &[f32])>) -> (Vec<Row>, Vec<Row>), if keys_at_once() == 4 { forward_pair::<4>(d, qkv, labels) } else { forward_pair::<1>(d, qkv, labels) });
