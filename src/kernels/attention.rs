@@ -223,16 +223,11 @@ fn backward_pair<const K: usize>(
             accumulate_pv::<K>(&mut dvt[kb * d..(kb + 1) * d], &pq, &dosb, &ONES);
             // S = (scale Q) K^T: dK takes the scaled queries, dQ the scale once.
             accumulate_pv::<K>(&mut dkt[kb * d..(kb + 1) * d], &dsq, &qsb, &ONES);
-            for (dd, dq) in dqt[b * d..(b + 1) * d].iter_mut().enumerate() {
-                let mut acc = *dq;
-                for (j, ds) in dst[..cols].iter().enumerate() {
-                    let w = k[(j0 + j) * d + dd] * scale;
-                    acc.iter_mut().zip(ds).for_each(|(x, &s)| *x = w.mul_add(s, *x));
-                }
-                *dq = acc;
-            }
+            // dQ = scale dS K, the scale once at the end.
+            accumulate_pv::<K>(&mut dqt[b * d..(b + 1) * d], &dst[..cols], &k[j0 * d..(j0 + cols) * d], &ONES);
         }
     }
+    dqt.iter_mut().flatten().for_each(|x| *x *= scale);
     (dqt, from_rows(&dkt, d, t), from_rows(&dvt, d, t))
 }
 
