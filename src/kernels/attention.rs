@@ -66,32 +66,31 @@ type Row = [f32; BLOCK];
 /// label differs from the query's (`labels`: the queries' and all keys').
 #[inline(always)]
 fn scores_t<const K: usize>(st: &mut [Row], k: &[f32], qt: &[Row], (j0, cols): (usize, usize), labels: Option<(&Row, &[f32])>) {
-    let d = qt.len();
-    // K keys at a time: each query row loaded once feeds K accumulators (one key at a time on
-    // AVX-512, the loads and not the FMAs set the pace).
     let mut j = 0;
-    while j + K <= cols {
-        let mut acc = [[0.0f32; BLOCK]; K];
-        for (dd, q) in qt.iter().enumerate() {
-            let kv: [f32; K] = std::array::from_fn(|u| k[(j0 + j + u) * d + dd]);
-            for (a, &kv) in acc.iter_mut().zip(&kv) {
-                a.iter_mut().zip(q).for_each(|(a, &q)| *a = kv.mul_add(q, *a));
-            }
-        }
-        for (u, a) in acc.iter_mut().enumerate() {
-            mask(a, labels, j0 + j + u);
-        }
-        st[j..j + K].copy_from_slice(&acc);
-        j += K;
+    while j < cols {
+        // K keys at a time where K more remain, then one by one.
+        j += if j + K <= cols { scores_keys::<K>(st, k, qt, (j0, j), labels) } else { scores_keys::<1>(st, k, qt, (j0, j), labels) };
     }
-    for (j, row) in st[..cols].iter_mut().enumerate().skip(j) {
-        let mut acc = [0.0f32; BLOCK];
-        for (q, &kv) in qt.iter().zip(&k[(j0 + j) * d..(j0 + j + 1) * d]) {
-            acc.iter_mut().zip(q).for_each(|(a, &q)| *a = kv.mul_add(q, *a));
+}
+
+/// Scores of the N keys from `j0 + j` into `st[j..j + N]`: each query row loaded once feeds N
+/// accumulators (with one key per loaded row, the loads and not the FMAs set the pace on
+/// AVX-512). Returns N.
+#[inline(always)]
+fn scores_keys<const N: usize>(st: &mut [Row], k: &[f32], qt: &[Row], (j0, j): (usize, usize), labels: Option<(&Row, &[f32])>) -> usize {
+    let d = qt.len();
+    let mut acc = [[0.0f32; BLOCK]; N];
+    for (dd, q) in qt.iter().enumerate() {
+        let kv: [f32; N] = std::array::from_fn(|u| k[(j0 + j + u) * d + dd]);
+        for (a, &kv) in acc.iter_mut().zip(&kv) {
+            a.iter_mut().zip(q).for_each(|(a, &q)| *a = kv.mul_add(q, *a));
         }
-        mask(&mut acc, labels, j0 + j);
-        *row = acc;
     }
+    for (u, a) in acc.iter_mut().enumerate() {
+        mask(a, labels, j0 + j + u);
+    }
+    st[j..j + N].copy_from_slice(&acc);
+    N
 }
 
 /// Keys (and head dimensions) the blocked loops take together: 4 rows of 64 lanes are 16 of
@@ -152,31 +151,28 @@ fn forward_pair<const K: usize>(d: usize, (qt, k, v): (&[Row], &[f32], &[f32]), 
 /// that each probability row loaded feeds K accumulators. `v`: the block's keys' `[cols, d]`.
 #[inline(always)]
 fn accumulate_pv<const K: usize>(o: &mut [Row], p: &[Row], v: &[f32], keep: &Row) {
-    let d = o.len();
     let mut dd = 0;
-    while dd + K <= d {
-        let mut acc: [Row; K] = std::array::from_fn(|u| o[dd + u]);
-        for a in acc.iter_mut() {
-            a.iter_mut().zip(keep).for_each(|(x, &kp)| *x *= kp);
-        }
-        for (j, p) in p.iter().enumerate() {
-            let w: [f32; K] = std::array::from_fn(|u| v[j * d + dd + u]);
-            for (a, &w) in acc.iter_mut().zip(&w) {
-                a.iter_mut().zip(p).for_each(|(x, &p)| *x = w.mul_add(p, *x));
-            }
-        }
-        o[dd..dd + K].copy_from_slice(&acc);
-        dd += K;
+    while dd < o.len() {
+        dd += if dd + K <= o.len() { pv_dims::<K>(o, dd, p, v, keep) } else { pv_dims::<1>(o, dd, p, v, keep) };
     }
-    for (dd, od) in o.iter_mut().enumerate().skip(dd) {
-        let mut acc = *od;
-        acc.iter_mut().zip(keep).for_each(|(x, &kp)| *x *= kp);
-        for (j, p) in p.iter().enumerate() {
-            let w = v[j * d + dd];
-            acc.iter_mut().zip(p).for_each(|(x, &p)| *x = w.mul_add(p, *x));
-        }
-        *od = acc;
+}
+
+/// [`accumulate_pv`] for the N head dimensions from `dd`. Returns N.
+#[inline(always)]
+fn pv_dims<const N: usize>(o: &mut [Row], dd: usize, p: &[Row], v: &[f32], keep: &Row) -> usize {
+    let d = o.len();
+    let mut acc: [Row; N] = std::array::from_fn(|u| o[dd + u]);
+    for a in acc.iter_mut() {
+        a.iter_mut().zip(keep).for_each(|(x, &kp)| *x *= kp);
     }
+    for (j, p) in p.iter().enumerate() {
+        let w: [f32; N] = std::array::from_fn(|u| v[j * d + dd + u]);
+        for (a, &w) in acc.iter_mut().zip(&w) {
+            a.iter_mut().zip(p).for_each(|(x, &p)| *x = w.mul_add(p, *x));
+        }
+    }
+    o[dd..dd + N].copy_from_slice(&acc);
+    N
 }
 
 /// The gradients of one pair: `dq` transposed (`[blocks * d]` rows, as `qt`), `dk` and `dv`
@@ -204,7 +200,7 @@ fn backward_pair<const K: usize>(
         let (qtb, dotb) = (&qt[b * d..(b + 1) * d], &dot_t[b * d..(b + 1) * d]);
         // The block's scaled queries and output gradient query by query, [BLOCK, d] (zero for
         // padded queries, so that they add nothing).
-        let (qsb, dosb) = (by_query(qtb), by_query(dotb));
+        let (qsb, dosb) = (from_rows(qtb, d, BLOCK), from_rows(dotb, d, BLOCK));
         for j0 in (0..t).step_by(BLOCK) {
             let cols = BLOCK.min(t - j0);
             scores_t::<K>(&mut pt, k, qtb, (j0, cols), labels.map(|(q, keys)| (&q[b], keys)));
@@ -229,17 +225,6 @@ fn backward_pair<const K: usize>(
     }
     dqt.iter_mut().flatten().for_each(|x| *x *= scale);
     (dqt, from_rows(&dkt, d, t), from_rows(&dvt, d, t))
-}
-
-/// A block's `d` rows of BLOCK queries back to `[BLOCK, d]`, query by query.
-#[inline(always)]
-fn by_query(rows: &[Row]) -> Vec<f32> {
-    let d = rows.len();
-    let mut out = vec![0.0f32; BLOCK * d];
-    for (dd, row) in rows.iter().enumerate() {
-        row.iter().enumerate().for_each(|(i, &x)| out[i * d + dd] = x);
-    }
-    out
 }
 
 widest!(forward_one, (d: usize, qkv: (&[Row], &[f32], &[f32]), labels: Option<(&[Row], &[f32])>) -> (Vec<Row>, Vec<Row>), if keys_at_once() == 4 { forward_pair::<4>(d, qkv, labels) } else { forward_pair::<1>(d, qkv, labels) });
