@@ -137,8 +137,6 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
         }
         pb.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
-        write_outputs(&scan, &preds, &inputs01, &dir)?;
-        let dicom_seg = write_dicom_seg(&scan, &preds, &dir).map_err(|e| format!("{e:#}"));
         let first = &scan.slices[0];
         let record = ReviewRecord {
             kind: "predict".into(),
@@ -151,7 +149,19 @@ pub fn predict_files(req: &PredictRequest, mut done: impl FnMut(&ScanReport)) ->
             },
             volume: scan.slices.len() > 1,
         };
-        write_review_files(&scan, &preds, &dir, &record, req.review, req.open)?;
+        // The files are independent: written side by side, they took a second on one core.
+        let (outputs, (dicom_seg, review)) = rayon::join(
+            || write_outputs(&scan, &preds, &inputs01, &dir),
+            || {
+                rayon::join(
+                    || write_dicom_seg(&scan, &preds, &dir),
+                    || write_review_files(&scan, &preds, &dir, &record, req.review, req.open),
+                )
+            },
+        );
+        outputs?;
+        review?;
+        let dicom_seg = dicom_seg.map_err(|e| format!("{e:#}"));
         let report = ScanReport {
             name,
             dir,
