@@ -53,6 +53,9 @@ declare -A ROWS=(
     [6s_hpunet_geco_rate_prior]="--model hpunet --loss geco --geco-rate 5e-4 --output-prior 0.5"
     # ... and with orthogonal convolution weights: DeepMind's training, as far as apunet goes.
     [6t_hpunet_deepmind]="--model hpunet --loss geco --geco-rate 5e-4 --output-prior 0.5 --init orthogonal"
+    # ... with the recipe's learning-rate schedule and weight average: 6t's checkpoints swing
+    # from marking both crops all four experts marked to marking neither (docs/small-data.md).
+    [6u_hpunet_deepmind_schedule]="--model hpunet --loss geco --geco-rate 5e-4 --output-prior 0.5 --init orthogonal --lr-schedule poly --lr-warmup-epochs 5 --ema 0.99"
     # Synthetic lesions (issue 27): real lesions' masks placed in other training crops, painted
     # by the lesion painter or pasted with the donor's pixels (the same masks and places), as
     # half of every batch. An epoch is then 10 steps of 4 real crops: half the epochs.
