@@ -151,7 +151,7 @@ fn blend(
                 wsum[(y0 + y) * ww + x0..][..pw].iter_mut().zip(g).for_each(|(s, g)| *s += g);
             }
         }
-        // One sample's map per task, row by row: this ran on one core, a tenth of `predict`.
+        // One sample's map per task, row by row (pixel by pixel on one core, it left a core idle).
         acc.par_iter_mut().enumerate().for_each(|(k, a)| {
             for (b, &(y0, x0)) in chunk.iter().enumerate() {
                 let p = &probs[(b * n + k) * pp..][..pp];
