@@ -19,6 +19,7 @@ pub mod pool;
 pub mod resize;
 pub mod strided;
 pub mod weight_grad;
+pub mod winograd;
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -199,7 +200,10 @@ impl CpuKernels for Flex {
         }
         let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
         let (ho, wo) = g.out_hw().expect("geometry checked by the router");
-        let out = direct::forward(&g, &values(&x), &values(&weight), Some(&values(&bias)));
+        let (x_v, w_v, b_v) = (values(&x), values(&weight), values(&bias));
+        // No gradient follows this forward (a tracked one keeps its input: `conv2d_direct_keep`).
+        let out =
+            if winograd::applies(&g) { winograd::forward(&g, &x_v, &w_v, Some(&b_v)) } else { direct::forward(&g, &x_v, &w_v, Some(&b_v)) };
         flex_out(out, &[g.batch, g.c_out, ho, wo], x.dtype())
     }
 

@@ -160,8 +160,11 @@ fn the_kernel_matches_on_random_shapes() {
 /// AVX2 tiles, which CPUs without AVX-512 use, in a child process of this test binary.
 #[test]
 fn the_avx2_tiles_match_burns_conv2d_too() {
-    let tests =
-        ["kernels::the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use", "kernels::the_kernel_matches_on_random_shapes"];
+    let tests = [
+        "kernels::the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use",
+        "kernels::the_kernel_matches_on_random_shapes",
+        "kernels::winograd_matches_the_plain_convolution",
+    ];
     let out = std::process::Command::new(std::env::current_exe().expect("the test binary's path"))
         .args(tests)
         .args(["--exact", "--test-threads", "1"])
@@ -169,7 +172,54 @@ fn the_avx2_tiles_match_burns_conv2d_too() {
         .output()
         .expect("the test binary runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("2 passed"), "AVX2 tiles:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("3 passed"), "AVX2 tiles:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Winograd's F(2x2, 3x3) (`kernels/winograd.rs`), which runs the 3x3 convolutions no gradient
+/// follows, against the plain im2col convolution and burn's op on the untracked device: even and
+/// odd output sizes (a last tile cut in half), maps smaller than one tile, asymmetric and zero
+/// padding, output channels that do not fill a block of 16, and the layers' widths.
+#[test]
+fn winograd_matches_the_plain_convolution() {
+    use apunet::kernels::conv::{self, ConvGeom};
+    use apunet::kernels::winograd;
+    let mut rng = StdRng::seed_from_u64(31);
+    let geoms = [
+        (2, 16, 16, [8, 8], [1; 4]),
+        (3, 32, 20, [13, 9], [1; 4]),
+        (1, 16, 17, [1, 1], [1; 4]),
+        (2, 48, 32, [2, 3], [1; 4]),
+        (1, 16, 16, [9, 8], [0, 1, 2, 0]),
+        (2, 32, 16, [6, 7], [0; 4]),
+        (1, 64, 48, [5, 50], [1; 4]),
+        (4, 320, 128, [16, 16], [1; 4]),
+    ];
+    for (i, &(batch, c_in, c_out, [h, w], pad)) in geoms.iter().enumerate() {
+        let g = ConvGeom { batch, c_in, h, w, c_out, kh: 3, kw: 3, stride: [1, 1], pad };
+        let x = full_values(&mut rng, batch * c_in * h * w);
+        let wt = full_values(&mut rng, c_out * c_in * 9);
+        let b = full_values(&mut rng, c_out);
+        let plain = conv::forward(&g, &x, &wt, Some(&b));
+        if !winograd::applies(&g) {
+            assert!(!kernels::direct::available(), "case {i}: {g:?} should run on Winograd");
+            continue;
+        }
+        let e = rel_err(&winograd::forward(&g, &x, &wt, Some(&b)), &plain);
+        assert!(e < 1e-5, "case {i}: {g:?}: relative error {e}");
+        assert!(rel_err(&winograd::forward(&g, &x, &wt, None), &conv::forward(&g, &x, &wt, None)) < 1e-5, "case {i}: no bias");
+        // Through the layer on the plain device (where Winograd runs) against burn's op.
+        let device = Device::flex();
+        let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [batch, c_in, h, w]), &device);
+        let mut layer =
+            Conv2dConfig::new([c_in, c_out], [3, 3]).with_padding(PaddingConfig2d::Explicit(pad[0], pad[1], pad[2], pad[3])).init(&device);
+        layer.weight = Param::from_tensor(Tensor::from_data(TensorData::new(wt.clone(), [c_out, c_in, 3, 3]), &device));
+        layer.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(b.clone(), [c_out]), &device)));
+        let ours = to_host(conv2d(&layer, xt.clone())).unwrap();
+        let burn = to_host(layer.forward(xt)).unwrap();
+        assert!(rel_err(&ours, &burn) < 1e-5, "case {i}: through conv2d against burn's op");
+    }
+    let one_channel = ConvGeom { batch: 1, c_in: 1, h: 8, w: 8, c_out: 16, kh: 3, kw: 3, stride: [1, 1], pad: [1; 4] };
+    assert!(!winograd::applies(&one_channel), "the first layer keeps the direct kernel");
 }
 
 #[test]
