@@ -439,6 +439,10 @@ pub(super) fn x_backward_pad(g: &ConvGeom) -> [usize; 4] {
 /// The input gradient from the gradient already in padded NHWC ([`x_backward_pad`], exactly
 /// `c_out` channels).
 pub(super) fn backward_x_from(g: &ConvGeom, weight: &[f32], grad: View) -> Vec<f32> {
+    // A 3x3 convolution's gradient of whole tiles runs on Winograd's transform instead.
+    if let Some(dx) = super::winograd::backward_x_from(g, weight, grad) {
+        return dx;
+    }
     let packed = pack_weight(weight, (g.c_out, g.c_in, g.kh, g.kw), true, round_up(g.c_in));
     let f = Fwd { kh: g.kh, kw: g.kw, stride: [1, 1], ho: g.h, wo: g.w };
     convolve_from(grad, g.batch, &packed, g.c_in, f, None)

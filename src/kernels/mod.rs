@@ -247,7 +247,9 @@ impl CpuKernels for Flex {
     fn conv2d_direct_keep(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, g: ConvGeom) -> (FlexTensor, FlexTensor) {
         let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
         let (ho, wo) = g.out_hw().expect("geometry checked by the router");
-        let (out, nhwc) = direct::forward_keep(&g, &values(&x), &values(&weight), Some(&values(&bias)));
+        let (x_v, w_v, b_v) = (values(&x), values(&weight), values(&bias));
+        let (out, nhwc) =
+            winograd::forward_keep(&g, &x_v, &w_v, Some(&b_v)).unwrap_or_else(|| direct::forward_keep(&g, &x_v, &w_v, Some(&b_v)));
         let len = nhwc.len();
         (flex_out(out, &[g.batch, g.c_out, ho, wo], x.dtype()), flex_out(nhwc, &[len], DType::F32))
     }

@@ -1,20 +1,23 @@
-//! Winograd's F(2x2, 3x3) for the 3x3 stride-1 convolutions that no gradient will follow
-//! (sampling, `predict`, validation): each 2x2 output tile from its 4x4 input tile with 16
-//! products per channel pair instead of the direct kernel's 36 (Lavin and Gray, 2016).
+//! Winograd's F(2x2, 3x3) for the 3x3 stride-1 convolutions: each 2x2 output tile from its 4x4
+//! input tile with 16 products per channel pair instead of the direct kernel's 36 (Lavin and
+//! Gray, 2016).
 //! - input tiles transformed to `V = B^T d B`, weights to `U = G g G^T`, both per channel;
 //! - 16 matrix products `M[xi] = V[xi] U[xi]^T` over the tiles, one per point xi of the 4x4
 //!   transform, on the direct kernel's micro-kernel ([`Dense`]);
 //! - `A^T M A` back to the 2x2 outputs, plus the bias.
 //!
-//! The transforms' coefficients are 0, +-1 and +-1/2, so the result differs from the direct sum
-//! only by rounding (about 1e-6 relative). One task per image and band of tile rows, the band's
-//! transformed tiles kept in cache. The gradients keep the direct kernels: the training step's
-//! forward keeps its NHWC input for them (`conv2d_direct_keep`).
+//! It runs the forward where no gradient follows (sampling, `predict`, validation), and in the
+//! training step the forward and the input gradient where their padded NHWC copies are whole
+//! tiles (even sizes), so that the weight gradient still reads the copies the direct kernels
+//! share. The weight gradient stays direct. The transforms' coefficients are 0, +-1 and +-1/2,
+//! so the result differs from the direct sum only by rounding (about 1e-6 relative). One task
+//! per image and band of tile rows, the band's transformed tiles kept in cache; the split does
+//! not depend on the thread count, so neither do the bits.
 
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::direct::{self, Dense, Nhwc, OC};
+use super::direct::{self, Dense, Nhwc, OC, View};
 use super::layout::{SharedOut, assume_init, transpose_to, uninit};
 
 /// Points of the 4x4 transform.
@@ -57,23 +60,68 @@ fn transform_weights(weight: &[f32], co: usize, ci: usize) -> Vec<Dense> {
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     assert!(applies(g) && x.len() == g.batch * g.c_in * g.h * g.w && weight.len() == g.c_out * g.c_in * 9);
     let (ho, wo) = g.out_hw().expect("checked by `applies`");
-    let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
     // Padded so that every tile's 4x4 window lies inside: 2 t + 2 rows and columns.
     let [pt, pl, pb, pr] = g.pad;
-    let pad = [pt, pl, pb + 2 * th + 2 - (g.h + pt + pb), pr + 2 * tw + 2 - (g.w + pl + pr)];
+    let pad = [pt, pl, pb + 2 * ho.div_ceil(2) + 2 - (g.h + pt + pb), pr + 2 * wo.div_ceil(2) + 2 - (g.w + pl + pr)];
     let input = Nhwc::from_nchw(x, g.batch, (g.c_in, g.h, g.w), pad, g.c_in);
-    let (hp, wp) = (2 * th + 2, 2 * tw + 2);
-    let u = transform_weights(weight, g.c_out, g.c_in);
+    forward_from(input.view(), g.batch, &transform_weights(weight, g.c_out, g.c_in), g.c_out, (ho, wo), bias)
+}
+
+/// Whether the padded NHWC copy a 3x3 stride-1 convolution (or its input gradient) makes,
+/// `ho + 2` by `wo + 2` pixels, is already whole tiles: even output sizes, as at every level of
+/// the U-Nets. Then the training step's forward and input gradient run here too, on the copies
+/// the backward pass shares.
+fn whole_tiles(g: &ConvGeom) -> bool {
+    applies(g) && g.out_hw().is_some_and(|(ho, wo)| ho % 2 == 0 && wo % 2 == 0)
+}
+
+/// [`direct::forward_keep`] on Winograd where the kept copy is whole tiles ([`whole_tiles`]):
+/// the same NHWC copy, so the weight gradient reads it as before. None elsewhere.
+pub fn forward_keep(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Option<(Vec<f32>, Vec<f32>)> {
+    if !whole_tiles(g) {
+        return None;
+    }
+    let input = Nhwc::from_nchw(x, g.batch, (g.c_in, g.h, g.w), g.pad, g.c_in);
+    let out = forward_from(input.view(), g.batch, &transform_weights(weight, g.c_out, g.c_in), g.c_out, g.out_hw()?, bias);
+    Some((out, input.data))
+}
+
+/// The input gradient `[batch, c_in, h, w]` from the gradient already padded NHWC
+/// (`direct::x_backward_pad`), as `direct::backward_x_from` computes it: the forward of the
+/// gradient with the kernel flipped and its channels swapped. None where that convolution is
+/// not whole tiles or not Winograd's.
+pub(super) fn backward_x_from(g: &ConvGeom, weight: &[f32], grad: View) -> Option<Vec<f32>> {
+    let pad = direct::x_backward_pad(g);
+    let (ho, wo) = g.out_hw()?;
+    let t = ConvGeom { batch: g.batch, c_in: g.c_out, h: ho, w: wo, c_out: g.c_in, kh: g.kh, kw: g.kw, stride: g.stride, pad };
+    if !whole_tiles(&t) || grad.c != g.c_out {
+        return None;
+    }
+    // w_t[i][o][ky][kx] = w[o][i][2 - ky][2 - kx].
+    let mut flipped = vec![0f32; weight.len()];
+    for (pair, k) in weight.chunks_exact(9).enumerate() {
+        let (o, i) = (pair / g.c_in, pair % g.c_in);
+        flipped[(i * g.c_out + o) * 9..][..9].iter_mut().zip(k.iter().rev()).for_each(|(d, v)| *d = *v);
+    }
+    Some(forward_from(grad, g.batch, &transform_weights(&flipped, g.c_in, g.c_out), g.c_in, (g.h, g.w), None))
+}
+
+/// The convolution of a padded NHWC `input` (at least 2 t + 2 rows and columns for t tiles per
+/// axis) with the transformed weights `u`, to NCHW `[batch, co, ho, wo]` plus `bias`.
+fn forward_from(input: View, batch: usize, u: &[Dense], co: usize, (ho, wo): (usize, usize), bias: Option<&[f32]>) -> Vec<f32> {
+    let (th, tw) = (ho.div_ceil(2), wo.div_ceil(2));
+    let (hp, wp, ci) = (input.h, input.w, input.c);
+    assert!(hp >= 2 * th + 2 && wp >= 2 * tw + 2 && input.data.len() == batch * hp * wp * ci && u.len() == XI);
     let cop = u[0].cop;
     let zeros = vec![0f32; cop];
     let bias: Vec<f32> = bias.map_or(zeros, |b| b.iter().copied().chain(std::iter::repeat(0.0)).take(cop).collect());
     let band = MIN_TILES.div_ceil(tw).min(th);
     let bands = th.div_ceil(band);
     let plane = ho * wo;
-    let mut out = uninit(g.batch * g.c_out * plane);
+    let mut out = uninit(batch * co * plane);
     let dst = SharedOut(out.as_mut_ptr().cast());
-    let (ci, wide) = (g.c_in, direct::avx512());
-    (0..g.batch * bands).into_par_iter().for_each_init(
+    let wide = direct::avx512();
+    (0..batch * bands).into_par_iter().for_each_init(
         || (vec![0f32; XI * (band * tw * ci + OC)], vec![0f32; XI * (band * tw * cop + OC)], vec![0f32; 2 * wo * cop]),
         |(v, m, rows), task| {
             let (n, b) = (task / bands, task % bands);
@@ -103,7 +151,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
                     let y = 2 * r + i;
                     // SAFETY: row y of image n in each of its c_out planes: inside `out`, and
                     // written by this task alone.
-                    unsafe { transpose_to(&rows[i * wo * cop..], cop, dst.add(n * g.c_out * plane + y * wo), plane, wo, g.c_out) };
+                    unsafe { transpose_to(&rows[i * wo * cop..], cop, dst.add(n * co * plane + y * wo), plane, wo, co) };
                 }
             }
         },

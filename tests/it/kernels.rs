@@ -131,6 +131,9 @@ fn the_kernel_matches_burns_conv2d_on_every_geometry_the_models_use() {
         case(1, 130, 131, [9, 11], 3, 1, 1),
         case(2, 128, 136, [7, 6], 4, 2, 1),
         case(1, 128, 128, [3, 300], 3, 1, 1),
+        // Winograd in the training step: forward and input gradient, whole tiles.
+        case(2, 16, 32, [12, 10], 3, 1, 1),
+        case(1, 32, 16, [6, 4], 3, 1, 1),
     ];
     for (i, c) in cases.iter().enumerate() {
         check(c, i as u64);
@@ -206,6 +209,19 @@ fn winograd_matches_the_plain_convolution() {
         }
         let e = rel_err(&winograd::forward(&g, &x, &wt, Some(&b)), &plain);
         assert!(e < 1e-5, "case {i}: {g:?}: relative error {e}");
+        // The training step's entry points where the outputs are whole 2x2 tiles: the forward
+        // keeping the direct kernel's NHWC copy, and the input gradient (through `direct`).
+        let (ho, wo) = g.out_hw().unwrap();
+        if ho % 2 == 0 && wo % 2 == 0 {
+            let (out, kept) = winograd::forward_keep(&g, &x, &wt, Some(&b)).expect("whole tiles");
+            assert!(rel_err(&out, &plain) < 1e-5, "case {i}: forward keeping its input");
+            assert_eq!(kept, kernels::direct::forward_keep(&g, &x, &wt, Some(&b)).1, "case {i}: the kept copy");
+            let r = full_values(&mut rng, batch * c_out * ho * wo);
+            let e = rel_err(&kernels::direct::backward_x(&g, &wt, &r), &conv::backward_x(&g, &wt, &r));
+            assert!(e < 1e-5, "case {i}: input gradient, relative error {e}");
+        } else {
+            assert!(winograd::forward_keep(&g, &x, &wt, Some(&b)).is_none(), "case {i}: a cut tile keeps the direct kernel");
+        }
         assert!(rel_err(&winograd::forward(&g, &x, &wt, None), &conv::forward(&g, &x, &wt, None)) < 1e-5, "case {i}: no bias");
         // Through the layer on the plain device (where Winograd runs) against burn's op.
         let device = Device::flex();
