@@ -67,8 +67,9 @@ fn on_kernels(device: &Device, dtype: DType) -> bool {
 
 #[backend_extension(Flex, Autodiff)]
 pub trait CpuKernels: Backend {
-    /// `[n, c_out, ho, wo]` from `x [n, c_in, h, w]`, `weight [c_out, c_in, kh, kw]`: the direct
-    /// kernels where the CPU has them (`direct::available`), else flex's im2col + GEMM.
+    /// `[n, c_out, ho, wo]` from `x [n, c_in, h, w]`, `weight [c_out, c_in, kh, kw]`: Winograd
+    /// where it applies (`winograd::applies`), else the direct kernels where the CPU has them
+    /// (`direct::available`), else flex's im2col + GEMM.
     fn conv2d_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
     /// The input gradient of [`CpuKernels::conv2d_forward`]: direct, per output phase for strides,
     /// or im2col + GEMM (`conv.rs`) without AVX2.
@@ -76,8 +77,8 @@ pub trait CpuKernels: Backend {
     /// The weight gradient of [`CpuKernels::conv2d_forward`], summed over the batch (direct, or
     /// im2col + GEMM without AVX2).
     fn conv2d_weight_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
-    /// [`CpuKernels::conv2d_forward`] on the direct kernels, also returning the padded NHWC copy of
-    /// `x` it made (flat), for the backward pass to reuse.
+    /// [`CpuKernels::conv2d_forward`] on Winograd (whole tiles) or the direct kernels, also
+    /// returning the padded NHWC copy of `x` it made (flat), for the backward pass to reuse.
     fn conv2d_direct_keep(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
