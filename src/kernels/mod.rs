@@ -71,8 +71,8 @@ pub trait CpuKernels: Backend {
     /// where it applies (`winograd::applies`), else the direct kernels where the CPU has them
     /// (`direct::available`), else flex's im2col + GEMM.
     fn conv2d_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
-    /// The input gradient of [`CpuKernels::conv2d_forward`]: direct, per output phase for strides,
-    /// or im2col + GEMM (`conv.rs`) without AVX2.
+    /// The input gradient of [`CpuKernels::conv2d_forward`]: Winograd for 3x3 of whole tiles,
+    /// direct, per output phase for strides, or im2col + GEMM (`conv.rs`) without AVX2.
     fn conv2d_x_grad(weight: FloatTensor<Self>, grad: FloatTensor<Self>, geom: ConvGeom) -> FloatTensor<Self>;
     /// The weight gradient of [`CpuKernels::conv2d_forward`], summed over the batch (direct, or
     /// im2col + GEMM without AVX2).
@@ -202,7 +202,7 @@ impl CpuKernels for Flex {
         let (x, weight, bias) = (x.to_contiguous(), weight.to_contiguous(), bias.to_contiguous());
         let (ho, wo) = g.out_hw().expect("geometry checked by the router");
         let (x_v, w_v, b_v) = (values(&x), values(&weight), values(&bias));
-        // No gradient follows this forward (a tracked one keeps its input: `conv2d_direct_keep`).
+        // No weight gradient follows this forward (one that does keeps its input: `conv2d_direct_keep`).
         let out =
             if winograd::applies(&g) { winograd::forward(&g, &x_v, &w_v, Some(&b_v)) } else { direct::forward(&g, &x_v, &w_v, Some(&b_v)) };
         flex_out(out, &[g.batch, g.c_out, ho, wo], x.dtype())
