@@ -7,11 +7,15 @@
 //! the figures mean the same on any CPU (the share is per thread: with THREADS > 1 it is of
 //! THREADS cores' peak).
 //!
+//! Where Winograd's F(2x2, 3x3) takes a layer (`src/kernels/winograd.rs`), its forward is
+//! timed too, and the input gradient is Winograd's (as in training, for even sizes): their rates
+//! count the direct convolution's FLOPs, so they can exceed the FMA peak.
+//!
 //!     cargo run --release --example conv_gflops [-- THREADS]
 
 use std::time::Instant;
 
-use apunet::kernels::{ConvGeom, direct, peak, weight_grad};
+use apunet::kernels::{ConvGeom, direct, peak, weight_grad, winograd};
 
 fn bits_hash(v: &[f32]) -> u64 {
     v.iter().fold(0u64, |a, x| a.wrapping_mul(31).wrapping_add(u64::from(x.to_bits())))
@@ -72,6 +76,15 @@ fn main() {
         let bx = best_of_5(|| direct::backward_x(&g, &w, &grad));
         let bw = best_of_5(|| weight_grad::backward_weight(&g, &x, &grad));
         let share = |t: f64| 100.0 * gflop / t / peak;
+        if winograd::applies(&g) {
+            let wf = best_of_5(|| winograd::forward(&g, &x, &w, None));
+            println!(
+                "n{batch} {ci:>3}->{co:<3} @{hw:<3}  Winograd forward {:6.1} ms {:5.1} GFLOP/s {:3.0}%",
+                wf * 1e3,
+                gflop / wf,
+                share(wf)
+            );
+        }
         println!(
             "n{batch} {ci:>3}->{co:<3} @{hw:<3}  forward {:6.1} ms {:5.1} GFLOP/s {:3.0}% | input grad {:6.1} ms {:5.1} {:3.0}% | weight grad {:6.1} ms {:5.1} {:3.0}%",
             fwd * 1e3,
