@@ -31,6 +31,7 @@ NAMES = {
     "6r_hpunet_geco_rate": "HPU-Net (GECO + top-k 2%, multiplier step 5e-4)",
     "6s_hpunet_geco_rate_prior": "HPU-Net (GECO + top-k 2%, multiplier step 5e-4, output from p = 0.5)",
     "6t_hpunet_deepmind": "HPU-Net (GECO + top-k 2%, multiplier step 5e-4, output from p = 0.5, orthogonal weights)",
+    "6u_hpunet_deepmind_schedule": "HPU-Net as 6t + the poly schedule (warm-up 5 epochs) and EMA 0.99",
     "torch_hpunet_geco_topk10": "PyTorch HPU-Net, DeepMind's GECO + top-k 10% (bench/torch_hpunet_train.py)",
     "torch_hpunet_geco_topk2": "PyTorch HPU-Net, DeepMind's GECO + top-k 2% (the reference)",
     "torch_hpunet_geco_topk2_ptinit": "PyTorch HPU-Net, GECO + top-k 2%, PyTorch's default init",
