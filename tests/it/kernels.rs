@@ -178,12 +178,15 @@ fn the_avx2_tiles_match_burns_conv2d_too() {
     assert!(out.status.success() && text.contains("3 passed"), "AVX2 tiles:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Winograd's F(2x2, 3x3) (`kernels/winograd.rs`), which runs the 3x3 convolutions no gradient
-/// follows, against the plain im2col convolution and burn's op on the untracked device: even and
-/// odd output sizes (a last tile cut in half), maps smaller than one tile, asymmetric and zero
-/// padding, output channels that do not fill a block of 16, and the layers' widths.
+/// Winograd's F(2x2, 3x3) (`kernels/winograd.rs`), which runs the 3x3 forward convolutions and
+/// (for whole tiles) the training step's input gradients, against the plain im2col convolution
+/// and burn's op on the untracked device: even and odd output sizes (a last tile cut in half),
+/// maps smaller than one tile, asymmetric and zero padding, output channels that do not fill a
+/// block of 16, and the layers' widths.
 #[test]
 fn winograd_matches_the_plain_convolution() {
+    // The layers below get their weights set before any read, but keep the device's RNG still.
+    let _guard = common::rng_lock();
     use apunet::kernels::conv::{self, ConvGeom};
     use apunet::kernels::winograd;
     let mut rng = StdRng::seed_from_u64(31);
